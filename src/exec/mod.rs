@@ -1,0 +1,9 @@
+//! Running the model under shuttle: each CPU is a shuttle thread and every
+//! step of a kernel path is a scheduling point.
+
+mod cpu;
+mod run;
+pub mod schedulers;
+
+pub use cpu::Cpu;
+pub use run::{Outcome, STEP_BOUND, ShuttleEngine, Verdict, run_input, run_shuttle};

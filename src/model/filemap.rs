@@ -1,0 +1,191 @@
+//! The page cache of one file (mm/filemap.c).
+//!
+//! The xarray is a slot per index. Lookups are lockless under RCU; writers
+//! hold `xa_lock`, which may span several steps.
+
+use super::KResult;
+use super::machine::{Machine, Pfn};
+use super::mm_types::{Mapping, pg};
+use super::oracle::Violation;
+use super::page_ref::{folio_put, folio_try_get};
+use crate::exec::Cpu;
+use crate::ktrace;
+
+#[derive(Debug, Clone)]
+pub struct AddressSpace {
+    /// `mapping->i_pages`.
+    pub slots: Vec<Option<Pfn>>,
+    /// The CPU holding `xa_lock`, if any.
+    pub xa_lock: Option<u8>,
+}
+
+impl AddressSpace {
+    pub fn new(nr_slots: u32) -> Self {
+        AddressSpace {
+            slots: vec![None; nr_slots as usize],
+            xa_lock: None,
+        }
+    }
+
+    pub fn slot(&self, index: u32) -> Option<Pfn> {
+        self.slots[index as usize % self.slots.len()]
+    }
+
+    pub fn set_slot(&mut self, index: u32, folio: Option<Pfn>) {
+        let n = self.slots.len();
+        self.slots[index as usize % n] = folio;
+    }
+}
+
+/// Run `f` as one step under `xa_lock` (`xas_lock_irq` ... `xas_unlock_irq`).
+pub fn with_xa_lock<T>(
+    cpu: &Cpu,
+    func: &'static str,
+    f: impl FnOnce(&mut Machine) -> Result<T, Violation>,
+) -> KResult<T> {
+    cpu.step_when(func, |m| m.mapping.xa_lock.is_none(), f)
+}
+
+/// `filemap_add_folio` (with `filemap_alloc_folio`): allocate a locked
+/// order-0 folio and insert it at `index`; the page cache holds one
+/// reference per page.
+pub fn filemap_add_folio(cpu: &Cpu, index: u32, pick: u8) -> KResult<()> {
+    let Some(folio) = cpu.step("filemap_alloc_folio", |m| {
+        let folio = m.alloc_pages(0, pick)?;
+        if let Some(f) = folio {
+            m.page_mut(f)?.flags |= pg::LOCKED | pg::LRU;
+        }
+        Ok(folio)
+    })?
+    else {
+        return Ok(());
+    };
+    let inserted = with_xa_lock(cpu, "__filemap_add_folio", |m| {
+        if m.mapping.slot(index).is_some() {
+            ktrace!(m, "index {index} is occupied: -EEXIST");
+            return Ok(false);
+        }
+        let p = m.page_mut(folio)?;
+        p.refcount += 1;
+        p.mapping = Mapping::File { index };
+        m.mapping.set_slot(index, Some(folio));
+        ktrace!(m, "xas_store(index {index}) = pfn {folio}");
+        Ok(true)
+    })?;
+    cpu.step("folio_unlock", |m| {
+        m.page_mut(folio)?.flags &= !pg::LOCKED;
+        if !inserted {
+            m.page_mut(folio)?.mapping = Mapping::None;
+        }
+        Ok(())
+    })?;
+    folio_put(cpu, folio)
+}
+
+/// `filemap_get_entry`: look up `index` under RCU and take a reference
+/// with `folio_try_get`, then recheck the slot (seed 000).
+pub fn filemap_get_entry(cpu: &Cpu, index: u32) -> KResult<Option<Pfn>> {
+    const F: &str = "filemap_get_entry";
+    let mut folio = cpu.step(F, |m| {
+        m.rcu_read_lock();
+        let f = m.mapping.slot(index);
+        ktrace!(m, "rcu_read_lock; xas_load(index {index}) = {f:?}");
+        Ok(f)
+    })?;
+    loop {
+        let Some(f) = folio else {
+            cpu.step(F, |m| {
+                m.rcu_read_unlock();
+                Ok(())
+            })?;
+            return Ok(None);
+        };
+        if !folio_try_get(cpu, f)? {
+            // goto repeat: spinning on an unchanged slot and a zero count
+            // is the same as waiting for either to change.
+            folio = cpu.step_when(
+                F,
+                |m| m.mapping.slot(index) != Some(f) || m.peek(f).refcount != 0,
+                |m| {
+                    let f = m.mapping.slot(index);
+                    ktrace!(m, "repeat: xas_load(index {index}) = {f:?}");
+                    Ok(f)
+                },
+            )?;
+            continue;
+        }
+        let reloaded = cpu.step(F, |m| {
+            let r = m.mapping.slot(index);
+            ktrace!(m, "xas_reload(index {index}) = {r:?}");
+            Ok(r)
+        })?;
+        if reloaded != Some(f) {
+            folio_put(cpu, f)?;
+            folio = reloaded;
+            continue;
+        }
+        cpu.step(F, |m| {
+            m.rcu_read_unlock();
+            ktrace!(m, "rcu_read_unlock; found pfn {f}");
+            Ok(())
+        })?;
+        return Ok(Some(f));
+    }
+}
+
+/// `filemap_get_folio` followed by the caller's `folio_put`.
+pub fn filemap_get_folio(cpu: &Cpu, index: u32) -> KResult<()> {
+    if let Some(folio) = filemap_get_entry(cpu, index)? {
+        folio_put(cpu, folio)?;
+    }
+    Ok(())
+}
+
+/// `folio_lock`: sleep until PG_locked is clear, then set it.
+pub fn folio_lock(cpu: &Cpu, folio: Pfn) -> KResult<()> {
+    cpu.step_when(
+        "folio_lock",
+        |m| !m.peek(folio).test(pg::LOCKED),
+        |m| {
+            m.page_mut(folio)?.flags |= pg::LOCKED;
+            Ok(())
+        },
+    )
+}
+
+/// `folio_trylock`.
+pub fn folio_trylock(cpu: &Cpu, folio: Pfn) -> KResult<bool> {
+    cpu.step("folio_trylock", |m| {
+        if m.page(folio)?.test(pg::LOCKED) {
+            return Ok(false);
+        }
+        m.page_mut(folio)?.flags |= pg::LOCKED;
+        Ok(true)
+    })
+}
+
+/// `folio_unlock`.
+pub fn folio_unlock(cpu: &Cpu, folio: Pfn) -> KResult<()> {
+    cpu.step("folio_unlock", |m| {
+        m.page_mut(folio)?.flags &= !pg::LOCKED;
+        Ok(())
+    })
+}
+
+/// `__filemap_remove_folio` under `xa_lock`: clear the slot if it still
+/// holds `folio`. Returns whether it did.
+pub fn filemap_remove_folio_locked(
+    m: &mut Machine,
+    index: u32,
+    folio: Pfn,
+) -> Result<bool, Violation> {
+    if m.mapping.slot(index) != Some(folio) {
+        return Ok(false);
+    }
+    m.mapping.set_slot(index, None);
+    let p = m.page_mut(folio)?;
+    p.mapping = Mapping::None;
+    p.flags &= !pg::LRU;
+    ktrace!(m, "xas_store(index {index}) = NULL");
+    Ok(true)
+}

@@ -1,0 +1,179 @@
+//! The buddy allocator (mm/page_alloc.c).
+//!
+//! Which free block an allocation gets depends, in the kernel, on per-CPU
+//! lists, zones and history the model does not carry; the scenario chooses
+//! it instead (`pick`), so generated inputs explore placements.
+
+use super::config::HvoMode;
+use super::machine::{Content, Machine, Owner, Pfn};
+use super::mm_types::{CompoundInfo, Mapping, pg};
+use super::oracle::Violation;
+use crate::ktrace;
+
+#[derive(Debug, Clone)]
+pub struct Buddy {
+    max_order: u8,
+    /// `zone->free_area[order]`, most recently freed last.
+    free_area: Vec<Vec<Pfn>>,
+}
+
+impl Buddy {
+    pub fn new(max_order: u8) -> Self {
+        Buddy {
+            max_order,
+            free_area: vec![Vec::new(); max_order as usize + 1],
+        }
+    }
+
+    /// `memblock_free_all`: free `[start, end)` in maximal aligned blocks.
+    pub fn boot_free_range(&mut self, start: Pfn, end: Pfn) {
+        let mut pfn = start;
+        while pfn < end {
+            let mut order = self.max_order;
+            while order > 0 && (!pfn.is_multiple_of(1 << order) || pfn + (1 << order) > end) {
+                order -= 1;
+            }
+            self.free_area[order as usize].push(pfn);
+            pfn += 1 << order;
+        }
+    }
+
+    pub fn order_of_free_block(&self, pfn: Pfn) -> Option<u8> {
+        (0..=self.max_order).find(|&o| self.free_area[o as usize].contains(&pfn))
+    }
+
+    /// Every free block as (first pfn, order).
+    pub fn free_blocks(&self) -> Vec<(Pfn, u8)> {
+        let mut v = Vec::new();
+        for (order, list) in self.free_area.iter().enumerate() {
+            v.extend(list.iter().map(|&p| (p, order as u8)));
+        }
+        v
+    }
+
+    pub fn nr_free_pages(&self) -> u32 {
+        self.free_blocks().iter().map(|(_, o)| 1u32 << o).sum()
+    }
+
+    /// Remove a free block of at least `order`: block number `pick` among
+    /// the candidates, smallest order first, most recently freed first.
+    fn take(&mut self, order: u8, pick: u8) -> Option<(Pfn, u8)> {
+        let candidates: usize = self.free_area[order as usize..].iter().map(Vec::len).sum();
+        if candidates == 0 {
+            return None;
+        }
+        let mut idx = pick as usize % candidates;
+        for o in order..=self.max_order {
+            let list = &mut self.free_area[o as usize];
+            if idx < list.len() {
+                let pos = list.len() - 1 - idx;
+                return Some((list.remove(pos), o));
+            }
+            idx -= list.len();
+        }
+        unreachable!()
+    }
+}
+
+impl Machine {
+    /// `__alloc_pages(gfp, order)`: returns the first pfn, or `None` when the
+    /// allocation fails (no block, or injected failure).
+    pub fn alloc_pages(&mut self, order: u8, pick: u8) -> Result<Option<Pfn>, Violation> {
+        if self.fail_next_allocs > 0 {
+            self.fail_next_allocs -= 1;
+            ktrace!(self, "alloc_pages(order {order}) fails (injected)");
+            return Ok(None);
+        }
+        let Some((pfn, mut block_order)) = self.buddy.take(order, pick) else {
+            ktrace!(self, "alloc_pages(order {order}) fails: no free block");
+            return Ok(None);
+        };
+        // del_page_from_free_list
+        self.page_mut(pfn)?.flags &= !pg::BUDDY;
+        // expand(): hand back the upper halves.
+        while block_order > order {
+            block_order -= 1;
+            let buddy = pfn + (1 << block_order);
+            self.buddy.free_area[block_order as usize].push(buddy);
+            let p = self.page_mut(buddy)?;
+            p.flags |= pg::BUDDY;
+            p.private = block_order as u32;
+        }
+        for f in pfn..pfn + (1 << order) {
+            let frame = &mut self.frames[f as usize];
+            frame.owner = Owner::Allocated;
+            frame.content = Content::Data(0);
+        }
+        // post_alloc_hook: set_page_refcounted
+        let head = self.page_mut(pfn)?;
+        head.refcount = 1;
+        head.private = 0;
+        if order > 0 {
+            self.prep_compound_page(pfn, order)?;
+        }
+        ktrace!(self, "alloc_pages(order {order}) = pfn {pfn}");
+        Ok(Some(pfn))
+    }
+
+    /// `prep_compound_page`: PG_head on the head, `compound_head` in every
+    /// tail, the order in page[1].
+    pub fn prep_compound_page(&mut self, head: Pfn, order: u8) -> Result<(), Violation> {
+        self.page_mut(head)?.flags |= pg::HEAD;
+        let info = if self.cfg.hvo_mode == HvoMode::SharedTail {
+            CompoundInfo::TailMask(order)
+        } else {
+            CompoundInfo::Tail(head)
+        };
+        for tail in head + 1..head + (1 << order) {
+            self.page_mut(tail)?.compound_info = info;
+        }
+        let second = self.page_mut(head + 1)?;
+        second.order = order;
+        second.pincount = 0;
+        Ok(())
+    }
+
+    /// `__free_pages(page, order)` after the last put: `free_pages_prepare`
+    /// scrubs the struct pages, `__free_one_page` merges buddies.
+    pub fn free_pages(&mut self, pfn: Pfn, order: u8) -> Result<(), Violation> {
+        // free_tail_page_prepare for each tail, then the head.
+        for tail in pfn + 1..pfn + (1 << order) {
+            let p = self.page_mut(tail)?;
+            p.compound_info = CompoundInfo::None;
+            p.mapping = Mapping::None;
+            p.order = 0;
+            p.pincount = 0;
+        }
+        let head = self.page_mut(pfn)?;
+        head.flags = 0;
+        head.mapping = Mapping::None;
+        head.mapcount = -1;
+        for f in pfn..pfn + (1 << order) {
+            let frame = &mut self.frames[f as usize];
+            frame.owner = Owner::Free;
+            frame.content = Content::Poison;
+        }
+        // __free_one_page: merge with free buddies of the same order.
+        let (mut pfn, mut order) = (pfn, order);
+        while order < self.buddy.max_order {
+            let buddy = pfn ^ (1 << order);
+            let list = &mut self.buddy.free_area[order as usize];
+            let Some(pos) = list.iter().position(|&b| b == buddy) else {
+                break;
+            };
+            list.remove(pos);
+            self.page_mut(buddy)?.flags &= !pg::BUDDY;
+            pfn = pfn.min(buddy);
+            order += 1;
+        }
+        self.buddy.free_area[order as usize].push(pfn);
+        let p = self.page_mut(pfn)?;
+        p.flags |= pg::BUDDY;
+        p.private = order as u32;
+        ktrace!(
+            self,
+            "free_pages: pfn {pfn} back to the buddy at order {order}"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,212 @@
+//! Reference counting (include/linux/page_ref.h, include/linux/mm.h).
+
+use super::config::{Config, HvoMode, Variant};
+use super::machine::{Frozen, Machine, Pfn};
+use super::mm_types::pg;
+use super::oracle::{self, Violation};
+use super::page_flags::{compound_head, folio_order, page_fixed_fake_head};
+use super::{KResult, hugetlb};
+use crate::exec::Cpu;
+use crate::ktrace;
+
+/// `atomic_add_unless(&page->_refcount, nr, u)`, with the oracle on what
+/// the reference is taken on.
+fn atomic_add_unless(m: &mut Machine, page: Pfn, nr: i32, u: i32) -> Result<bool, Violation> {
+    let seen = m.page(page)?;
+    if seen.refcount == u {
+        ktrace!(m, "atomic_add_unless(pfn {page}): refcount is {u}, refused");
+        return Ok(false);
+    }
+    let aliased = m.resolve(page).aliased;
+    oracle::ref_target_is_genuine(page, &seen, aliased)?;
+    let p = m.page_mut(page)?;
+    p.refcount += nr;
+    let now = p.refcount;
+    ktrace!(
+        m,
+        "atomic_add_unless(pfn {page}): refcount {} -> {now}",
+        now - nr
+    );
+    Ok(true)
+}
+
+/// Which checks `page_ref_add_unless` makes before its atomic add.
+#[derive(Clone, Copy)]
+enum WritableCheck {
+    /// No `page_count_writable` (pre-v6.10, and the 2026 shared-tail series).
+    None,
+    /// v6.15+: refcount (acquire) first, then the fake-head check.
+    CountThenFakeHead,
+    /// The pre-2025 order: fake-head check, then refcount.
+    FakeHeadThenCount,
+}
+
+fn writable_check(cfg: &Config) -> WritableCheck {
+    if cfg.hvo_mode != HvoMode::Keep1 || cfg.has(Variant::RefNoFakeHeadCheck) {
+        WritableCheck::None
+    } else if cfg.has(Variant::RefFakeHeadBeforeCount) {
+        WritableCheck::FakeHeadThenCount
+    } else {
+        WritableCheck::CountThenFakeHead
+    }
+}
+
+/// `page_ref_add_unless(page, nr, u)`: add `nr` unless the count is `u`.
+/// Since v6.10 it runs under `rcu_read_lock()` and refuses to write a struct
+/// page that HVO may be remapping (`page_count_writable`).
+pub fn page_ref_add_unless(cpu: &Cpu, page: Pfn, nr: i32, u: i32) -> KResult<bool> {
+    const F: &str = "page_ref_add_unless";
+    type Check<'a> = &'a dyn Fn(&mut Machine) -> Result<bool, Violation>;
+    let count_is_u = |m: &mut Machine| -> Result<bool, Violation> {
+        let c = m.page(page)?.refcount;
+        ktrace!(m, "atomic_read_acquire(pfn {page}) = {c}");
+        Ok(c == u)
+    };
+    let fake_head = |m: &mut Machine| -> Result<bool, Violation> {
+        let fake = page_fixed_fake_head(m, page)? != page;
+        ktrace!(
+            m,
+            "page_fixed_fake_head(pfn {page}): {}",
+            if fake { "fake head" } else { "genuine" }
+        );
+        Ok(fake)
+    };
+    // Each check returns true when the page must not be written.
+    let (first, second): (Check, Check) = match writable_check(cpu.cfg()) {
+        WritableCheck::None => return cpu.step(F, |m| atomic_add_unless(m, page, nr, u)),
+        WritableCheck::CountThenFakeHead => (&count_is_u, &fake_head),
+        WritableCheck::FakeHeadThenCount => (&fake_head, &count_is_u),
+    };
+    let refused = |m: &mut Machine| {
+        m.rcu_read_unlock();
+        ktrace!(m, "page_count_writable(pfn {page}) = false");
+        Ok(true)
+    };
+    let checks = cpu.step(F, |m| {
+        m.rcu_read_lock();
+        if m.hugetlb_optimize_vmemmap_key == 0 {
+            return Ok(None);
+        }
+        if first(m)? {
+            return refused(m).map(Some);
+        }
+        Ok(Some(false))
+    })?;
+    if checks == Some(true) {
+        return Ok(false);
+    }
+    if checks == Some(false) && cpu.step(F, |m| if second(m)? { refused(m) } else { Ok(false) })? {
+        return Ok(false);
+    }
+    cpu.step(F, |m| {
+        let r = atomic_add_unless(m, page, nr, u);
+        m.rcu_read_unlock();
+        r
+    })
+}
+
+/// `get_page_unless_zero(page)`.
+pub fn get_page_unless_zero(cpu: &Cpu, page: Pfn) -> KResult<bool> {
+    page_ref_add_unless(cpu, page, 1, 0)
+}
+
+/// `folio_try_get(folio)`.
+pub fn folio_try_get(cpu: &Cpu, folio: Pfn) -> KResult<bool> {
+    page_ref_add_unless(cpu, folio, 1, 0)
+}
+
+/// `folio_get(folio)`: an unconditional get; the caller guarantees a
+/// reference already exists.
+pub fn folio_get(m: &mut Machine, folio: Pfn) -> Result<(), Violation> {
+    let p = m.page_mut(folio)?;
+    let old = p.refcount;
+    oracle::no_increment_from_zero(folio, old)?;
+    p.refcount += 1;
+    ktrace!(m, "folio_get(pfn {folio}): refcount {old} -> {}", old + 1);
+    Ok(())
+}
+
+/// `folio_ref_sub_and_test`: drop `nr` references; true if that was the last.
+pub fn folio_ref_sub_and_test(m: &mut Machine, folio: Pfn, nr: i32) -> Result<bool, Violation> {
+    let p = m.page_mut(folio)?;
+    let old = p.refcount;
+    oracle::no_underflow(folio, old, nr)?;
+    p.refcount -= nr;
+    ktrace!(
+        m,
+        "folio_put_refs(pfn {folio}, {nr}): refcount {old} -> {}",
+        old - nr
+    );
+    Ok(old == nr)
+}
+
+/// `folio_put_refs(folio, nr)`: drop references; the last one frees.
+pub fn folio_put_refs(cpu: &Cpu, folio: Pfn, nr: i32) -> KResult<()> {
+    if cpu.step("folio_put", |m| folio_ref_sub_and_test(m, folio, nr))? {
+        __folio_put(cpu, folio)?;
+    }
+    Ok(())
+}
+
+/// `folio_put(folio)`.
+pub fn folio_put(cpu: &Cpu, folio: Pfn) -> KResult<()> {
+    folio_put_refs(cpu, folio, 1)
+}
+
+/// `put_page(page)`: put the folio the page belongs to.
+pub fn put_page(cpu: &Cpu, page: Pfn) -> KResult<()> {
+    let folio = cpu.step("put_page", |m| compound_head(m, page))?;
+    folio_put(cpu, folio)
+}
+
+/// `__folio_put`: the last reference is gone.
+pub fn __folio_put(cpu: &Cpu, folio: Pfn) -> KResult<()> {
+    let hugetlb = cpu.step("__folio_put", |m| Ok(m.page(folio)?.test(pg::HUGETLB)))?;
+    if hugetlb {
+        return hugetlb::free_huge_folio(cpu, folio);
+    }
+    cpu.step("free_unref_folios", |m| free_frozen_folio(m, folio))
+}
+
+/// Free a folio whose refcount is already 0 (`free_unref_folios`).
+pub fn free_frozen_folio(m: &mut Machine, folio: Pfn) -> Result<(), Violation> {
+    let order = folio_order(m, folio)?;
+    m.frozen.retain(|f| f.folio != folio);
+    m.free_pages(folio, order)
+}
+
+/// `page_ref_freeze(folio, count)`: `cmpxchg(refcount, count, 0)`.
+pub fn folio_ref_freeze(m: &mut Machine, folio: Pfn, count: i32) -> Result<bool, Violation> {
+    let p = m.page(folio)?;
+    if p.refcount != count {
+        ktrace!(
+            m,
+            "folio_ref_freeze(pfn {folio}, {count}) fails: refcount is {}",
+            p.refcount
+        );
+        return Ok(false);
+    }
+    m.page_mut(folio)?.refcount = 0;
+    let cpu = m.cpu_index() as u8;
+    m.frozen.push(Frozen { folio, cpu });
+    ktrace!(m, "folio_ref_freeze(pfn {folio}, {count}): frozen at 0");
+    Ok(true)
+}
+
+/// `page_ref_unfreeze(folio, count)`: store `count` with release.
+pub fn folio_ref_unfreeze(m: &mut Machine, folio: Pfn, count: i32) -> Result<(), Violation> {
+    m.frozen.retain(|f| f.folio != folio);
+    let p = m.page_mut(folio)?;
+    if p.refcount != 0 {
+        return Err(Violation {
+            oracle: super::Oracle::FrozenChanged,
+            detail: format!(
+                "folio_ref_unfreeze(pfn {folio}) found refcount {}",
+                p.refcount
+            ),
+        });
+    }
+    p.refcount = count;
+    ktrace!(m, "folio_ref_unfreeze(pfn {folio}, {count})");
+    Ok(())
+}

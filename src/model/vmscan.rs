@@ -1,0 +1,33 @@
+//! Reclaim of a clean page-cache folio (mm/vmscan.c).
+
+use super::KResult;
+use super::filemap::{
+    filemap_get_entry, filemap_remove_folio_locked, folio_trylock, folio_unlock, with_xa_lock,
+};
+use super::page_flags::folio_nr_pages;
+use super::page_ref::{folio_put, folio_ref_freeze, free_frozen_folio};
+use crate::exec::Cpu;
+
+/// `shrink_folio_list` for one isolated folio: lock it, then
+/// `__remove_mapping` freezes the refcount at `1 + nr` (isolation plus page
+/// cache) under `xa_lock`; any other reference makes it back off.
+pub fn shrink_folio(cpu: &Cpu, index: u32) -> KResult<()> {
+    let Some(folio) = filemap_get_entry(cpu, index)? else {
+        return Ok(());
+    };
+    if !folio_trylock(cpu, folio)? {
+        return folio_put(cpu, folio);
+    }
+    let removed = with_xa_lock(cpu, "__remove_mapping", |m| {
+        let nr = folio_nr_pages(m, folio)? as i32;
+        if m.mapping.slot(index) != Some(folio) || !folio_ref_freeze(m, folio, 1 + nr)? {
+            return Ok(false);
+        }
+        filemap_remove_folio_locked(m, index, folio)
+    })?;
+    folio_unlock(cpu, folio)?;
+    if !removed {
+        return folio_put(cpu, folio);
+    }
+    cpu.step("free_unref_folios", |m| free_frozen_folio(m, folio))
+}

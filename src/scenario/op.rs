@@ -1,0 +1,87 @@
+//! The operations a CPU runs: each one kernel path, named after it.
+
+use crate::exec::Cpu;
+use crate::model::{KResult, filemap, hugetlb, pfn_walker, truncate, vmscan};
+use serde::{Deserialize, Serialize};
+
+/// One kernel path. Serialised as `{"op": "<kernel name>", ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Op {
+    /// Inject failure into the next `count` page allocations.
+    FailNextAllocs { count: u8 },
+    /// `filemap_add_folio`: a new order-0 folio at `index`.
+    FilemapAddFolio { index: u8, pick: u8 },
+    /// `filemap_get_folio` + `folio_put`: a speculative RCU lookup.
+    FilemapGetFolio { index: u8 },
+    /// `truncate_inode_pages_range` for one index.
+    TruncateInodeFolio { index: u8 },
+    /// `shrink_folio_list` → `__remove_mapping` for the folio at `index`.
+    ShrinkFolio { index: u8 },
+    /// A pfn walker: `get_page_unless_zero`, `compound_head`, `put_page`.
+    PfnWalk { pfn: u32 },
+    /// `alloc_pool_huge_folio`: grow the hugetlb pool (runs HVO).
+    AllocPoolHugeFolio { pick: u8 },
+    /// `alloc_hugetlb_folio`: take a pool folio; this CPU keeps it.
+    AllocHugetlbFolio,
+    /// `folio_put` on the last hugetlb folio this CPU took.
+    PutHugetlbFolio,
+    /// `set_max_huge_pages(nr - 1)`: free a pool folio (restores its vmemmap).
+    ShrinkHugePool,
+}
+
+impl Op {
+    /// The kernel function the op mirrors, for traces and tables.
+    pub fn kernel_name(&self) -> &'static str {
+        match self {
+            Op::FailNextAllocs { .. } => "should_fail_alloc_page",
+            Op::FilemapAddFolio { .. } => "filemap_add_folio",
+            Op::FilemapGetFolio { .. } => "filemap_get_folio",
+            Op::TruncateInodeFolio { .. } => "truncate_inode_folio",
+            Op::ShrinkFolio { .. } => "shrink_folio_list",
+            Op::PfnWalk { .. } => "pfn walker",
+            Op::AllocPoolHugeFolio { .. } => "alloc_pool_huge_folio",
+            Op::AllocHugetlbFolio => "alloc_hugetlb_folio",
+            Op::PutHugetlbFolio => "folio_put(hugetlb)",
+            Op::ShrinkHugePool => "set_max_huge_pages",
+        }
+    }
+
+    /// A complexity rank: the minimizer prefers lower ranks, and generated
+    /// scenarios list simpler ops first.
+    pub fn rank(&self) -> u8 {
+        match self {
+            Op::FailNextAllocs { .. } => 0,
+            Op::PfnWalk { .. } => 1,
+            Op::FilemapGetFolio { .. } => 2,
+            Op::FilemapAddFolio { .. } => 3,
+            Op::TruncateInodeFolio { .. } => 4,
+            Op::ShrinkFolio { .. } => 5,
+            Op::AllocHugetlbFolio => 6,
+            Op::PutHugetlbFolio => 7,
+            Op::ShrinkHugePool => 8,
+            Op::AllocPoolHugeFolio { .. } => 9,
+        }
+    }
+
+    /// Run the kernel path on `cpu`.
+    pub fn run(&self, cpu: &Cpu) -> KResult<()> {
+        match *self {
+            Op::FailNextAllocs { count } => cpu.step("should_fail_alloc_page", |m| {
+                m.fail_next_allocs += count as u32;
+                Ok(())
+            }),
+            Op::FilemapAddFolio { index, pick } => {
+                filemap::filemap_add_folio(cpu, index as u32, pick)
+            }
+            Op::FilemapGetFolio { index } => filemap::filemap_get_folio(cpu, index as u32),
+            Op::TruncateInodeFolio { index } => truncate::truncate_inode_folio(cpu, index as u32),
+            Op::ShrinkFolio { index } => vmscan::shrink_folio(cpu, index as u32),
+            Op::PfnWalk { pfn } => pfn_walker::pfn_walk(cpu, pfn),
+            Op::AllocPoolHugeFolio { pick } => hugetlb::alloc_pool_huge_folio(cpu, pick),
+            Op::AllocHugetlbFolio => hugetlb::alloc_hugetlb_folio(cpu),
+            Op::PutHugetlbFolio => hugetlb::put_hugetlb_folio(cpu),
+            Op::ShrinkHugePool => hugetlb::shrink_huge_pool(cpu),
+        }
+    }
+}

@@ -1,0 +1,38 @@
+use mmharness::exec::run_input;
+use mmharness::scenario::Scenario;
+
+fn scenario(variants: &str, schedule: &str) -> Scenario {
+    let text = format!(
+        r#"{{
+      "format": "mmharness-scenario", "version": 1,
+      "config": {{"hvo_mode": "keep-1", "hugetlb_order": 9, "memory_blocks": 3, "variants": [{variants}]}},
+      "setup": [
+        {{"op": "filemap_add_folio", "index": 0, "pick": 5}},
+        {{"op": "filemap_add_folio", "index": 1, "pick": 8}}
+      ],
+      "cpus": [
+        [{{"op": "filemap_get_folio", "index": 1}}],
+        [{{"op": "truncate_inode_folio", "index": 0}},
+         {{"op": "truncate_inode_folio", "index": 1}},
+         {{"op": "alloc_pool_huge_folio", "pick": 0}},
+         {{"op": "alloc_hugetlb_folio"}}]
+      ],
+      "schedule": [{schedule}]
+    }}"#
+    );
+    Scenario::from_json(&text, "test").unwrap()
+}
+
+#[test]
+fn seed000_trace() {
+    for v in ["", "\"hvo-no-rcu-sync\""] {
+        let o = run_input(&scenario(v, "0,0,0,1"), true);
+        for e in &o.trace {
+            println!("{:>4} {:?} {:<28} {}", e.step, e.cpu, e.func, e.text);
+        }
+        println!(
+            "variant [{v}] verdict {:?} schedule {:?}",
+            o.verdict, o.schedule
+        );
+    }
+}
