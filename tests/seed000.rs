@@ -7,14 +7,14 @@ fn scenario(variants: &str, schedule: &str) -> Scenario {
       "format": "mmharness-scenario", "version": 1,
       "config": {{"hvo_mode": "keep-1", "hugetlb_order": 9, "memory_blocks": 3, "variants": [{variants}]}},
       "setup": [
-        {{"op": "filemap_add_folio", "index": 0, "pick": 5}},
-        {{"op": "filemap_add_folio", "index": 1, "pick": 8}}
+        {{"op": "filemap_add_folio", "index": 0, "pfn_hint": 1024}},
+        {{"op": "filemap_add_folio", "index": 1, "pfn_hint": 1088}}
       ],
       "cpus": [
         [{{"op": "filemap_get_folio", "index": 1}}],
         [{{"op": "truncate_inode_folio", "index": 0}},
          {{"op": "truncate_inode_folio", "index": 1}},
-         {{"op": "alloc_pool_huge_folio", "pick": 0}},
+         {{"op": "alloc_pool_huge_folio", "pfn_hint": 1024}},
          {{"op": "alloc_hugetlb_folio"}}]
       ],
       "schedule": [{schedule}]

@@ -1,1 +1,153 @@
+//! Shrink a failing scenario while it keeps failing the same oracle:
+//! fewer CPUs, fewer ops, a shorter schedule with fewer context switches.
+//! Every candidate is replayed with the input scheduler.
 
+use crate::exec::run_input;
+use crate::model::Oracle;
+use crate::scenario::{Expect, Scenario};
+use std::time::{Duration, Instant};
+
+/// Candidates tried per minimization at most.
+const MAX_RUNS: usize = 20_000;
+
+struct Shrinker {
+    target: Oracle,
+    runs: usize,
+    deadline: Instant,
+}
+
+impl Shrinker {
+    fn exhausted(&self) -> bool {
+        self.runs >= MAX_RUNS || Instant::now() >= self.deadline
+    }
+
+    /// Does `c` still fail the target oracle? If so, record its verdict.
+    fn fails(&mut self, c: &mut Scenario) -> bool {
+        if self.exhausted() {
+            return false;
+        }
+        self.runs += 1;
+        let o = run_input(c, false);
+        match o.violation() {
+            Some(d) if d.violation.oracle == self.target => {
+                c.expect = Some(Expect {
+                    oracle: d.violation.oracle,
+                    func: d.func.to_string(),
+                });
+                // Keep only the decisions the execution used.
+                c.schedule.truncate(o.schedule.len());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn try_replace(&mut self, best: &mut Scenario, mut cand: Scenario) -> bool {
+        if self.fails(&mut cand) {
+            *best = cand;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn without_cpu(s: &Scenario, cpu: usize) -> Scenario {
+    let mut c = s.clone();
+    c.cpus.remove(cpu);
+    c.schedule = s
+        .schedule
+        .iter()
+        .filter(|&&x| x as usize != cpu)
+        .map(|&x| if x as usize > cpu { x - 1 } else { x })
+        .collect();
+    c
+}
+
+/// Each op list as (None = setup, Some(i) = CPU i).
+fn op_lists(s: &Scenario) -> Vec<Option<usize>> {
+    std::iter::once(None)
+        .chain((0..s.cpus.len()).map(Some))
+        .collect()
+}
+
+fn list_mut(s: &mut Scenario, which: Option<usize>) -> &mut Vec<crate::scenario::Op> {
+    match which {
+        None => &mut s.setup,
+        Some(i) => &mut s.cpus[i],
+    }
+}
+
+fn one_pass(sh: &mut Shrinker, best: &mut Scenario) -> bool {
+    let mut progress = false;
+    // Whole CPUs.
+    let mut cpu = best.cpus.len();
+    while cpu > 0 && best.cpus.len() > 1 {
+        cpu -= 1;
+        if cpu < best.cpus.len() {
+            progress |= sh.try_replace(best, without_cpu(best, cpu));
+        }
+    }
+    // Single ops, last first; then move setup ops... never: setup is
+    // sequential, so an op there is a fact, not part of the race.
+    for which in op_lists(best) {
+        let mut i = list_mut(best, which).len();
+        while i > 0 {
+            i -= 1;
+            let mut c = best.clone();
+            let list = list_mut(&mut c, which);
+            if i >= list.len() {
+                continue;
+            }
+            list.remove(i);
+            progress |= sh.try_replace(best, c);
+        }
+    }
+    // The schedule: chop the tail, then drop single choices, then make a
+    // choice repeat its predecessor (one context switch fewer).
+    let mut chunk = best.schedule.len().div_ceil(2);
+    while chunk > 0 && !sh.exhausted() {
+        let mut c = best.clone();
+        let keep = c.schedule.len().saturating_sub(chunk);
+        c.schedule.truncate(keep);
+        if c.schedule.len() < best.schedule.len() && sh.try_replace(best, c) {
+            progress = true;
+        } else {
+            chunk /= 2;
+        }
+    }
+    let mut i = best.schedule.len();
+    while i > 0 {
+        i -= 1;
+        if i >= best.schedule.len() {
+            continue;
+        }
+        let mut c = best.clone();
+        c.schedule.remove(i);
+        progress |= sh.try_replace(best, c);
+    }
+    for i in 1..best.schedule.len() {
+        if i < best.schedule.len() && best.schedule[i] != best.schedule[i - 1] {
+            let mut c = best.clone();
+            c.schedule[i] = c.schedule[i - 1];
+            progress |= sh.try_replace(best, c);
+        }
+    }
+    progress
+}
+
+/// Minimize `s`, which must fail `target` when replayed. Returns the
+/// smallest failing scenario found within `time`.
+pub fn minimize(s: &Scenario, target: Oracle, time: Duration) -> Scenario {
+    let mut sh = Shrinker {
+        target,
+        runs: 0,
+        deadline: Instant::now() + time,
+    };
+    let mut best = s.clone();
+    if !sh.fails(&mut best) {
+        return s.clone();
+    }
+    while one_pass(&mut sh, &mut best) && !sh.exhausted() {}
+    best
+}

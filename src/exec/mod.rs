@@ -6,4 +6,6 @@ mod run;
 pub mod schedulers;
 
 pub use cpu::Cpu;
-pub use run::{Outcome, STEP_BOUND, ShuttleEngine, Verdict, run_input, run_shuttle};
+pub use run::{
+    Outcome, STEP_BOUND, ShuttleEngine, Verdict, quiet_shuttle_panics, run_input, run_shuttle,
+};

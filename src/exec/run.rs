@@ -11,6 +11,19 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+static IN_EXECUTION: AtomicBool = AtomicBool::new(false);
+
+/// Silence the panic messages of executions that shuttle fails (deadlock,
+/// step bound): the harness reports those as verdicts. Other panics print.
+pub fn quiet_shuttle_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !IN_EXECUTION.load(Ordering::Relaxed) {
+            previous(info);
+        }
+    }));
+}
+
 /// Scheduling points one execution may take before it counts as a livelock.
 pub const STEP_BOUND: usize = 100_000;
 

@@ -7,7 +7,8 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum HvoMode {
-    /// v5.14: vmemmap pages 0 and 1 stay; pages 2.. alias page 1 read-only.
+    /// The v5.14 layout: vmemmap pages 0 and 1 stay; pages 2.. alias page 1
+    /// read-only. Runs with the v6.10+ grace period and checks.
     #[serde(rename = "keep-2")]
     Keep2,
     /// v5.18+ (v6.10+ fixes): page 0 is copied to a fresh frame, every tail
@@ -15,8 +16,11 @@ pub enum HvoMode {
     #[default]
     #[serde(rename = "keep-1")]
     Keep1,
-    /// 2026 series: all tails of an order are byte-identical and share one
-    /// read-only page; the head vmemmap page stays private. No fake heads.
+    /// The 2026 series ("mm: Eliminate fake head pages from vmemmap
+    /// optimization"): all tails of an order are byte-identical and share
+    /// one read-only page; the head vmemmap page stays private. No fake
+    /// heads, and, as the series does, no grace period and no
+    /// `page_count_writable`.
     SharedTail,
 }
 
@@ -167,7 +171,7 @@ impl Default for Config {
         Config {
             hvo_mode: HvoMode::Keep1,
             hugetlb_order: 9,
-            memory_blocks: 3,
+            memory_blocks: 2,
             variants: VariantSet::default(),
         }
     }

@@ -49,9 +49,9 @@ pub fn with_xa_lock<T>(
 /// `filemap_add_folio` (with `filemap_alloc_folio`): allocate a locked
 /// order-0 folio and insert it at `index`; the page cache holds one
 /// reference per page.
-pub fn filemap_add_folio(cpu: &Cpu, index: u32, pick: u8) -> KResult<()> {
+pub fn filemap_add_folio(cpu: &Cpu, index: u32, pfn_hint: Pfn) -> KResult<()> {
     let Some(folio) = cpu.step("filemap_alloc_folio", |m| {
-        let folio = m.alloc_pages(0, pick)?;
+        let folio = m.alloc_pages(0, pfn_hint)?;
         if let Some(f) = folio {
             m.page_mut(f)?.flags |= pg::LOCKED | pg::LRU;
         }
@@ -185,7 +185,6 @@ pub fn filemap_remove_folio_locked(
     m.mapping.set_slot(index, None);
     let p = m.page_mut(folio)?;
     p.mapping = Mapping::None;
-    p.flags &= !pg::LRU;
     ktrace!(m, "xas_store(index {index}) = NULL");
     Ok(true)
 }

@@ -45,10 +45,12 @@ fn enqueue_hugetlb_folio(m: &mut Machine, folio: Pfn) {
 /// `alloc_buddy_hugetlb_folio`: a compound page from the buddy, frozen with
 /// `folio_ref_freeze(folio, 1)`; a speculative reference that inflated the
 /// count makes it put the folio and retry once.
-fn alloc_buddy_hugetlb_folio(cpu: &Cpu, pick: u8) -> KResult<Option<Pfn>> {
+fn alloc_buddy_hugetlb_folio(cpu: &Cpu, pfn_hint: Pfn) -> KResult<Option<Pfn>> {
     for _attempt in 0..2 {
         let order = cpu.cfg().hugetlb_order;
-        let Some(folio) = cpu.step("alloc_buddy_hugetlb_folio", |m| m.alloc_pages(order, pick))?
+        let Some(folio) = cpu.step("alloc_buddy_hugetlb_folio", |m| {
+            m.alloc_pages(order, pfn_hint)
+        })?
         else {
             return Ok(None);
         };
@@ -66,17 +68,26 @@ fn alloc_buddy_hugetlb_folio(cpu: &Cpu, pick: u8) -> KResult<Option<Pfn>> {
     Ok(None)
 }
 
-/// `alloc_pool_huge_folio` + `prep_and_add_allocated_folios`: grow the pool
-/// by one folio, optimizing its vmemmap.
-pub fn alloc_pool_huge_folio(cpu: &Cpu, pick: u8) -> KResult<()> {
-    let Some(folio) = alloc_buddy_hugetlb_folio(cpu, pick)? else {
-        return Ok(());
+/// `alloc_fresh_hugetlb_folio`: a frozen folio from the buddy with its
+/// vmemmap optimized.
+fn alloc_fresh_hugetlb_folio(cpu: &Cpu, pfn_hint: Pfn) -> KResult<Option<Pfn>> {
+    let Some(folio) = alloc_buddy_hugetlb_folio(cpu, pfn_hint)? else {
+        return Ok(None);
     };
     cpu.step("init_new_hugetlb_folio", |m| {
         m.page_mut(folio)?.flags |= pg::HUGETLB;
         Ok(())
     })?;
     hugetlb_vmemmap_optimize_folio(cpu, folio)?;
+    Ok(Some(folio))
+}
+
+/// `alloc_pool_huge_folio` + `prep_and_add_allocated_folios`: grow the pool
+/// by one folio.
+pub fn alloc_pool_huge_folio(cpu: &Cpu, pfn_hint: Pfn) -> KResult<()> {
+    let Some(folio) = alloc_fresh_hugetlb_folio(cpu, pfn_hint)? else {
+        return Ok(());
+    };
     with_hugetlb_lock(cpu, "prep_and_add_allocated_folios", |m| {
         enqueue_hugetlb_folio(m, folio);
         m.hstate.nr_huge_pages += 1;
@@ -89,20 +100,40 @@ pub fn alloc_pool_huge_folio(cpu: &Cpu, pick: u8) -> KResult<()> {
     })
 }
 
+/// Hand a frozen folio to the faulting task: unfreeze it to 1 and record
+/// that this CPU's task holds that reference.
+fn hand_out(m: &mut Machine, folio: Pfn) -> Result<(), Violation> {
+    m.hstate.active_folios.push(folio);
+    folio_ref_unfreeze(m, folio, 1)?;
+    let c = m.cpu_index();
+    m.cpus[c].holds.push(Hold::HugetlbFolio(folio));
+    Ok(())
+}
+
 /// `alloc_hugetlb_folio`: a fault takes a folio from the pool
-/// (`dequeue_hugetlb_folio_node_exact` unfreezes it to 1); the CPU's task
-/// keeps that reference.
-pub fn alloc_hugetlb_folio(cpu: &Cpu) -> KResult<()> {
-    with_hugetlb_lock(cpu, "alloc_hugetlb_folio", |m| {
+/// (`dequeue_hugetlb_folio_node_exact`) or, when the pool is empty,
+/// allocates a surplus one (`alloc_surplus_hugetlb_folio`; overcommit is
+/// unlimited in the model). The CPU's task keeps the reference.
+pub fn alloc_hugetlb_folio(cpu: &Cpu, pfn_hint: Pfn) -> KResult<()> {
+    let dequeued = with_hugetlb_lock(cpu, "dequeue_hugetlb_folio_node_exact", |m| {
         let Some(folio) = m.hstate.free_folios.pop() else {
             ktrace!(m, "pool is empty");
-            return Ok(());
+            return Ok(false);
         };
-        m.hstate.active_folios.push(folio);
-        folio_ref_unfreeze(m, folio, 1)?;
-        let c = m.cpu_index();
-        m.cpus[c].holds.push(Hold::HugetlbFolio(folio));
-        Ok(())
+        hand_out(m, folio)?;
+        Ok(true)
+    })?;
+    if dequeued {
+        return Ok(());
+    }
+    let Some(folio) = alloc_fresh_hugetlb_folio(cpu, pfn_hint)? else {
+        return Ok(());
+    };
+    with_hugetlb_lock(cpu, "alloc_surplus_hugetlb_folio", |m| {
+        m.hstate.nr_huge_pages += 1;
+        m.hstate.surplus_huge_pages += 1;
+        ktrace!(m, "surplus pfn {folio}");
+        hand_out(m, folio)
     })
 }
 

@@ -10,6 +10,7 @@ use super::config::{HvoMode, STRUCT_PAGES_PER_VMEMMAP_PAGE, Variant};
 use super::machine::{Content, Machine, Owner, Pfn};
 use super::mm_types::{CompoundInfo, StructPage, pg};
 use super::oracle::Violation;
+use super::page_ref::folio_ref_sub_and_test;
 use super::rcu::synchronize_rcu;
 use super::vmemmap::{Pte, vmemmap_page_of};
 use crate::exec::Cpu;
@@ -34,22 +35,22 @@ fn install_memmap_frame(
     f.content = Content::Memmap(pages);
 }
 
-/// `free_vmemmap_page_list`: give the unmapped vmemmap frames back.
+/// `free_vmemmap_page_list`: give the unmapped vmemmap frames back. A
+/// memblock frame goes through `free_reserved_page` (which resets its count
+/// to 1 first), a buddy one through `__free_page`: either way a put.
 fn free_vmemmap_page_list(m: &mut Machine, frames: &[Pfn]) -> Result<(), Violation> {
     for &frame in frames {
-        // free_bootmem_page / __free_page drop the frame's own reference.
         let p = m.page_mut(frame)?;
-        p.refcount = 0;
-        p.flags &= !pg::RESERVED;
-        m.frames[frame as usize].owner = super::machine::Owner::Allocated;
-        m.free_pages(frame, 0)?;
+        if p.test(pg::RESERVED) {
+            p.flags &= !pg::RESERVED;
+            p.refcount = 1;
+        }
+        m.frames[frame as usize].owner = Owner::Allocated;
+        if folio_ref_sub_and_test(m, frame, 1)? {
+            m.free_pages(frame, 0)?;
+        }
     }
-    ktrace!(
-        m,
-        "free_vmemmap_page_list: {} frame(s) {:?} freed",
-        frames.len(),
-        frames
-    );
+    ktrace!(m, "free_vmemmap_page_list: frames {frames:?} freed");
     Ok(())
 }
 
@@ -99,7 +100,9 @@ pub fn hugetlb_vmemmap_optimize_folio(cpu: &Cpu, folio: Pfn) -> KResult<()> {
     } else {
         None
     };
-    if cfg.hvo_mode == HvoMode::Keep1 {
+    // The shared-tail series drops the static key and the grace period
+    // ("hugetlb: Remove VMEMMAP_SYNCHRONIZE_RCU").
+    if cfg.hvo_mode != HvoMode::SharedTail {
         cpu.step("static_branch_inc", |m| {
             m.hugetlb_optimize_vmemmap_key += 1;
             Ok(())
@@ -211,7 +214,7 @@ pub fn hugetlb_vmemmap_restore_folio(cpu: &Cpu, folio: Pfn) -> KResult<bool> {
     if !optimized {
         return Ok(true);
     }
-    if cfg.hvo_mode == HvoMode::Keep1 {
+    if cfg.hvo_mode != HvoMode::SharedTail {
         synchronize_rcu(cpu)?;
     }
     let reserve = cfg.hvo_mode.reserve_pages();
@@ -224,8 +227,9 @@ pub fn hugetlb_vmemmap_restore_folio(cpu: &Cpu, folio: Pfn) -> KResult<bool> {
                 Some(f) => got.push(f),
                 None => {
                     for &f in &got {
-                        m.page_mut(f)?.refcount = 0;
-                        m.free_pages(f, 0)?;
+                        if folio_ref_sub_and_test(m, f, 1)? {
+                            m.free_pages(f, 0)?;
+                        }
                     }
                     ktrace!(m, "-ENOMEM after {} of {} frames", got.len(), tails.len());
                     return Ok(None);
@@ -266,7 +270,7 @@ pub fn hugetlb_vmemmap_restore_folio(cpu: &Cpu, folio: Pfn) -> KResult<bool> {
     flush_step(cpu, range)?;
     cpu.step("folio_clear_hugetlb_vmemmap_optimized", |m| {
         m.page_mut(folio)?.flags &= !pg::VMEMMAP_OPTIMIZED;
-        if cfg.hvo_mode == HvoMode::Keep1 {
+        if cfg.hvo_mode != HvoMode::SharedTail {
             m.hugetlb_optimize_vmemmap_key -= 1;
         }
         Ok(())

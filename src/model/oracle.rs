@@ -308,7 +308,13 @@ pub fn every_reference_put(m: &Machine) -> Result<(), Violation> {
             }
         }
     }
-    if let Some(f) = m.frozen.first() {
+    // Pool folios stay frozen by design (v6.10+); anything else frozen at
+    // quiescence was never unfrozen or freed.
+    if let Some(f) = m
+        .frozen
+        .iter()
+        .find(|f| !m.hstate.free_folios.contains(&f.folio))
+    {
         return fail(
             Oracle::ReferenceLeak,
             format!("folio pfn {} is still frozen by CPU {}", f.folio, f.cpu),

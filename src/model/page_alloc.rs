@@ -1,8 +1,8 @@
 //! The buddy allocator (mm/page_alloc.c).
 //!
-//! Which free block an allocation gets depends, in the kernel, on per-CPU
+//! Which free page an allocation gets depends, in the kernel, on per-CPU
 //! lists, zones and history the model does not carry; the scenario chooses
-//! it instead (`pick`), so generated inputs explore placements.
+//! it instead (a pfn hint), so generated inputs explore placements.
 
 use super::config::HvoMode;
 use super::machine::{Content, Machine, Owner, Pfn};
@@ -55,49 +55,70 @@ impl Buddy {
         self.free_blocks().iter().map(|(_, o)| 1u32 << o).sum()
     }
 
-    /// Remove a free block of at least `order`: block number `pick` among
-    /// the candidates, smallest order first, most recently freed first.
-    fn take(&mut self, order: u8, pick: u8) -> Option<(Pfn, u8)> {
-        let candidates: usize = self.free_area[order as usize..].iter().map(Vec::len).sum();
-        if candidates == 0 {
-            return None;
-        }
-        let mut idx = pick as usize % candidates;
-        for o in order..=self.max_order {
-            let list = &mut self.free_area[o as usize];
-            if idx < list.len() {
-                let pos = list.len() - 1 - idx;
-                return Some((list.remove(pos), o));
+    /// Remove a free block of exactly `order`: the one containing `hint` if
+    /// that page is free (splitting around it), else the most recently freed
+    /// block of the smallest sufficient order.
+    fn take(&mut self, order: u8, hint: Pfn) -> Option<Pfn> {
+        let target = hint & !((1 << order) - 1);
+        let containing = (order..=self.max_order).find_map(|o| {
+            let list = &self.free_area[o as usize];
+            list.iter()
+                .position(|&b| b <= target && target < b + (1 << o))
+                .map(|pos| (o, pos))
+        });
+        let (mut o, pos) = containing.or_else(|| {
+            (order..=self.max_order)
+                .find(|&o| !self.free_area[o as usize].is_empty())
+                .map(|o| (o, self.free_area[o as usize].len() - 1))
+        })?;
+        let mut block = self.free_area[o as usize].remove(pos);
+        let target = if block <= target && target < block + (1 << o) {
+            target
+        } else {
+            block
+        };
+        // expand(): hand back the halves that do not hold the target.
+        while o > order {
+            o -= 1;
+            let upper = block + (1 << o);
+            if target >= upper {
+                self.free_area[o as usize].push(block);
+                block = upper;
+            } else {
+                self.free_area[o as usize].push(upper);
             }
-            idx -= list.len();
         }
-        unreachable!()
+        Some(block)
     }
 }
 
 impl Machine {
     /// `__alloc_pages(gfp, order)`: returns the first pfn, or `None` when the
     /// allocation fails (no block, or injected failure).
-    pub fn alloc_pages(&mut self, order: u8, pick: u8) -> Result<Option<Pfn>, Violation> {
+    pub fn alloc_pages(&mut self, order: u8, hint: Pfn) -> Result<Option<Pfn>, Violation> {
         if self.fail_next_allocs > 0 {
             self.fail_next_allocs -= 1;
             ktrace!(self, "alloc_pages(order {order}) fails (injected)");
             return Ok(None);
         }
-        let Some((pfn, mut block_order)) = self.buddy.take(order, pick) else {
+        let before = self.buddy.free_blocks();
+        let Some(pfn) = self.buddy.take(order, hint) else {
             ktrace!(self, "alloc_pages(order {order}) fails: no free block");
             return Ok(None);
         };
-        // del_page_from_free_list
-        self.page_mut(pfn)?.flags &= !pg::BUDDY;
-        // expand(): hand back the upper halves.
-        while block_order > order {
-            block_order -= 1;
-            let buddy = pfn + (1 << block_order);
-            self.buddy.free_area[block_order as usize].push(buddy);
-            let p = self.page_mut(buddy)?;
-            p.flags |= pg::BUDDY;
-            p.private = block_order as u32;
+        // del_page_from_free_list on the block split, set_buddy_order on
+        // the halves handed back.
+        for (b, o) in self.buddy.free_blocks() {
+            if !before.contains(&(b, o)) {
+                let p = self.page_mut(b)?;
+                p.flags |= pg::BUDDY;
+                p.private = o as u32;
+            }
+        }
+        for (b, _) in before {
+            if b >= pfn && b < pfn + (1 << order) {
+                self.page_mut(b)?.flags &= !pg::BUDDY;
+            }
         }
         for f in pfn..pfn + (1 << order) {
             let frame = &mut self.frames[f as usize];
@@ -108,6 +129,7 @@ impl Machine {
         let head = self.page_mut(pfn)?;
         head.refcount = 1;
         head.private = 0;
+        head.flags &= !pg::BUDDY;
         if order > 0 {
             self.prep_compound_page(pfn, order)?;
         }

@@ -8,9 +8,10 @@ use super::vmemmap::page_aligned;
 
 /// `page_fixed_fake_head`: the real head if `pfn`'s struct page is a fake
 /// head (a PAGE_SIZE-aligned struct page reading a head's contents through
-/// an HVO alias), otherwise `pfn`. Only keep-1 HVO creates fake heads.
+/// an HVO alias), otherwise `pfn`. Keep-2 never aliases a head, and the
+/// shared-tail series removed the function.
 pub fn page_fixed_fake_head(m: &mut Machine, pfn: Pfn) -> Result<Pfn, Violation> {
-    if m.cfg.hvo_mode != HvoMode::Keep1 || m.hugetlb_optimize_vmemmap_key == 0 {
+    if m.cfg.hvo_mode == HvoMode::SharedTail || m.hugetlb_optimize_vmemmap_key == 0 {
         return Ok(pfn);
     }
     if page_aligned(pfn) && m.page(pfn)?.test(pg::HEAD) && pfn + 1 < m.nr_pfns() {

@@ -9,31 +9,102 @@ use super::{KResult, hugetlb};
 use crate::exec::Cpu;
 use crate::ktrace;
 
-/// `atomic_add_unless(&page->_refcount, nr, u)`, with the oracle on what
-/// the reference is taken on.
-fn atomic_add_unless(m: &mut Machine, page: Pfn, nr: i32, u: i32) -> Result<bool, Violation> {
-    let seen = m.page(page)?;
-    if seen.refcount == u {
+/// The first half of `atomic_add_unless` (`atomic_fetch_add_unless`):
+/// `c = atomic_read(v)`. Returns `None` if `c == u`.
+fn add_unless_read(m: &mut Machine, page: Pfn, u: i32) -> Result<Option<i32>, Violation> {
+    let c = m.page(page)?.refcount;
+    if c == u {
         ktrace!(m, "atomic_add_unless(pfn {page}): refcount is {u}, refused");
-        return Ok(false);
+        return Ok(None);
     }
-    let aliased = m.resolve(page).aliased;
-    oracle::ref_target_is_genuine(page, &seen, aliased)?;
-    let p = m.page_mut(page)?;
-    p.refcount += nr;
-    let now = p.refcount;
+    Ok(Some(c))
+}
+
+/// The second half: `try_cmpxchg(v, &c, c + nr)`. A locked cmpxchg needs
+/// write permission whether or not it succeeds (x86 writes the old value
+/// back; arm64 CAS checks permission first), which is how a stale `c`
+/// faults on a read-only vmemmap page (bd225530a4c7). On failure `c` is
+/// the current value and the loop rechecks it against `u`.
+fn add_unless_cmpxchg(
+    m: &mut Machine,
+    page: Pfn,
+    c: i32,
+    nr: i32,
+    u: i32,
+) -> Result<Result<bool, i32>, Violation> {
+    let r = m.resolve(page);
+    if !r.pte.writable {
+        let seen = m.page(page)?;
+        let what = if seen.tail_bit() {
+            "a tail page"
+        } else if r.aliased {
+            "a fake head"
+        } else {
+            "a read-only struct page"
+        };
+        return Err(Violation {
+            oracle: super::Oracle::RoVmemmapWrite,
+            detail: format!(
+                "cmpxchg on the refcount of pfn {page} ({what}, read as {c} before) through the read-only vmemmap mapping of frame {}",
+                r.pte.frame
+            ),
+        });
+    }
+    let seen = m.page(page)?;
+    if seen.refcount != c {
+        let now = seen.refcount;
+        ktrace!(m, "cmpxchg(pfn {page}) fails: refcount is {now}, not {c}");
+        return Ok(if now == u { Ok(false) } else { Err(now) });
+    }
+    oracle::ref_target_is_genuine(page, &seen, r.aliased)?;
+    m.page_mut(page)?.refcount = c + nr;
     ktrace!(
         m,
-        "atomic_add_unless(pfn {page}): refcount {} -> {now}",
-        now - nr
+        "atomic_add_unless(pfn {page}): refcount {c} -> {}",
+        c + nr
     );
-    Ok(true)
+    Ok(Ok(true))
+}
+
+/// `atomic_add_unless(&page->_refcount, nr, u)` as the generic
+/// `atomic_fetch_add_unless` loop: a read step, then cmpxchg steps.
+/// `rcu_unlock` ends the caller's read section with the final step.
+fn atomic_add_unless(cpu: &Cpu, page: Pfn, nr: i32, u: i32, rcu_unlock: bool) -> KResult<bool> {
+    const F: &str = "atomic_add_unless";
+    let unlock = |m: &mut Machine| {
+        if rcu_unlock {
+            m.rcu_read_unlock();
+        }
+    };
+    let Some(mut c) = cpu.step(F, |m| {
+        let c = add_unless_read(m, page, u)?;
+        if c.is_none() {
+            unlock(m);
+        }
+        Ok(c)
+    })?
+    else {
+        return Ok(false);
+    };
+    loop {
+        match cpu.step(F, |m| {
+            let r = add_unless_cmpxchg(m, page, c, nr, u)?;
+            if r.is_ok() {
+                unlock(m);
+            }
+            Ok(r)
+        })? {
+            Ok(done) => return Ok(done),
+            Err(now) => c = now,
+        }
+    }
 }
 
 /// Which checks `page_ref_add_unless` makes before its atomic add.
 #[derive(Clone, Copy)]
 enum WritableCheck {
-    /// No `page_count_writable` (pre-v6.10, and the 2026 shared-tail series).
+    /// No `page_count_writable`: pre-v6.10, and the 2026 shared-tail series
+    /// ("Fake heads no longer exist").
     None,
     /// v6.15+: refcount (acquire) first, then the fake-head check.
     CountThenFakeHead,
@@ -42,7 +113,7 @@ enum WritableCheck {
 }
 
 fn writable_check(cfg: &Config) -> WritableCheck {
-    if cfg.hvo_mode != HvoMode::Keep1 || cfg.has(Variant::RefNoFakeHeadCheck) {
+    if cfg.hvo_mode == HvoMode::SharedTail || cfg.has(Variant::RefNoFakeHeadCheck) {
         WritableCheck::None
     } else if cfg.has(Variant::RefFakeHeadBeforeCount) {
         WritableCheck::FakeHeadThenCount
@@ -73,7 +144,7 @@ pub fn page_ref_add_unless(cpu: &Cpu, page: Pfn, nr: i32, u: i32) -> KResult<boo
     };
     // Each check returns true when the page must not be written.
     let (first, second): (Check, Check) = match writable_check(cpu.cfg()) {
-        WritableCheck::None => return cpu.step(F, |m| atomic_add_unless(m, page, nr, u)),
+        WritableCheck::None => return atomic_add_unless(cpu, page, nr, u, false),
         WritableCheck::CountThenFakeHead => (&count_is_u, &fake_head),
         WritableCheck::FakeHeadThenCount => (&fake_head, &count_is_u),
     };
@@ -98,11 +169,7 @@ pub fn page_ref_add_unless(cpu: &Cpu, page: Pfn, nr: i32, u: i32) -> KResult<boo
     if checks == Some(false) && cpu.step(F, |m| if second(m)? { refused(m) } else { Ok(false) })? {
         return Ok(false);
     }
-    cpu.step(F, |m| {
-        let r = atomic_add_unless(m, page, nr, u);
-        m.rcu_read_unlock();
-        r
-    })
+    atomic_add_unless(cpu, page, nr, u, true)
 }
 
 /// `get_page_unless_zero(page)`.

@@ -1,29 +1,40 @@
-//! A speculative pfn walker, as in `isolate_migratepages_block`
-//! (mm/compaction.c) or `__get_hwpoison_page` (mm/memory-failure.c): it
-//! holds no reference on the pfn it visits.
+//! A speculative pfn walker, as compaction's `isolate_migratepages_block`
+//! (mm/compaction.c) scans: it holds no reference on the pfn it visits, so
+//! every check it makes can be stale by the time it takes one. This is the
+//! walker of commit bd225530a4c7 ("mm/hugetlb_vmemmap: fix race with
+//! speculative PFN walkers").
 
 use super::KResult;
 use super::machine::Pfn;
+use super::mm_types::pg;
 use super::page_flags::compound_head;
-use super::page_ref::{get_page_unless_zero, put_page};
+use super::page_ref::{folio_put, get_page_unless_zero};
 use crate::exec::Cpu;
 use crate::ktrace;
 
-/// Visit `pfn`: `get_page_unless_zero(page)`, then `compound_head(page)`
-/// to find the folio, then `put_page(page)`.
+/// Visit `pfn`: skip it unless `PageLRU`, then `folio_get_nontail_page`
+/// (`get_page_unless_zero`, then `page_folio`), recheck `folio_test_lru`,
+/// and put the folio back.
 pub fn pfn_walk(cpu: &Cpu, pfn: Pfn) -> KResult<()> {
-    let pfn = cpu.step("pfn_to_page", |m| {
+    let (pfn, lru) = cpu.step("isolate_migratepages_block", |m| {
         let pfn = pfn % m.nr_pfns();
-        ktrace!(m, "page = pfn_to_page({pfn})");
-        Ok(pfn)
+        // PageLRU is PF_HEAD: it reads the flags of compound_head(page).
+        let head = compound_head(m, pfn)?;
+        let lru = m.page(head)?.test(pg::LRU);
+        ktrace!(m, "page = pfn_to_page({pfn}); PageLRU = {lru}");
+        Ok((pfn, lru))
     })?;
-    if !get_page_unless_zero(cpu, pfn)? {
+    if !lru || !get_page_unless_zero(cpu, pfn)? {
         return Ok(());
     }
-    cpu.step("compound_head", |m| {
-        let head = compound_head(m, pfn)?;
-        ktrace!(m, "compound_head(pfn {pfn}) = pfn {head}");
-        Ok(())
+    let folio = cpu.step("folio_get_nontail_page", |m| {
+        let folio = compound_head(m, pfn)?;
+        let lru = m.page(folio)?.test(pg::LRU);
+        ktrace!(
+            m,
+            "page_folio(pfn {pfn}) = pfn {folio}; folio_test_lru = {lru}"
+        );
+        Ok(folio)
     })?;
-    put_page(cpu, pfn)
+    folio_put(cpu, folio)
 }

@@ -4,19 +4,36 @@ use super::KResult;
 use super::filemap::{
     filemap_get_entry, filemap_remove_folio_locked, folio_trylock, folio_unlock, with_xa_lock,
 };
+use super::mm_types::pg;
 use super::page_flags::folio_nr_pages;
 use super::page_ref::{folio_put, folio_ref_freeze, free_frozen_folio};
 use crate::exec::Cpu;
 
-/// `shrink_folio_list` for one isolated folio: lock it, then
-/// `__remove_mapping` freezes the refcount at `1 + nr` (isolation plus page
-/// cache) under `xa_lock`; any other reference makes it back off.
+/// `shrink_folio_list` for the folio at `index`: isolate it from the LRU
+/// (`folio_isolate_lru` holds a reference), lock it, then `__remove_mapping`
+/// freezes the refcount at `1 + nr` (isolation plus page cache) under
+/// `xa_lock`; any other reference makes it back off and put it back.
 pub fn shrink_folio(cpu: &Cpu, index: u32) -> KResult<()> {
     let Some(folio) = filemap_get_entry(cpu, index)? else {
         return Ok(());
     };
-    if !folio_trylock(cpu, folio)? {
+    let isolated = cpu.step("folio_isolate_lru", |m| {
+        let was = m.page(folio)?.test(pg::LRU);
+        m.page_mut(folio)?.flags &= !pg::LRU;
+        Ok(was)
+    })?;
+    if !isolated {
         return folio_put(cpu, folio);
+    }
+    let putback = |cpu: &Cpu| -> KResult<()> {
+        cpu.step("folio_putback_lru", |m| {
+            m.page_mut(folio)?.flags |= pg::LRU;
+            Ok(())
+        })?;
+        folio_put(cpu, folio)
+    };
+    if !folio_trylock(cpu, folio)? {
+        return putback(cpu);
     }
     let removed = with_xa_lock(cpu, "__remove_mapping", |m| {
         let nr = folio_nr_pages(m, folio)? as i32;
@@ -27,7 +44,7 @@ pub fn shrink_folio(cpu: &Cpu, index: u32) -> KResult<()> {
     })?;
     folio_unlock(cpu, folio)?;
     if !removed {
-        return folio_put(cpu, folio);
+        return putback(cpu);
     }
     cpu.step("free_unref_folios", |m| free_frozen_folio(m, folio))
 }

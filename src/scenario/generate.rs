@@ -1,1 +1,160 @@
+//! The one decoder from bytes to scenarios.
+//!
+//! cargo-fuzz and bolero feed it through `arbitrary`, the input engine feeds
+//! it random bytes, and the proptest strategy maps byte vectors through it,
+//! so every engine shrinks the same representation. Bytes that run out
+//! decode as zeros, and zero always decodes to the simplest choice (ops are
+//! numbered simplest first), so shrinking bytes toward zero simplifies the
+//! scenario.
 
+use super::{MAX_CPUS, Op, Scenario};
+use crate::model::{Config, config::STRUCT_PAGES_PER_VMEMMAP_PAGE};
+use arbitrary::{Arbitrary, Unstructured};
+use proptest::prelude::*;
+
+/// What the decoder may generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GenOptions {
+    pub config: Config,
+    /// CPUs per scenario: 2..=max_cpus.
+    pub max_cpus: usize,
+    /// Ops per CPU: 1..=max_ops.
+    pub max_ops: usize,
+    /// Ops run before the CPUs start: 0..=max_setup.
+    pub max_setup: usize,
+}
+
+impl Default for GenOptions {
+    fn default() -> Self {
+        GenOptions {
+            config: Config::default(),
+            max_cpus: 2,
+            max_ops: 5,
+            max_setup: 4,
+        }
+    }
+}
+
+impl GenOptions {
+    pub fn with_config(config: Config) -> Self {
+        GenOptions {
+            config,
+            ..GenOptions::default()
+        }
+    }
+}
+
+/// A pfn biased toward the struct pages HVO treats specially: the first
+/// struct page of each vmemmap page of a hugetlb-capable block (a fake head
+/// after keep-1 HVO), its neighbours, and folio heads.
+fn decode_pfn(u: &mut Unstructured, cfg: &Config) -> arbitrary::Result<u32> {
+    let per_block = cfg.pages_per_huge_page();
+    let class = u.int_in_range(0..=7u8)?;
+    let block = u.int_in_range(1..=cfg.memory_blocks as u32 - 1)?;
+    let vpage = u.int_in_range(0..=cfg.vmemmap_pages_per_folio() - 1)?;
+    let base = block * per_block + vpage * STRUCT_PAGES_PER_VMEMMAP_PAGE;
+    Ok(match class {
+        0..=3 => base,
+        4 => base + u.int_in_range(1..=STRUCT_PAGES_PER_VMEMMAP_PAGE - 1)?,
+        5 => block * per_block,
+        _ => u.int_in_range(0..=cfg.nr_pfns() - 1)?,
+    })
+}
+
+/// Two pfns per scenario that ops refer to most of the time, so that a
+/// walker visits the page another CPU allocated.
+struct Palette([u32; 2]);
+
+impl Palette {
+    fn decode(u: &mut Unstructured, cfg: &Config) -> arbitrary::Result<Palette> {
+        Ok(Palette([decode_pfn(u, cfg)?, decode_pfn(u, cfg)?]))
+    }
+
+    fn pfn(&self, u: &mut Unstructured, cfg: &Config) -> arbitrary::Result<u32> {
+        match u.int_in_range(0..=3u8)? {
+            0 | 1 => Ok(self.0[0]),
+            2 => Ok(self.0[1]),
+            _ => decode_pfn(u, cfg),
+        }
+    }
+}
+
+/// Page-cache indexes the generator uses: few, so ops collide.
+const GEN_INDEXES: u8 = 2;
+
+/// One op; kinds are numbered simplest first.
+fn decode_op(u: &mut Unstructured, cfg: &Config, palette: &Palette) -> arbitrary::Result<Op> {
+    let index = |u: &mut Unstructured| u.int_in_range(0..=GEN_INDEXES - 1);
+    Ok(match u.int_in_range(0..=9u8)? {
+        0 => Op::PfnWalk {
+            pfn: palette.pfn(u, cfg)?,
+        },
+        1 => Op::FilemapGetFolio { index: index(u)? },
+        2 => Op::FilemapAddFolio {
+            index: index(u)?,
+            pfn_hint: palette.pfn(u, cfg)?,
+        },
+        3 => Op::TruncateInodeFolio { index: index(u)? },
+        4 => Op::ShrinkFolio { index: index(u)? },
+        5 => Op::AllocHugetlbFolio {
+            pfn_hint: palette.pfn(u, cfg)?,
+        },
+        6 => Op::PutHugetlbFolio,
+        7 => Op::AllocPoolHugeFolio {
+            pfn_hint: palette.pfn(u, cfg)?,
+        },
+        8 => Op::ShrinkHugePool,
+        _ => Op::FailNextAllocs {
+            count: u.int_in_range(1..=3)?,
+        },
+    })
+}
+
+/// Decode a whole scenario. Never fails: missing bytes read as zero.
+pub fn decode(u: &mut Unstructured, opts: &GenOptions) -> arbitrary::Result<Scenario> {
+    let cfg = &opts.config;
+    let nr_cpus = u.int_in_range(2..=opts.max_cpus.clamp(2, MAX_CPUS))?;
+    let palette = Palette::decode(u, cfg)?;
+    let nr_setup = u.int_in_range(0..=opts.max_setup)?;
+    let setup = (0..nr_setup)
+        .map(|_| decode_op(u, cfg, &palette))
+        .collect::<arbitrary::Result<Vec<_>>>()?;
+    let mut cpus = Vec::with_capacity(nr_cpus);
+    for _ in 0..nr_cpus {
+        let n = u.int_in_range(1..=opts.max_ops.max(1))?;
+        cpus.push(
+            (0..n)
+                .map(|_| decode_op(u, cfg, &palette))
+                .collect::<arbitrary::Result<Vec<_>>>()?,
+        );
+    }
+    // The schedule as runs: (CPU, how many decisions in a row).
+    let mut schedule = Vec::new();
+    for _ in 0..u.int_in_range(0..=16u8)? {
+        let cpu = u.int_in_range(0..=nr_cpus as u8 - 1)?;
+        let run = u.int_in_range(1..=8usize)?;
+        schedule.extend(std::iter::repeat_n(cpu, run));
+    }
+    let mut s = Scenario::new(*cfg, setup, cpus);
+    s.schedule = schedule;
+    Ok(s)
+}
+
+/// Decode from a byte slice (fuzz targets, the input engine).
+pub fn decode_bytes(bytes: &[u8], opts: &GenOptions) -> Scenario {
+    decode(&mut Unstructured::new(bytes), opts).expect("the decoder reads missing bytes as zero")
+}
+
+impl<'a> Arbitrary<'a> for Scenario {
+    /// A scenario for the default (fixed) configuration.
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        decode(u, &GenOptions::default())
+    }
+}
+
+/// The proptest strategy: byte vectors through the same decoder, so proptest
+/// shrinks toward fewer and simpler ops and fewer preemptions.
+pub fn scenario_strategy(opts: GenOptions) -> impl Strategy<Value = Scenario> {
+    proptest::collection::vec(any::<u8>(), 0..384)
+        .prop_map(move |bytes| decode_bytes(&bytes, &opts))
+}

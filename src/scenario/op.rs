@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 pub enum Op {
     /// Inject failure into the next `count` page allocations.
     FailNextAllocs { count: u8 },
-    /// `filemap_add_folio`: a new order-0 folio at `index`.
-    FilemapAddFolio { index: u8, pick: u8 },
+    /// `filemap_add_folio`: a new order-0 folio at `index`; the allocator
+    /// returns `pfn_hint` if that page is free.
+    FilemapAddFolio { index: u8, pfn_hint: u32 },
     /// `filemap_get_folio` + `folio_put`: a speculative RCU lookup.
     FilemapGetFolio { index: u8 },
     /// `truncate_inode_pages_range` for one index.
@@ -20,10 +21,12 @@ pub enum Op {
     ShrinkFolio { index: u8 },
     /// A pfn walker: `get_page_unless_zero`, `compound_head`, `put_page`.
     PfnWalk { pfn: u32 },
-    /// `alloc_pool_huge_folio`: grow the hugetlb pool (runs HVO).
-    AllocPoolHugeFolio { pick: u8 },
-    /// `alloc_hugetlb_folio`: take a pool folio; this CPU keeps it.
-    AllocHugetlbFolio,
+    /// `alloc_pool_huge_folio`: grow the hugetlb pool (runs HVO) with the
+    /// free block holding `pfn_hint`, if there is one.
+    AllocPoolHugeFolio { pfn_hint: u32 },
+    /// `alloc_hugetlb_folio`: take a pool folio, or allocate a surplus one
+    /// from the free block holding `pfn_hint`; this CPU keeps it.
+    AllocHugetlbFolio { pfn_hint: u32 },
     /// `folio_put` on the last hugetlb folio this CPU took.
     PutHugetlbFolio,
     /// `set_max_huge_pages(nr - 1)`: free a pool folio (restores its vmemmap).
@@ -41,26 +44,9 @@ impl Op {
             Op::ShrinkFolio { .. } => "shrink_folio_list",
             Op::PfnWalk { .. } => "pfn walker",
             Op::AllocPoolHugeFolio { .. } => "alloc_pool_huge_folio",
-            Op::AllocHugetlbFolio => "alloc_hugetlb_folio",
+            Op::AllocHugetlbFolio { .. } => "alloc_hugetlb_folio",
             Op::PutHugetlbFolio => "folio_put(hugetlb)",
             Op::ShrinkHugePool => "set_max_huge_pages",
-        }
-    }
-
-    /// A complexity rank: the minimizer prefers lower ranks, and generated
-    /// scenarios list simpler ops first.
-    pub fn rank(&self) -> u8 {
-        match self {
-            Op::FailNextAllocs { .. } => 0,
-            Op::PfnWalk { .. } => 1,
-            Op::FilemapGetFolio { .. } => 2,
-            Op::FilemapAddFolio { .. } => 3,
-            Op::TruncateInodeFolio { .. } => 4,
-            Op::ShrinkFolio { .. } => 5,
-            Op::AllocHugetlbFolio => 6,
-            Op::PutHugetlbFolio => 7,
-            Op::ShrinkHugePool => 8,
-            Op::AllocPoolHugeFolio { .. } => 9,
         }
     }
 
@@ -71,15 +57,15 @@ impl Op {
                 m.fail_next_allocs += count as u32;
                 Ok(())
             }),
-            Op::FilemapAddFolio { index, pick } => {
-                filemap::filemap_add_folio(cpu, index as u32, pick)
+            Op::FilemapAddFolio { index, pfn_hint } => {
+                filemap::filemap_add_folio(cpu, index as u32, pfn_hint)
             }
             Op::FilemapGetFolio { index } => filemap::filemap_get_folio(cpu, index as u32),
             Op::TruncateInodeFolio { index } => truncate::truncate_inode_folio(cpu, index as u32),
             Op::ShrinkFolio { index } => vmscan::shrink_folio(cpu, index as u32),
             Op::PfnWalk { pfn } => pfn_walker::pfn_walk(cpu, pfn),
-            Op::AllocPoolHugeFolio { pick } => hugetlb::alloc_pool_huge_folio(cpu, pick),
-            Op::AllocHugetlbFolio => hugetlb::alloc_hugetlb_folio(cpu),
+            Op::AllocPoolHugeFolio { pfn_hint } => hugetlb::alloc_pool_huge_folio(cpu, pfn_hint),
+            Op::AllocHugetlbFolio { pfn_hint } => hugetlb::alloc_hugetlb_folio(cpu, pfn_hint),
             Op::PutHugetlbFolio => hugetlb::put_hugetlb_folio(cpu),
             Op::ShrinkHugePool => hugetlb::shrink_huge_pool(cpu),
         }

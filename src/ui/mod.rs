@@ -1,1 +1,4 @@
+//! The command line and what it prints.
 
+pub mod cli;
+pub mod render;
