@@ -36,3 +36,21 @@ fn seed000_trace() {
         );
     }
 }
+
+#[test]
+fn fake_head_before_count_exists() {
+    use mmharness::exec::{ShuttleEngine, run_shuttle};
+    let s = Scenario::load(std::path::Path::new("/tmp/sc/fhbc.json")).unwrap();
+    let (n, found) = run_shuttle(&s, ShuttleEngine::Dfs, 0, 200_000);
+    println!(
+        "dfs executions {n} found {:?}",
+        found.as_ref().map(|o| (&o.verdict, &o.schedule))
+    );
+    let mut fixed = s.clone();
+    fixed.config.variants = Default::default();
+    let (n, found) = run_shuttle(&fixed, ShuttleEngine::Dfs, 0, 200_000);
+    println!(
+        "fixed: dfs executions {n} found {:?}",
+        found.as_ref().map(|o| (&o.verdict, &o.schedule))
+    );
+}

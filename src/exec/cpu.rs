@@ -16,17 +16,63 @@ pub struct Shared {
     cfg: Config,
     gate: ShuttleMutex<()>,
     wake: Condvar,
+    /// Interleaving coverage, when a guided search asks for it.
+    pub coverage: Option<Mutex<Coverage>>,
 }
 
 impl Shared {
-    pub fn new(machine: Arc<Mutex<Machine>>) -> Arc<Shared> {
+    pub fn new(machine: Arc<Mutex<Machine>>, coverage: bool) -> Arc<Shared> {
         let cfg = lock(&machine).cfg;
         Arc::new(Shared {
             machine,
             cfg,
             gate: ShuttleMutex::new(()),
             wake: Condvar::new(),
+            coverage: coverage.then(|| Mutex::new(Coverage::default())),
         })
+    }
+}
+
+/// Interleaving 2-grams: for each step, the previous step's kernel function,
+/// this step's, and whether the CPU switched in between. Same-CPU pairs
+/// follow control flow (which branch a path took); switched pairs are the
+/// interleavings. Features bucket each pair's count, as AFL does.
+#[derive(Debug, Default)]
+pub struct Coverage {
+    last: Option<(Option<u8>, usize)>,
+    pairs: Vec<u64>,
+}
+
+impl Coverage {
+    fn record(&mut self, cpu: Option<u8>, func: &'static str) {
+        // A kernel name is a string literal: its address identifies it.
+        let f = func.as_ptr() as usize;
+        if let Some((prev_cpu, prev)) = self.last {
+            let switched = (prev_cpu != cpu) as u64;
+            let h = (prev as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ^ (f as u64).rotate_left(29)
+                ^ switched;
+            self.pairs.push(h.wrapping_mul(0xBF58_476D_1CE4_E5B9));
+        }
+        self.last = Some((cpu, f));
+    }
+
+    /// The execution's features, sorted and deduplicated.
+    pub fn features(&mut self) -> Vec<u64> {
+        self.pairs.sort_unstable();
+        let mut out = Vec::new();
+        for run in self.pairs.chunk_by(|a, b| a == b) {
+            let bucket = match run.len() {
+                1 => 0,
+                2 => 1,
+                3 => 2,
+                4..=7 => 3,
+                _ => 4,
+            };
+            out.push(run[0] ^ bucket);
+        }
+        out.dedup();
+        out
     }
 }
 
@@ -110,6 +156,9 @@ impl Cpu {
         });
         let notify = m.waiters > 0;
         drop(m);
+        if let Some(c) = &self.shared.coverage {
+            lock(c).record(self.id, func);
+        }
         if notify {
             let _g =
                 gate.unwrap_or_else(|| self.shared.gate.lock().unwrap_or_else(|e| e.into_inner()));

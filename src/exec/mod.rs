@@ -7,5 +7,6 @@ pub mod schedulers;
 
 pub use cpu::Cpu;
 pub use run::{
-    Outcome, STEP_BOUND, ShuttleEngine, Verdict, quiet_shuttle_panics, run_input, run_shuttle,
+    Explored, Outcome, STEP_BOUND, ShuttleEngine, Verdict, explore_shuttle, quiet_shuttle_panics,
+    run_input, run_input_covered, run_shuttle,
 };

@@ -2,6 +2,7 @@
 
 use super::cpu::{Cpu, Shared, lock};
 use super::schedulers::{InputScheduler, Recording, ScheduleLog};
+use crate::model::kcov::AccessCoverage;
 use crate::model::machine::{Detected, TraceEvent};
 use crate::model::{Machine, Oracle, Violation, oracle};
 use crate::scenario::Scenario;
@@ -43,6 +44,8 @@ pub struct Outcome {
     /// Model steps executed.
     pub steps: u32,
     pub trace: Vec<TraceEvent>,
+    /// Interleaving-coverage features, when asked for (see `Coverage`).
+    pub features: Vec<u64>,
 }
 
 impl Outcome {
@@ -63,6 +66,7 @@ type Report = Arc<dyn Fn(Outcome) + Send + Sync>;
 
 fn outcome_of(m: &mut Machine, log: &ScheduleLog) -> Outcome {
     Outcome {
+        features: Vec::new(),
         verdict: match &m.detected {
             Some(d) => Verdict::Violation(d.clone()),
             None => Verdict::Clean,
@@ -75,9 +79,21 @@ fn outcome_of(m: &mut Machine, log: &ScheduleLog) -> Outcome {
 
 /// The closure shuttle runs: boot, setup, spawn one thread per CPU, join,
 /// then check quiescence and report.
+/// What an execution records besides its verdict.
+#[derive(Debug, Clone, Copy, Default)]
+struct Observe {
+    tracing: bool,
+    /// Interleaving 2-grams.
+    coverage: bool,
+    /// Conflicting struct-page accesses too: a denser signal that helps
+    /// the shuttle schedulers keep scenarios where CPUs meet, but drowns a
+    /// byte-mutating search in features.
+    conflicts: bool,
+}
+
 fn body(
     scenario: Arc<Scenario>,
-    tracing: bool,
+    observe: Observe,
     slot: MachineSlot,
     log: ScheduleLog,
     report: Report,
@@ -86,10 +102,14 @@ fn body(
         let machine = Arc::new(Mutex::new(Machine::new(
             scenario.config,
             scenario.cpus.len(),
-            tracing,
+            observe.tracing,
         )));
         *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(machine.clone());
-        let shared = Shared::new(machine.clone());
+        if observe.conflicts {
+            let mut m = lock(&machine);
+            m.access_coverage = Some(AccessCoverage::new(m.nr_pfns()));
+        }
+        let shared = Shared::new(machine.clone(), observe.coverage);
         let boot = Cpu::new(None, shared.clone());
         for op in &scenario.setup {
             if op.run(&boot).is_err() {
@@ -121,7 +141,18 @@ fn body(
                 m.detect(v);
             }
         }
-        report(outcome_of(&mut m, &log));
+        let mut outcome = outcome_of(&mut m, &log);
+        let conflicts = m.access_coverage.take();
+        drop(m);
+        if let Some(c) = &shared.coverage {
+            outcome.features = lock(c).features();
+        }
+        if let Some(c) = conflicts {
+            outcome.features.extend(c.features);
+            outcome.features.sort_unstable();
+            outcome.features.dedup();
+        }
+        report(outcome);
     }
 }
 
@@ -158,6 +189,7 @@ fn failed_outcome(message: String, slot: &MachineSlot, log: &ScheduleLog) -> Out
             schedule: Vec::new(),
             steps: 0,
             trace: Vec::new(),
+            features: Vec::new(),
         };
     };
     let mut m = lock(&machine);
@@ -183,7 +215,7 @@ fn failed_outcome(message: String, slot: &MachineSlot, log: &ScheduleLog) -> Out
 fn run_with<S: Scheduler + 'static>(
     scenario: &Scenario,
     scheduler: S,
-    tracing: bool,
+    observe: Observe,
     log: ScheduleLog,
     mut on_outcome: impl FnMut(Outcome) -> bool + Send + 'static,
     stop: Arc<AtomicBool>,
@@ -199,7 +231,7 @@ fn run_with<S: Scheduler + 'static>(
     });
     let f = body(
         Arc::new(scenario.clone()),
-        tracing,
+        observe,
         slot.clone(),
         log.clone(),
         report,
@@ -216,6 +248,27 @@ fn run_with<S: Scheduler + 'static>(
 /// Replay `scenario.schedule` with the input-driven scheduler: one
 /// deterministic execution.
 pub fn run_input(scenario: &Scenario, tracing: bool) -> Outcome {
+    input_execution(
+        scenario,
+        Observe {
+            tracing,
+            ..Observe::default()
+        },
+    )
+}
+
+/// [`run_input`], recording interleaving-coverage features.
+pub fn run_input_covered(scenario: &Scenario) -> Outcome {
+    input_execution(
+        scenario,
+        Observe {
+            coverage: true,
+            ..Observe::default()
+        },
+    )
+}
+
+fn input_execution(scenario: &Scenario, observe: Observe) -> Outcome {
     let log = ScheduleLog::default();
     let result: Arc<Mutex<Option<Outcome>>> = Arc::default();
     let r = result.clone();
@@ -223,7 +276,7 @@ pub fn run_input(scenario: &Scenario, tracing: bool) -> Outcome {
     let failed = run_with(
         scenario,
         sched,
-        tracing,
+        observe,
         log,
         move |o| {
             *r.lock().unwrap_or_else(|e| e.into_inner()) = Some(o);
@@ -246,27 +299,44 @@ pub enum ShuttleEngine {
     Dfs,
 }
 
-/// Explore `executions` interleavings of `scenario` with a shuttle
-/// scheduler. Returns how many ran and the first violating outcome, whose
-/// schedule replays under [`run_input`].
-pub fn run_shuttle(
+/// What exploring one scenario with a shuttle scheduler produced.
+#[derive(Debug, Clone, Default)]
+pub struct Explored {
+    pub executions: usize,
+    /// The first non-clean outcome; its schedule replays under
+    /// [`run_input`].
+    pub failure: Option<Outcome>,
+    /// The union of the executions' coverage features, if asked for.
+    pub features: Vec<u64>,
+}
+
+/// Explore up to `executions` interleavings of `scenario` with a shuttle
+/// scheduler, stopping at the first violation.
+pub fn explore_shuttle(
     scenario: &Scenario,
     engine: ShuttleEngine,
     seed: u64,
     executions: usize,
-) -> (usize, Option<Outcome>) {
+    coverage: bool,
+) -> Explored {
     let log = ScheduleLog::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(Mutex::new(0usize));
-    let found: Arc<Mutex<Option<Outcome>>> = Arc::default();
-    let (c, fnd) = (count.clone(), found.clone());
+    let acc: Arc<Mutex<Explored>> = Arc::default();
+    let a = acc.clone();
     let on_outcome = move |o: Outcome| {
-        *c.lock().unwrap() += 1;
+        let mut acc = a.lock().unwrap_or_else(|e| e.into_inner());
+        acc.executions += 1;
+        acc.features.extend_from_slice(&o.features);
         if matches!(o.verdict, Verdict::Clean) {
             return true;
         }
-        *fnd.lock().unwrap() = Some(o);
+        acc.failure = Some(o);
         false
+    };
+    let observe = Observe {
+        tracing: false,
+        coverage,
+        conflicts: coverage,
     };
     let failed = match engine {
         ShuttleEngine::Random => run_with(
@@ -276,7 +346,7 @@ pub fn run_shuttle(
                 log.clone(),
                 stop.clone(),
             ),
-            false,
+            observe,
             log,
             on_outcome,
             stop,
@@ -288,7 +358,7 @@ pub fn run_shuttle(
                 log.clone(),
                 stop.clone(),
             ),
-            false,
+            observe,
             log,
             on_outcome,
             stop,
@@ -300,15 +370,31 @@ pub fn run_shuttle(
                 log.clone(),
                 stop.clone(),
             ),
-            false,
+            observe,
             log,
             on_outcome,
             stop,
         ),
     };
-    let n = *count.lock().unwrap();
-    match failed {
-        Some(o) => (n + 1, Some(o)),
-        None => (n, found.lock().unwrap().take()),
+    let mut acc = std::mem::take(&mut *acc.lock().unwrap_or_else(|e| e.into_inner()));
+    if let Some(o) = failed {
+        acc.executions += 1;
+        acc.failure = Some(o);
     }
+    acc.features.sort_unstable();
+    acc.features.dedup();
+    acc
+}
+
+/// Explore `executions` interleavings of `scenario` with a shuttle
+/// scheduler. Returns how many ran and the first violating outcome, whose
+/// schedule replays under [`run_input`].
+pub fn run_shuttle(
+    scenario: &Scenario,
+    engine: ShuttleEngine,
+    seed: u64,
+    executions: usize,
+) -> (usize, Option<Outcome>) {
+    let e = explore_shuttle(scenario, engine, seed, executions, false);
+    (e.executions, e.failure)
 }

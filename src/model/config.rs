@@ -81,6 +81,26 @@ variants! {
     /// Free the folio even though its vmemmap could not be restored.
     HvoRestoreFailFrees = "hvo-restore-fail-frees",
         "on hugetlb_vmemmap_restore_folio() -ENOMEM the folio is freed anyway, writing its RO-aliased tail struct pages (seed 004)";
+    /// `__folio_migrate_mapping` checks the refcount, then stores 0 with a
+    /// plain store: the speculative-reference design of e286781d5f2e
+    /// ("mm: speculative page references", v2.6.27) needs the cmpxchg of
+    /// `folio_ref_freeze` (seed 003).
+    MigrateNonatomicFreeze = "migrate-nonatomic-freeze",
+        "__folio_migrate_mapping() checks refcount == expected, then stores 0 with a plain store instead of folio_ref_freeze()'s cmpxchg, wiping a concurrent GUP-fast reference (seed 003; the cmpxchg freeze dates from e286781d5f2e, v2.6.27)";
+    /// `gup_fast_pte_range` keeps its reference without re-reading the PMD
+    /// and PTE: the re-read that RCU GUP-fast (2667f50e8b81, v3.19) relies
+    /// on instead of IPIs.
+    GupFastNoRecheck = "gup-fast-no-recheck",
+        "gup_fast_pte_range() keeps its reference without re-reading the PTE, so it pins a folio that migration already replaced (RCU GUP-fast needs the recheck: 2667f50e8b81, v3.19)";
+    /// `folio_expected_refs` without the page-cache term: every page-cache
+    /// folio looks over-referenced. The same shape as the shmem THP bug
+    /// e71769ae5260 fixed (1 counted instead of nr_pages: offlining looped).
+    MigrateExpectedRefsUndercount = "migrate-expected-refs-undercount",
+        "folio_expected_refs() drops the page-cache term, so a quiet page-cache folio never matches the expected count and migration returns -EAGAIN until it gives up (like shmem THP before e71769ae5260, v4.17, whose page-cache term was 1, not nr_pages)";
+    /// `gup_fast_pte_range` rechecks the PTE but not the PMD (before
+    /// 70cbc3cc78a9, v6.1).
+    GupFastNoPmdRecheck = "gup-fast-no-pmd-recheck",
+        "gup_fast_pte_range() rechecks the PTE but not the PMD, so it pins a page khugepaged is collapsing after pmdp_collapse_flush() detached its page table (fixed by 70cbc3cc78a9, v6.1)";
 }
 
 impl Variant {

@@ -149,7 +149,7 @@ pub fn put_hugetlb_folio(cpu: &Cpu) -> KResult<()> {
     })?;
     match held {
         Some(Hold::HugetlbFolio(folio)) => folio_put(cpu, folio),
-        None => Ok(()),
+        _ => Ok(()),
     }
 }
 

@@ -6,6 +6,7 @@ use super::hugetlb::Hstate;
 use super::mm_types::StructPage;
 use super::oracle::{Oracle, Violation};
 use super::page_alloc::Buddy;
+use super::pgtable::PageTables;
 use super::rcu::RcuState;
 use super::vmemmap::{Pte, Vmemmap};
 
@@ -47,6 +48,30 @@ pub struct Frame {
 pub enum Hold {
     /// A hugetlb folio allocated to this CPU's task: one reference.
     HugetlbFolio(Pfn),
+    /// A `FOLL_GET` reference from GUP on `folio`, for the user page `page`.
+    GupRef { folio: Pfn, page: Pfn },
+    /// A `FOLL_PIN` pin: `GUP_PIN_COUNTING_BIAS` references on a small
+    /// folio, one reference and one `_pincount` on a large one.
+    GupPin { folio: Pfn, page: Pfn },
+}
+
+impl Hold {
+    /// The folio of a GUP reference or pin.
+    pub fn gup_folio(self) -> Option<Pfn> {
+        match self {
+            Hold::GupRef { folio, .. } | Hold::GupPin { folio, .. } => Some(folio),
+            Hold::HugetlbFolio(_) => None,
+        }
+    }
+}
+
+/// A folio whose contents migration (or khugepaged) moved to another folio:
+/// from then on, a write to `src` is lost. Dropped when `src` is freed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migrated {
+    pub src: Pfn,
+    pub dst: Pfn,
+    pub cpu: u8,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +115,12 @@ pub struct Machine {
     pub cpus: Vec<CpuState>,
     pub rcu: RcuState,
     pub mapping: AddressSpace,
+    /// User page tables of every process.
+    pub pt: PageTables,
+    /// Folios whose contents moved elsewhere, until they are freed.
+    pub migrated: Vec<Migrated>,
+    /// Values written through pins are `write_seq`, counting up.
+    pub write_seq: u64,
     pub hstate: Hstate,
     /// `hugetlb_optimize_vmemmap_key`.
     pub hugetlb_optimize_vmemmap_key: u32,
@@ -103,6 +134,8 @@ pub struct Machine {
     pub step: u32,
     pub trace: Option<Vec<TraceEvent>>,
     pub detected: Option<Detected>,
+    /// Conflicting-access coverage, when a guided search asks for it.
+    pub access_coverage: Option<super::kcov::AccessCoverage>,
     /// CPUs blocked until the machine changes (see `exec::Cpu::step_when`).
     pub waiters: u32,
 }
@@ -152,6 +185,9 @@ impl Machine {
             ],
             rcu: RcuState::new(nr_cpus.max(1)),
             mapping: AddressSpace::new(PAGE_CACHE_SLOTS),
+            pt: PageTables::new(),
+            migrated: Vec::new(),
+            write_seq: 0,
             hstate: Hstate::default(),
             hugetlb_optimize_vmemmap_key: 0,
             fail_next_allocs: 0,
@@ -161,6 +197,7 @@ impl Machine {
             step: 0,
             trace: tracing.then(Vec::new),
             detected: None,
+            access_coverage: None,
             waiters: 0,
         };
         m.buddy.boot_free_range(nr_vmemmap, nr_pfns);

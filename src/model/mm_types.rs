@@ -40,9 +40,10 @@ pub enum Mapping {
     File {
         index: u32,
     },
-    /// An anon_vma.
+    /// An anon_vma (one per process in the model), at a linear page index.
     Anon {
         anon_vma: u8,
+        index: u32,
     },
 }
 
@@ -56,6 +57,9 @@ pub struct StructPage {
     pub mapcount: i32,
     /// `folio->_pincount` (meaningful in page[1] of a large folio).
     pub pincount: i32,
+    /// `folio->_entire_mapcount` (page[1] of a large folio): PMD mappings,
+    /// -1 when none.
+    pub entire_mapcount: i32,
     /// `folio->_folio_order` (meaningful in page[1] of a large folio).
     pub order: u8,
     pub mapping: Mapping,
@@ -71,6 +75,7 @@ impl StructPage {
         refcount: 0,
         mapcount: -1,
         pincount: 0,
+        entire_mapcount: -1,
         order: 0,
         mapping: Mapping::None,
         private: 0,

@@ -5,18 +5,26 @@
 //! [`Machine`]; every access to shared state goes through [`crate::exec::Cpu`],
 //! which makes it a scheduling point.
 
+pub mod buffer;
 pub mod config;
 pub mod filemap;
+pub mod gup;
 pub mod hugetlb;
 pub mod hugetlb_vmemmap;
+pub mod khugepaged;
+pub mod kcov;
 pub mod machine;
+pub mod memory;
+pub mod migrate;
 pub mod mm_types;
 pub mod oracle;
 pub mod page_alloc;
 pub mod page_flags;
 pub mod page_ref;
+pub mod pgtable;
 pub mod pfn_walker;
 pub mod rcu;
+pub mod rmap;
 pub mod truncate;
 pub mod vmemmap;
 pub mod vmscan;

@@ -152,6 +152,7 @@ impl Machine {
         let second = self.page_mut(head + 1)?;
         second.order = order;
         second.pincount = 0;
+        second.entire_mapcount = -1;
         Ok(())
     }
 

@@ -49,3 +49,22 @@ pub fn folio_nr_pages(m: &mut Machine, head: Pfn) -> Result<u32, Violation> {
 pub fn folio_order(m: &mut Machine, head: Pfn) -> Result<u8, Violation> {
     Ok(folio_nr_pages(m, head)?.trailing_zeros() as u8)
 }
+
+/// The head of `pfn`'s folio as the page table reads it, without a TLB or
+/// any oracle: the oracles' `compound_head`.
+pub fn peek_head(m: &Machine, pfn: Pfn) -> Pfn {
+    match m.peek(pfn).compound_info {
+        CompoundInfo::Tail(head) => head,
+        CompoundInfo::TailMask(order) => pfn & !((1u32 << order) - 1),
+        CompoundInfo::None => pfn,
+    }
+}
+
+/// `folio_nr_pages` without a TLB or any oracle.
+pub fn peek_nr_pages(m: &Machine, head: Pfn) -> u32 {
+    if m.peek(head).test(pg::HEAD) {
+        1 << m.peek(head + 1).order
+    } else {
+        1
+    }
+}

@@ -193,6 +193,17 @@ pub fn folio_get(m: &mut Machine, folio: Pfn) -> Result<(), Violation> {
     Ok(())
 }
 
+/// `folio_ref_add(folio, nr)`: an unconditional add; the caller guarantees
+/// a reference already exists.
+pub fn folio_ref_add(m: &mut Machine, folio: Pfn, nr: i32) -> Result<(), Violation> {
+    let p = m.page_mut(folio)?;
+    let old = p.refcount;
+    oracle::no_increment_from_zero(folio, old)?;
+    p.refcount += nr;
+    ktrace!(m, "folio_ref_add(pfn {folio}, {nr}): refcount {old} -> {}", old + nr);
+    Ok(())
+}
+
 /// `folio_ref_sub_and_test`: drop `nr` references; true if that was the last.
 pub fn folio_ref_sub_and_test(m: &mut Machine, folio: Pfn, nr: i32) -> Result<bool, Violation> {
     let p = m.page_mut(folio)?;
@@ -239,6 +250,7 @@ pub fn __folio_put(cpu: &Cpu, folio: Pfn) -> KResult<()> {
 pub fn free_frozen_folio(m: &mut Machine, folio: Pfn) -> Result<(), Violation> {
     let order = folio_order(m, folio)?;
     m.frozen.retain(|f| f.folio != folio);
+    m.migrated.retain(|x| x.src != folio);
     m.free_pages(folio, order)
 }
 

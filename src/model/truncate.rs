@@ -1,13 +1,19 @@
 //! Truncation (mm/truncate.c).
 
 use super::KResult;
-use super::filemap::{filemap_remove_folio_locked, folio_lock, folio_unlock, with_xa_lock};
+use super::filemap::{filemap_remove_folio_locked, folio_unlock, with_xa_lock};
+use super::machine::Pfn;
+use super::mm_types::{Mapping, pg};
 use super::page_flags::folio_nr_pages;
-use super::page_ref::{folio_get, folio_put, folio_put_refs};
+use super::page_ref::{folio_get, folio_put, folio_put_refs, folio_ref_sub_and_test};
+use super::pgtable::{PteVal, rmap_candidates};
+use super::rmap::folio_mapcount;
 use crate::exec::Cpu;
+use crate::ktrace;
 
 /// `truncate_inode_pages_range` for one index: find and lock the folio
-/// (`find_lock_entries`), remove it from the page cache
+/// (`find_lock_entries`), unmap it and drop its buffers
+/// (`truncate_cleanup_folio`), remove it from the page cache
 /// (`truncate_inode_folio`), drop the page cache's references
 /// (`filemap_free_folio`), then the lookup's reference: usually the last.
 pub fn truncate_inode_folio(cpu: &Cpu, index: u32) -> KResult<()> {
@@ -21,7 +27,31 @@ pub fn truncate_inode_folio(cpu: &Cpu, index: u32) -> KResult<()> {
     else {
         return Ok(());
     };
-    folio_lock(cpu, folio)?;
+    let (mapped, private) = cpu.step_when(
+        "folio_lock",
+        |m| !m.peek(folio).test(pg::LOCKED),
+        |m| {
+            m.page_mut(folio)?.flags |= pg::LOCKED;
+            let p = m.page(folio)?;
+            let ours = p.mapping == Mapping::File { index };
+            Ok((
+                ours && folio_mapcount(m, folio)? > 0,
+                ours && p.test(pg::PRIVATE),
+            ))
+        },
+    )?;
+    if mapped {
+        unmap_mapping_folio(cpu, folio, index)?;
+    }
+    if private {
+        // folio_invalidate() → block_invalidate_folio(): the buffers go.
+        cpu.step("folio_invalidate", |m| {
+            m.page_mut(folio)?.flags &= !pg::PRIVATE;
+            folio_ref_sub_and_test(m, folio, 1)?;
+            ktrace!(m, "pfn {folio}: buffers dropped");
+            Ok(())
+        })?;
+    }
     let (removed, nr) = with_xa_lock(cpu, "__filemap_remove_folio", |m| {
         let nr = folio_nr_pages(m, folio)?;
         Ok((filemap_remove_folio_locked(m, index, folio)?, nr))
@@ -31,4 +61,21 @@ pub fn truncate_inode_folio(cpu: &Cpu, index: u32) -> KResult<()> {
     }
     folio_unlock(cpu, folio)?;
     folio_put(cpu, folio)
+}
+
+/// `unmap_mapping_folio`: zap every PTE mapping the folio, one process at a
+/// time under its PTE lock; our lookup reference keeps it alive.
+fn unmap_mapping_folio(cpu: &Cpu, folio: Pfn, index: u32) -> KResult<()> {
+    for a in rmap_candidates(Mapping::File { index }, 0) {
+        cpu.step("zap_pte_range", |m| {
+            if m.pte(a) == Some(PteVal::Present { pfn: folio }) {
+                m.set_pte(a, PteVal::None);
+                m.page_mut(folio)?.mapcount -= 1;
+                folio_ref_sub_and_test(m, folio, 1)?;
+                ktrace!(m, "{a}: PTE for pfn {folio} cleared");
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
 }

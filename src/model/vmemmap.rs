@@ -80,14 +80,23 @@ impl Machine {
         }
     }
 
+    fn cover(&mut self, pfn: Pfn, write: bool) {
+        let (cpu, func) = (self.cur_cpu, self.cur_func);
+        if let Some(c) = self.access_coverage.as_mut() {
+            c.record(pfn, cpu, func, write);
+        }
+    }
+
     /// Read `pfn_to_page(pfn)` as the running CPU sees it.
     pub fn page(&mut self, pfn: Pfn) -> Result<StructPage, Violation> {
+        self.cover(pfn, false);
         let r = self.resolve(pfn);
         self.memmap_slot(pfn, r).map(|p| *p)
     }
 
     /// Write access to `pfn_to_page(pfn)` as the running CPU sees it.
     pub fn page_mut(&mut self, pfn: Pfn) -> Result<&mut StructPage, Violation> {
+        self.cover(pfn, true);
         let r = self.resolve(pfn);
         oracle::no_write_through_ro_vmemmap(pfn, r.pte)?;
         self.memmap_slot(pfn, r)

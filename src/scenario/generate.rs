@@ -8,6 +8,7 @@
 //! scenario.
 
 use super::{MAX_CPUS, Op, Scenario};
+use crate::model::pgtable::{NR_MMS, USER_PAGES};
 use crate::model::{Config, config::STRUCT_PAGES_PER_VMEMMAP_PAGE};
 use arbitrary::{Arbitrary, Unstructured};
 use proptest::prelude::*;
@@ -82,10 +83,53 @@ impl Palette {
 /// Page-cache indexes the generator uses: few, so ops collide.
 const GEN_INDEXES: u8 = 2;
 
-/// One op; kinds are numbered simplest first.
-fn decode_op(u: &mut Unstructured, cfg: &Config, palette: &Palette) -> arbitrary::Result<Op> {
+/// Two user addresses (process, page) per scenario that ops refer to most
+/// of the time, so that GUP, faults and migration meet on one page.
+struct Uaddrs([(u8, u8); 2]);
+
+impl Uaddrs {
+    fn decode_one(u: &mut Unstructured) -> arbitrary::Result<(u8, u8)> {
+        Ok((
+            u.int_in_range(0..=NR_MMS as u8 - 1)?,
+            u.int_in_range(0..=USER_PAGES as u8 - 1)?,
+        ))
+    }
+
+    fn decode(u: &mut Unstructured) -> arbitrary::Result<Uaddrs> {
+        Ok(Uaddrs([Self::decode_one(u)?, Self::decode_one(u)?]))
+    }
+
+    fn get(&self, u: &mut Unstructured) -> arbitrary::Result<(u8, u8)> {
+        match u.int_in_range(0..=3u8)? {
+            0 | 1 => Ok(self.0[0]),
+            2 => Ok(self.0[1]),
+            _ => Self::decode_one(u),
+        }
+    }
+}
+
+/// Op kinds, simplest first. A scenario draws from all of them, from the
+/// page-cache and hugetlb ones, or from the page-cache and user-memory ones
+/// (so that each family's races stay likely).
+const KINDS: u8 = 19;
+const HVO_KINDS: &[u8] = &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9];
+const USER_KINDS: &[u8] = &[1, 2, 3, 4, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18];
+
+/// One op of the given kind.
+fn decode_op(
+    u: &mut Unstructured,
+    cfg: &Config,
+    palette: &Palette,
+    uaddrs: &Uaddrs,
+    family: u8,
+) -> arbitrary::Result<Op> {
     let index = |u: &mut Unstructured| u.int_in_range(0..=GEN_INDEXES - 1);
-    Ok(match u.int_in_range(0..=9u8)? {
+    let kind = match family {
+        0 => u.int_in_range(0..=KINDS - 1)?,
+        1 => HVO_KINDS[u.int_in_range(0..=HVO_KINDS.len() - 1)?],
+        _ => USER_KINDS[u.int_in_range(0..=USER_KINDS.len() - 1)?],
+    };
+    Ok(match kind {
         0 => Op::PfnWalk {
             pfn: palette.pfn(u, cfg)?,
         },
@@ -104,8 +148,44 @@ fn decode_op(u: &mut Unstructured, cfg: &Config, palette: &Palette) -> arbitrary
             pfn_hint: palette.pfn(u, cfg)?,
         },
         8 => Op::ShrinkHugePool,
-        _ => Op::FailNextAllocs {
+        9 => Op::FailNextAllocs {
             count: u.int_in_range(1..=3)?,
+        },
+        10 => {
+            let (mm, addr) = uaddrs.get(u)?;
+            Op::HandleMmFault {
+                mm,
+                addr,
+                pfn_hint: palette.pfn(u, cfg)?,
+                order: u.int_in_range(0..=1)?,
+            }
+        }
+        11 => {
+            let (mm, addr) = uaddrs.get(u)?;
+            Op::GetUserPagesFast { mm, addr }
+        }
+        12 => {
+            let (mm, addr) = uaddrs.get(u)?;
+            Op::PinUserPagesFast { mm, addr }
+        }
+        13 => Op::MemcpyToPage,
+        14 => Op::UnpinUserPage,
+        15 => {
+            let (mm, addr) = uaddrs.get(u)?;
+            Op::MigratePages {
+                mm,
+                addr,
+                pfn_hint: palette.pfn(u, cfg)?,
+            }
+        }
+        16 => {
+            let (mm, addr) = uaddrs.get(u)?;
+            Op::ZapPteRange { mm, addr }
+        }
+        17 => Op::CreateEmptyBuffers { index: index(u)? },
+        _ => Op::CollapseHugePage {
+            mm: uaddrs.get(u)?.0,
+            pfn_hint: palette.pfn(u, cfg)?,
         },
     })
 }
@@ -115,16 +195,18 @@ pub fn decode(u: &mut Unstructured, opts: &GenOptions) -> arbitrary::Result<Scen
     let cfg = &opts.config;
     let nr_cpus = u.int_in_range(2..=opts.max_cpus.clamp(2, MAX_CPUS))?;
     let palette = Palette::decode(u, cfg)?;
+    let uaddrs = Uaddrs::decode(u)?;
+    let family = u.int_in_range(0..=2u8)?;
     let nr_setup = u.int_in_range(0..=opts.max_setup)?;
     let setup = (0..nr_setup)
-        .map(|_| decode_op(u, cfg, &palette))
+        .map(|_| decode_op(u, cfg, &palette, &uaddrs, family))
         .collect::<arbitrary::Result<Vec<_>>>()?;
     let mut cpus = Vec::with_capacity(nr_cpus);
     for _ in 0..nr_cpus {
         let n = u.int_in_range(1..=opts.max_ops.max(1))?;
         cpus.push(
             (0..n)
-                .map(|_| decode_op(u, cfg, &palette))
+                .map(|_| decode_op(u, cfg, &palette, &uaddrs, family))
                 .collect::<arbitrary::Result<Vec<_>>>()?,
         );
     }
@@ -138,6 +220,14 @@ pub fn decode(u: &mut Unstructured, opts: &GenOptions) -> arbitrary::Result<Scen
     let mut s = Scenario::new(*cfg, setup, cpus);
     s.schedule = schedule;
     Ok(s)
+}
+
+/// Decode from a byte slice, returning how many bytes the decoder read:
+/// the rest cannot change the scenario.
+pub fn decode_prefix(bytes: &[u8], opts: &GenOptions) -> (Scenario, usize) {
+    let mut u = Unstructured::new(bytes);
+    let s = decode(&mut u, opts).expect("the decoder reads missing bytes as zero");
+    (s, bytes.len() - u.len())
 }
 
 /// Decode from a byte slice (fuzz targets, the input engine).

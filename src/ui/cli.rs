@@ -81,6 +81,13 @@ enum Command {
         /// Interleavings per scenario for random, pct and dfs.
         #[arg(long, default_value_t = 32)]
         executions_per_scenario: usize,
+        /// PCT depth: priority change points + 1.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=8))]
+        pct_depth: u8,
+        /// Generate every input afresh instead of mutating the ones that
+        /// reached new interleaving coverage.
+        #[arg(long)]
+        unguided: bool,
         /// Seconds to spend minimizing a finding.
         #[arg(long, default_value_t = 30.0, value_name = "SECS")]
         minimize_time: f64,
@@ -138,6 +145,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             hvo_mode,
             cpus,
             executions_per_scenario,
+            pct_depth,
+            unguided,
             minimize_time,
         } => {
             let variants = variants
@@ -195,6 +204,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 opts.time = Duration::from_secs_f64(secs);
                 opts.seed = seed;
                 opts.executions_per_scenario = executions_per_scenario;
+                opts.guided = !unguided;
+                opts.pct_depth = pct_depth as usize;
                 let report = hunt(&opts);
                 print_summary(&report);
                 if let Some((scenario, msg)) = &report.model_panic {
@@ -254,12 +265,14 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
 fn print_summary(r: &HuntReport) {
     let secs = r.elapsed.as_secs_f64().max(1e-9);
     println!(
-        "{:>6}: {:>8} scenarios {:>9} executions in {:>6.1}s ({:>7.0} exec/s): {}",
+        "{:>6}: {:>8} scenarios {:>9} executions in {:>6.1}s ({:>7.0} exec/s), {} features, corpus {}: {}",
         r.engine.name(),
         r.scenarios,
         r.executions,
         secs,
         r.executions as f64 / secs,
+        r.features,
+        r.corpus,
         if r.finding.is_some() {
             "VIOLATION"
         } else {

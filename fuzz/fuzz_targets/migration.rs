@@ -1,0 +1,19 @@
+//! The migration fuzz target: the same decoder and run as `scenario`, but
+//! inputs whose scenario has no CPU running `migrate_pages` are rejected
+//! (kept out of the corpus), so the corpus concentrates on migration racing
+//! GUP-fast, faults, zaps and the page cache. Settings come from the same
+//! `MMHARNESS_*` environment variables; see `fuzz/src/lib.rs`.
+#![no_main]
+
+use libfuzzer_sys::{Corpus, fuzz_target};
+use mmharness::scenario::generate::decode_bytes;
+
+fuzz_target!(|data: &[u8]| -> Corpus {
+    let settings = mmharness_fuzz::settings();
+    let scenario = decode_bytes(data, &settings.opts);
+    if !mmharness_fuzz::cpu_migrates(&scenario) {
+        return Corpus::Reject;
+    }
+    mmharness_fuzz::check_decoded(data, scenario, settings);
+    Corpus::Keep
+});

@@ -1,0 +1,262 @@
+//! get_user_pages (mm/gup.c): the lockless fast path, the slow path under
+//! the PTE lock, and what a caller does with the pages it got.
+//!
+//! GUP-fast reads the page tables with no lock, takes a reference (or pin)
+//! speculatively, then re-reads the PMD and PTE and backs off if either
+//! changed: in between, another CPU can see the folio's refcount one too
+//! high (seed 003).
+
+use super::KResult;
+use super::config::Variant;
+use super::machine::{Content, Hold, Machine, Pfn};
+use super::memory::{handle_mm_fault_locked, mmap_read_lock, mmap_read_unlock};
+use super::oracle::Violation;
+use super::page_flags::{compound_head, folio_nr_pages};
+use super::page_ref::{folio_put_refs, folio_ref_add, folio_try_get};
+use super::pgtable::{PmdVal, PteVal, Uaddr};
+use super::rmap::GUP_PIN_COUNTING_BIAS;
+use crate::exec::Cpu;
+use crate::ktrace;
+
+/// `FOLL_GET` or `FOLL_PIN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Foll {
+    Get,
+    Pin,
+}
+
+/// `get_user_pages_fast` / `pin_user_pages_fast` of one page: GUP-fast,
+/// falling back to the slow path (`gup_fast_fallback`). On success the
+/// CPU holds the reference or pin.
+pub fn gup_fast_fallback(cpu: &Cpu, a: Uaddr, foll: Foll) -> KResult<()> {
+    if gup_fast(cpu, a, foll)? {
+        return Ok(());
+    }
+    __get_user_pages(cpu, a, foll)
+}
+
+/// What GUP-fast read before taking its reference.
+#[derive(Clone, Copy)]
+struct Seen {
+    pmd: PmdVal,
+    /// The PTE, unless the PMD is a leaf (`gup_fast_pmd_leaf`).
+    pte: Option<PteVal>,
+    page: Pfn,
+    folio: Pfn,
+}
+
+/// `gup_fast` → `gup_fast_pmd_range` → `gup_fast_pte_range` (or
+/// `gup_fast_pmd_leaf`) for one page, with interrupts disabled. Returns
+/// whether it got the page.
+fn gup_fast(cpu: &Cpu, a: Uaddr, foll: Foll) -> KResult<bool> {
+    let seen = cpu.step("gup_fast_pte_range", |m| {
+        let pmd = m.pmd(a);
+        let (pte, page) = match pmd {
+            PmdVal::None => return Ok(None),
+            PmdVal::Leaf(folio) => (None, folio + a.page - a.pmd_base()),
+            PmdVal::Table(t) => match m.pte_in(t, a) {
+                pte @ PteVal::Present { pfn } => (Some(pte), pfn),
+                pte => {
+                    ktrace!(m, "{a}: ptep_get_lockless = {pte:?}: slow path");
+                    return Ok(None);
+                }
+            },
+        };
+        // try_get_folio(): folio = page_folio(page).
+        let folio = compound_head(m, page)?;
+        ktrace!(
+            m,
+            "{a}: pmd {pmd:?}, ptep_get_lockless = {pte:?}; page_folio = pfn {folio}"
+        );
+        Ok(Some(Seen {
+            pmd,
+            pte,
+            page,
+            folio,
+        }))
+    })?;
+    let Some(seen) = seen else {
+        return Ok(false);
+    };
+    if !try_grab_folio_fast(cpu, seen, foll)? {
+        return Ok(false);
+    }
+    let cfg = *cpu.cfg();
+    let kept = cpu.step("gup_fast_pte_range", |m| {
+        let pmd_ok = cfg.has(Variant::GupFastNoRecheck)
+            || cfg.has(Variant::GupFastNoPmdRecheck)
+            || m.pmd(a) == seen.pmd;
+        let pte_ok = cfg.has(Variant::GupFastNoRecheck)
+            || match (seen.pmd, seen.pte) {
+                (PmdVal::Table(t), Some(pte)) => m.pte_in(t, a) == pte,
+                _ => true,
+            };
+        if !(pmd_ok && pte_ok) {
+            ktrace!(
+                m,
+                "{a}: recheck: pmd {:?}, pte {:?} changed: drop pfn {}",
+                m.pmd(a),
+                m.pte(a),
+                seen.folio
+            );
+            return Ok(false);
+        }
+        ktrace!(m, "{a}: recheck passed: keep pfn {}", seen.folio);
+        hold(m, seen.folio, seen.page, foll);
+        Ok(true)
+    })?;
+    if !kept {
+        gup_put_folio(cpu, seen.folio, foll)?;
+    }
+    Ok(kept)
+}
+
+fn hold(m: &mut Machine, folio: Pfn, page: Pfn, foll: Foll) {
+    let c = m.cpu_index();
+    m.cpus[c].holds.push(match foll {
+        Foll::Get => Hold::GupRef { folio, page },
+        Foll::Pin => Hold::GupPin { folio, page },
+    });
+}
+
+/// `try_grab_folio_fast`: `try_get_folio` (`folio_ref_try_add`, then check
+/// the page still belongs to the folio), then for `FOLL_PIN` the rest of
+/// the pin: `GUP_PIN_COUNTING_BIAS - 1` more references on a small folio,
+/// one `_pincount` on a large one.
+fn try_grab_folio_fast(cpu: &Cpu, seen: Seen, foll: Foll) -> KResult<bool> {
+    if !folio_try_get(cpu, seen.folio)? {
+        return Ok(false);
+    }
+    let ok = cpu.step("try_grab_folio_fast", |m| {
+        if compound_head(m, seen.page)? != seen.folio {
+            ktrace!(m, "pfn {} left folio pfn {}", seen.page, seen.folio);
+            return Ok(false);
+        }
+        if foll == Foll::Pin {
+            if folio_nr_pages(m, seen.folio)? > 1 {
+                m.page_mut(seen.folio + 1)?.pincount += 1;
+            } else {
+                folio_ref_add(m, seen.folio, GUP_PIN_COUNTING_BIAS - 1)?;
+            }
+        }
+        Ok(true)
+    })?;
+    if !ok {
+        folio_put_refs(cpu, seen.folio, 1)?;
+    }
+    Ok(ok)
+}
+
+/// `gup_put_folio`: undo a reference or pin.
+fn gup_put_folio(cpu: &Cpu, folio: Pfn, foll: Foll) -> KResult<()> {
+    let refs = match foll {
+        Foll::Get => 1,
+        Foll::Pin => cpu.step("gup_put_folio", |m| {
+            if folio_nr_pages(m, folio)? > 1 {
+                m.page_mut(folio + 1)?.pincount -= 1;
+                Ok(1)
+            } else {
+                Ok(GUP_PIN_COUNTING_BIAS)
+            }
+        })?,
+    };
+    folio_put_refs(cpu, folio, refs)
+}
+
+/// `try_grab_folio`: the slow path's grab, under the PTE lock, where the
+/// folio cannot go away.
+fn try_grab_folio(m: &mut Machine, folio: Pfn, foll: Foll) -> Result<(), Violation> {
+    match foll {
+        Foll::Get => folio_ref_add(m, folio, 1),
+        Foll::Pin if folio_nr_pages(m, folio)? > 1 => {
+            folio_ref_add(m, folio, 1)?;
+            m.page_mut(folio + 1)?.pincount += 1;
+            Ok(())
+        }
+        Foll::Pin => folio_ref_add(m, folio, GUP_PIN_COUNTING_BIAS),
+    }
+}
+
+/// Slow-path attempts: each waits out a migration entry or faults the
+/// page in first.
+const GUP_SLOW_TRIES: u32 = 3;
+
+/// `__get_user_pages` for one page under `mmap_lock`: `follow_page_pte`
+/// (or `follow_huge_pmd`) grabs the folio under the page-table lock; a none
+/// PTE or a migration entry goes through `faultin_page`, which waits out
+/// the migration, and then it retries.
+fn __get_user_pages(cpu: &Cpu, a: Uaddr, foll: Foll) -> KResult<()> {
+    mmap_read_lock(cpu, a.mm)?;
+    for _ in 0..GUP_SLOW_TRIES {
+        let got = cpu.step("follow_page_pte", |m| {
+            let page = match m.pmd(a) {
+                PmdVal::Leaf(folio) => folio + a.page - a.pmd_base(),
+                PmdVal::Table(t) => match m.pte_in(t, a) {
+                    PteVal::Present { pfn } => pfn,
+                    pte => {
+                        ktrace!(m, "{a}: {pte:?}: faultin_page");
+                        return Ok(false);
+                    }
+                },
+                PmdVal::None => return Ok(false),
+            };
+            let folio = compound_head(m, page)?;
+            try_grab_folio(m, folio, foll)?;
+            hold(m, folio, page, foll);
+            ktrace!(m, "{a}: grabbed pfn {folio} ({foll:?})");
+            Ok(true)
+        })?;
+        if got {
+            break;
+        }
+        handle_mm_fault_locked(cpu, a, 0, 0)?;
+    }
+    mmap_read_unlock(cpu, a.mm)
+}
+
+/// The CPU's most recent GUP reference or pin.
+fn last_gup_hold(m: &Machine) -> Option<(usize, Hold)> {
+    let c = m.cpu_index();
+    m.cpus[c]
+        .holds
+        .iter()
+        .rposition(|h| h.gup_folio().is_some())
+        .map(|i| (i, m.cpus[c].holds[i]))
+}
+
+/// `memcpy_to_page` through the CPU's most recent GUP reference or pin:
+/// a device or the kernel writes user memory it holds (O_DIRECT, RDMA).
+/// Each write stores a fresh value.
+pub fn memcpy_to_page(cpu: &Cpu) -> KResult<()> {
+    cpu.step("memcpy_to_page", |m| {
+        let Some((_, h)) = last_gup_hold(m) else {
+            return Ok(());
+        };
+        let (Hold::GupRef { page, .. } | Hold::GupPin { page, .. }) = h else {
+            return Ok(());
+        };
+        m.write_seq += 1;
+        let v = m.write_seq;
+        m.frames[page as usize].content = Content::Data(v);
+        ktrace!(m, "write {v} to pfn {page} through {h:?}");
+        Ok(())
+    })
+}
+
+/// `unpin_user_page` (or `put_page` for a `FOLL_GET` reference) of the
+/// CPU's most recent GUP hold.
+pub fn unpin_user_page(cpu: &Cpu) -> KResult<()> {
+    let held = cpu.step("unpin_user_page", |m| {
+        let Some((i, h)) = last_gup_hold(m) else {
+            return Ok(None);
+        };
+        let c = m.cpu_index();
+        m.cpus[c].holds.remove(i);
+        Ok(Some(h))
+    })?;
+    match held {
+        Some(Hold::GupPin { folio, .. }) => gup_put_folio(cpu, folio, Foll::Pin),
+        Some(Hold::GupRef { folio, .. }) => gup_put_folio(cpu, folio, Foll::Get),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,380 @@
+//! The `mmharness` command line: exit codes (0 clean, 1 violation, 2 usage
+//! or input error), messages that name the problem, no panics, and saved
+//! counterexamples that replay and are never overwritten.
+
+use mmharness::model::Variant;
+use mmharness::scenario::Scenario;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mmharness");
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "mmharness-cli-{}-{}-{name}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).expect("write temp file");
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn show(&self) -> String {
+        format!(
+            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+
+    fn assert_exit(&self, code: i32) -> &Self {
+        assert_eq!(self.code, Some(code), "{}", self.show());
+        assert!(
+            !self.stderr.contains("panicked") && !self.stdout.contains("panicked"),
+            "the binary panicked: {}",
+            self.show()
+        );
+        self
+    }
+
+    fn assert_stderr_has(&self, what: &str) -> &Self {
+        assert!(
+            self.stderr.contains(what),
+            "stderr lacks {what:?}: {}",
+            self.show()
+        );
+        self
+    }
+
+    fn assert_stdout_has(&self, what: &str) -> &Self {
+        assert!(
+            self.stdout.contains(what),
+            "stdout lacks {what:?}: {}",
+            self.show()
+        );
+        self
+    }
+}
+
+fn mmharness_in(dir: Option<&Path>, args: &[&str]) -> Run {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env("RUST_BACKTRACE", "0");
+    if let Some(d) = dir {
+        cmd.current_dir(d);
+    }
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("run mmharness");
+    Run {
+        code: status.code(),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+fn mmharness(args: &[&str]) -> Run {
+    mmharness_in(None, args)
+}
+
+fn corpus(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join(format!("{name}.json"))
+}
+
+fn corpus_text(name: &str) -> String {
+    std::fs::read_to_string(corpus(name)).expect("corpus file")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A valid scenario in JSON, to corrupt in the bad-input tests.
+fn valid_json() -> String {
+    corpus_text("hvo-restore-fail-frees")
+}
+
+/// `valid_json()` with the first `from` replaced by `to`.
+fn edited(from: &str, to: &str) -> String {
+    let text = valid_json();
+    assert!(text.contains(from), "the fixture lacks {from:?}");
+    text.replacen(from, to, 1)
+}
+
+#[test]
+fn variants_lists_every_variant() {
+    let r = mmharness(&["variants"]);
+    r.assert_exit(0);
+    let listed: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let known: Vec<&str> = Variant::ALL.iter().map(|v| v.name()).collect();
+    assert_eq!(listed, known, "{}", r.show());
+    for v in Variant::ALL {
+        let line = r
+            .stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(v.name()))
+            .unwrap();
+        assert!(
+            line.contains(v.breaks()),
+            "{v}: description missing: {line}"
+        );
+    }
+}
+
+#[test]
+fn replay_of_a_corpus_file_reports_the_violation() {
+    let file = corpus("hvo-no-rcu-sync");
+    let expect = Scenario::load(&file).unwrap().expect.unwrap();
+    let r = mmharness(&["replay", s(&file)]);
+    r.assert_exit(1)
+        .assert_stdout_has(&format!("VIOLATION {}", expect.oracle))
+        .assert_stdout_has(&format!(
+            "reproduces the expected {} in {}()",
+            expect.oracle, expect.func
+        ));
+    // The interleaving table has one column per CPU.
+    let header = r
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("step"))
+        .unwrap_or_else(|| panic!("no table header: {}", r.show()));
+    assert!(header.contains("CPU 0"), "{header}");
+    assert!(header.contains("CPU 1"), "{header}");
+    assert!(!header.contains("CPU 2"), "two CPUs only: {header}");
+    assert!(
+        header.find("CPU 0") < header.find("CPU 1"),
+        "columns out of order: {header}"
+    );
+    // --quiet prints the verdict, not the table.
+    let q = mmharness(&["replay", "--quiet", s(&file)]);
+    q.assert_exit(1)
+        .assert_stdout_has(&format!("VIOLATION {}", expect.oracle));
+    assert!(
+        !q.stdout.lines().any(|l| l.trim_start().starts_with("step")),
+        "--quiet printed the table: {}",
+        q.show()
+    );
+}
+
+#[test]
+fn replay_of_a_clean_scenario_exits_0() {
+    let dir = TempDir::new("clean");
+    // The same race with the variant switched off: the fixed model.
+    let fixed = edited(r#""hvo-restore-fail-frees""#, "");
+    let file = dir.write("fixed.json", &fixed);
+    let r = mmharness(&["replay", s(&file)]);
+    r.assert_exit(0).assert_stdout_has("clean");
+    assert!(!r.stdout.contains("VIOLATION"), "{}", r.show());
+    // The file still `expect`s the variant's violation: replay says so.
+    r.assert_stdout_has("DOES NOT REPRODUCE");
+}
+
+#[test]
+fn bad_input_exits_2_naming_the_problem() {
+    let dir = TempDir::new("bad");
+    let valid = valid_json();
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "malformed.json",
+            valid.replacen(',', ";", 1),
+            "malformed JSON",
+        ),
+        (
+            "truncated.json",
+            valid[..valid.len() / 2].to_string(),
+            "truncated file",
+        ),
+        (
+            "unknown-variant.json",
+            edited("hvo-restore-fail-frees", "hvo-frobnicate"),
+            "unknown variant `hvo-frobnicate`",
+        ),
+        (
+            "unknown-op.json",
+            edited(r#""op": "shrink_huge_pool""#, r#""op": "frobnicate_folio""#),
+            "frobnicate_folio",
+        ),
+        (
+            "version.json",
+            edited(r#""version": 1"#, r#""version": 7"#),
+            "version 7 is not supported",
+        ),
+        (
+            "format.json",
+            edited(
+                r#""format": "mmharness-scenario""#,
+                r#""format": "kcov-trace""#,
+            ),
+            "format is `kcov-trace`",
+        ),
+        (
+            "schedule.json",
+            edited(r#""schedule": []"#, r#""schedule": [0, 1, 5]"#),
+            "schedule names CPU 5",
+        ),
+        ("empty.json", String::new(), "truncated file"),
+        ("array.json", "[1, 2, 3]".into(), "not a valid scenario"),
+    ];
+    for (name, text, message) in cases {
+        let file = dir.write(name, &text);
+        let r = mmharness(&["replay", s(&file)]);
+        r.assert_exit(2).assert_stderr_has(message);
+        // The message names the file it is about.
+        r.assert_stderr_has(name);
+        // `minimize` reads files the same way.
+        mmharness(&["minimize", s(&file)])
+            .assert_exit(2)
+            .assert_stderr_has(message);
+    }
+    let missing = dir.path("does-not-exist.json");
+    mmharness(&["replay", s(&missing)])
+        .assert_exit(2)
+        .assert_stderr_has("does-not-exist.json")
+        .assert_stderr_has("cannot read");
+}
+
+#[test]
+fn hunt_with_an_unknown_variant_exits_2() {
+    let dir = TempDir::new("unknown-variant");
+    let r = mmharness_in(
+        Some(&dir.0),
+        &["hunt", "--variant", "does-not-exist", "--engine", "input"],
+    );
+    r.assert_exit(2)
+        .assert_stderr_has("unknown variant `does-not-exist`")
+        .assert_stderr_has("hvo-no-rcu-sync");
+    assert!(!dir.path("counterexamples").exists());
+}
+
+#[test]
+fn hunt_on_the_fixed_model_exits_0() {
+    let dir = TempDir::new("fixed");
+    let r = mmharness_in(
+        Some(&dir.0),
+        &["hunt", "--engine", "input", "--iterations", "200"],
+    );
+    r.assert_exit(0).assert_stdout_has("clean");
+    assert!(
+        r.stdout.contains(" 200 scenarios"),
+        "--iterations 200 not honoured: {}",
+        r.show()
+    );
+    assert!(!r.stdout.contains("VIOLATION"), "{}", r.show());
+    assert!(
+        !dir.path("counterexamples").exists(),
+        "a clean hunt wrote counterexamples"
+    );
+}
+
+#[test]
+fn hunt_finds_saves_and_never_overwrites() {
+    let dir = TempDir::new("hunt");
+    let out = dir.path("x.json");
+    let args = [
+        "hunt",
+        "--variant",
+        "hvo-restore-fail-frees",
+        "--engine",
+        "input",
+        "--time",
+        "20",
+        "--out",
+        s(&out),
+    ];
+    let r = mmharness_in(Some(&dir.0), &args);
+    r.assert_exit(1)
+        .assert_stdout_has("VIOLATION")
+        .assert_stdout_has(s(&out));
+    assert!(out.exists(), "--out not written: {}", r.show());
+    let first = Scenario::load(&out).expect("the saved file loads");
+    assert!(first.expect.is_some(), "saved without `expect`");
+    assert!(first.config.variants.has(Variant::HvoRestoreFailFrees));
+    mmharness(&["replay", s(&out)])
+        .assert_exit(1)
+        .assert_stdout_has("reproduces the expected");
+    // The unminimized finding goes under ./counterexamples.
+    let raw_dir = dir.path("counterexamples");
+    let raws = || std::fs::read_dir(&raw_dir).map_or(0, |d| d.count());
+    assert_eq!(raws(), 1, "{}", r.show());
+
+    // Mark the saved file, hunt again with the same --out: the mark stays
+    // and the new finding goes next to it.
+    let mut marked = first.clone();
+    marked.note = Some("sentinel: must not be overwritten".into());
+    std::fs::write(&out, marked.to_json()).unwrap();
+    let r2 = mmharness_in(Some(&dir.0), &args);
+    r2.assert_exit(1);
+    let kept = Scenario::load(&out).unwrap();
+    assert_eq!(kept, marked, "the first counterexample was overwritten");
+    let second = dir.path("x-1.json");
+    assert!(second.exists(), "second finding not saved: {}", r2.show());
+    r2.assert_stdout_has(s(&second));
+    mmharness(&["replay", s(&second)]).assert_exit(1);
+    assert_eq!(raws(), 2, "the raw finding was overwritten");
+}
+
+#[test]
+fn minimize_writes_a_replayable_file() {
+    let dir = TempDir::new("minimize");
+    let src = dir.write("in.json", &corpus_text("hvo-no-rcu-sync"));
+    let out = dir.path("min.json");
+    let r = mmharness(&["minimize", s(&src), "--out", s(&out), "--time", "10"]);
+    r.assert_exit(1).assert_stdout_has(s(&out));
+    let min = Scenario::load(&out).unwrap();
+    let orig = Scenario::load(&src).unwrap();
+    assert!(min.op_count() <= orig.op_count());
+    assert_eq!(
+        min.expect.as_ref().map(|e| e.oracle),
+        orig.expect.as_ref().map(|e| e.oracle)
+    );
+    mmharness(&["replay", s(&out)])
+        .assert_exit(1)
+        .assert_stdout_has("reproduces the expected");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    mmharness(&["frobnicate"]).assert_exit(2);
+    mmharness(&["replay"]).assert_exit(2);
+    let dir = TempDir::new("usage");
+    mmharness_in(Some(&dir.0), &["hunt", "--engine", "input", "--time", "0"])
+        .assert_exit(2)
+        .assert_stderr_has("--time");
+}
