@@ -47,7 +47,9 @@ echo "fuzz-smoke: building the fuzz targets and mmharness"
 cargo fuzz build --sanitizer none
 cargo build --release --quiet
 targets=(scenario)
-if cargo fuzz list | grep -qx migration; then
+# Not `cargo fuzz list | grep -q`: grep may exit first, and pipefail would
+# then count cargo fuzz's SIGPIPE as "no migration target".
+if grep -qx migration <<<"$(cargo fuzz list)"; then
     targets+=(migration)
 fi
 

@@ -8,7 +8,9 @@
 use libfuzzer_sys::{Corpus, fuzz_target};
 use mmharness::scenario::generate::decode_bytes;
 
-fuzz_target!(|data: &[u8]| -> Corpus {
+// Settings are read, and checked, before fuzzing starts: a bad value exits
+// with status 2 instead of being taken for a crash.
+fuzz_target!(init: { mmharness_fuzz::settings(); }, |data: &[u8]| -> Corpus {
     let settings = mmharness_fuzz::settings();
     let scenario = decode_bytes(data, &settings.opts);
     if !mmharness_fuzz::cpu_migrates(&scenario) {

@@ -1,7 +1,7 @@
 //! Generate scenarios and run them until an oracle fails or the budget ends.
 
 use crate::exec::{Outcome, ShuttleEngine, Verdict, explore_shuttle, run_input, run_input_covered};
-use crate::scenario::generate::{GenOptions, decode_prefix};
+use crate::scenario::generate::{GenOptions, decode_with_schedule_offset};
 use crate::scenario::{Expect, Scenario};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -200,7 +200,8 @@ pub fn hunt(opts: &HuntOptions) -> HuntReport {
         corpus: 0,
         features: 0,
     };
-    let mut corpus: Vec<Vec<u8>> = Vec::new();
+    // Inputs that reached new coverage, with where their schedule begins.
+    let mut corpus: Vec<(Vec<u8>, usize)> = Vec::new();
     let mut seen: HashSet<u64> = HashSet::new();
     while opts.iterations.is_none_or(|n| report.scenarios < n) && start.elapsed() < opts.time {
         let bytes = if !opts.guided || corpus.is_empty() || rng.gen_ratio(1, 8) {
@@ -208,14 +209,18 @@ pub fn hunt(opts: &HuntOptions) -> HuntReport {
             rng.fill_bytes(&mut fresh);
             fresh
         } else {
-            let a = &corpus[rng.gen_range(0..corpus.len())];
-            let b = &corpus[rng.gen_range(0..corpus.len())];
-            mutate(&mut rng, a, b)
+            let (a, a_sched) = &corpus[rng.gen_range(0..corpus.len())];
+            let (b, _) = &corpus[rng.gen_range(0..corpus.len())];
+            if opts.engine == Engine::Input && rng.gen_bool(0.5) {
+                // Same ops, another interleaving.
+                let mut m = a[..*a_sched].to_vec();
+                m.extend(mutate(&mut rng, &a[*a_sched..], &b[..0]));
+                m
+            } else {
+                mutate(&mut rng, a, b)
+            }
         };
-        let (mut scenario, used) = decode_prefix(&bytes, &opts.generate);
-        // Mutating bytes the decoder never read would only repeat a run.
-        let mut bytes = bytes;
-        bytes.truncate(used.max(1));
+        let (mut scenario, sched_offset) = decode_with_schedule_offset(&bytes, &opts.generate);
         report.scenarios += 1;
         let explored = explore(&scenario, opts, rng.next_u64());
         report.executions += explored.executions;
@@ -226,7 +231,7 @@ pub fn hunt(opts: &HuntOptions) -> HuntReport {
             .count();
         let mut failure = explored.failure;
         if new > 0 {
-            corpus.push(bytes);
+            corpus.push((bytes, sched_offset));
             // Energy: a scenario that reached new interleavings gets a
             // longer exploration, as AFL gives productive seeds more runs.
             if failure.is_none() && opts.engine != Engine::Input {

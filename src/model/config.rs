@@ -87,23 +87,36 @@ variants! {
     /// `folio_ref_freeze` (seed 003).
     MigrateNonatomicFreeze = "migrate-nonatomic-freeze",
         "__folio_migrate_mapping() checks refcount == expected, then stores 0 with a plain store instead of folio_ref_freeze()'s cmpxchg, wiping a concurrent GUP-fast reference (seed 003; the cmpxchg freeze dates from e286781d5f2e, v2.6.27)";
-    /// `gup_fast_pte_range` keeps its reference without re-reading the PMD
-    /// and PTE: the re-read that RCU GUP-fast (2667f50e8b81, v3.19) relies
-    /// on instead of IPIs.
+    /// `gup_fast_pte_range` keeps its reference without re-reading the
+    /// PTE: the re-read that RCU GUP-fast (2667f50e8b81, 2014) relies on
+    /// instead of IPIs. (The PMD recheck is a separate variant.)
     GupFastNoRecheck = "gup-fast-no-recheck",
-        "gup_fast_pte_range() keeps its reference without re-reading the PTE, so it pins a folio that migration already replaced (RCU GUP-fast needs the recheck: 2667f50e8b81, v3.19)";
+        "gup_fast_pte_range() keeps its reference without re-reading the PTE, so it pins a folio that migration already replaced (RCU GUP-fast needs the recheck: 2667f50e8b81, 2014)";
     /// `folio_expected_refs` without the page-cache term: every page-cache
     /// folio looks over-referenced. The same shape as the shmem THP bug
     /// e71769ae5260 fixed (1 counted instead of nr_pages: offlining looped).
     MigrateExpectedRefsUndercount = "migrate-expected-refs-undercount",
-        "folio_expected_refs() drops the page-cache term, so a quiet page-cache folio never matches the expected count and migration returns -EAGAIN until it gives up (like shmem THP before e71769ae5260, v4.17, whose page-cache term was 1, not nr_pages)";
+        "folio_expected_refs() drops the page-cache term, so a quiet page-cache folio never matches the expected count and migration returns -EAGAIN until it gives up (like shmem THP before e71769ae5260 (2018), whose page-cache term was 1, not nr_pages)";
     /// `gup_fast_pte_range` rechecks the PTE but not the PMD (before
-    /// 70cbc3cc78a9, v6.1).
+    /// 70cbc3cc78a9, 2022).
     GupFastNoPmdRecheck = "gup-fast-no-pmd-recheck",
-        "gup_fast_pte_range() rechecks the PTE but not the PMD, so it pins a page khugepaged is collapsing after pmdp_collapse_flush() detached its page table (fixed by 70cbc3cc78a9, v6.1)";
+        "gup_fast_pte_range() rechecks the PTE but not the PMD, so it pins a page khugepaged is collapsing after pmdp_collapse_flush() detached its page table (fixed by 70cbc3cc78a9, 2022)";
 }
 
 impl Variant {
+    /// Does the variant live in HVO (hugetlb vmemmap, page refs) rather
+    /// than in user memory (GUP, migration)?
+    pub fn is_hvo(self) -> bool {
+        matches!(
+            self,
+            Variant::HvoNoRcuSync
+                | Variant::RefNoFakeHeadCheck
+                | Variant::RefFakeHeadBeforeCount
+                | Variant::HvoFreeBeforeFlush
+                | Variant::HvoRestoreFailFrees
+        )
+    }
+
     pub fn from_name(name: &str) -> Result<Variant, String> {
         Variant::ALL
             .iter()

@@ -83,9 +83,7 @@ fn gup_fast(cpu: &Cpu, a: Uaddr, foll: Foll) -> KResult<bool> {
     }
     let cfg = *cpu.cfg();
     let kept = cpu.step("gup_fast_pte_range", |m| {
-        let pmd_ok = cfg.has(Variant::GupFastNoRecheck)
-            || cfg.has(Variant::GupFastNoPmdRecheck)
-            || m.pmd(a) == seen.pmd;
+        let pmd_ok = cfg.has(Variant::GupFastNoPmdRecheck) || m.pmd(a) == seen.pmd;
         let pte_ok = cfg.has(Variant::GupFastNoRecheck)
             || match (seen.pmd, seen.pte) {
                 (PmdVal::Table(t), Some(pte)) => m.pte_in(t, a) == pte,

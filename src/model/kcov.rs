@@ -29,8 +29,11 @@ impl AccessCoverage {
         if let Some((prev_cpu, prev)) = *slot
             && prev_cpu != cpu
         {
-            let h = (prev as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93) ^ (f as u64).rotate_left(23) ^ write as u64;
-            self.features.push(h.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let h = (prev as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93)
+                ^ (f as u64).rotate_left(23)
+                ^ write as u64;
+            self.features
+                .push(h.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         }
         *slot = Some((cpu, f));
     }

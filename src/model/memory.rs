@@ -74,7 +74,8 @@ pub fn handle_mm_fault_locked(cpu: &Cpu, a: Uaddr, pfn_hint: Pfn, order: u8) -> 
 /// `migration_entry_wait`: sleep until migration replaced the entry (it
 /// unlocks the folio only after `remove_migration_ptes`).
 pub fn migration_entry_wait(cpu: &Cpu, a: Uaddr, pfn: Pfn) -> KResult<()> {
-    let entry = |m: &Machine| matches!(m.pte(a), Some(PteVal::Migration { pfn: p, .. }) if p == pfn);
+    let entry =
+        |m: &Machine| matches!(m.pte(a), Some(PteVal::Migration { pfn: p, .. }) if p == pfn);
     cpu.step_when(
         "migration_entry_wait",
         |m| !entry(m),

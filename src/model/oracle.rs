@@ -10,9 +10,9 @@ use super::mm_types::{StructPage, pg};
 use super::page_flags::{peek_head, peek_nr_pages};
 use super::pgtable::{PmdVal, PteVal};
 use super::rmap::GUP_PIN_COUNTING_BIAS;
-use std::collections::BTreeMap;
 use super::vmemmap::Pte;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 
 macro_rules! oracles {
@@ -208,7 +208,12 @@ fn user_mappings(m: &Machine) -> Vec<(Pfn, bool)> {
 /// (one per page), PG_private, and each current mapping.
 pub fn migration_expected_refs(m: &Machine, folio: Pfn) -> i32 {
     let nr = peek_nr_pages(m, folio);
-    let cached = m.mapping.slots.iter().filter(|s| **s == Some(folio)).count() as i32;
+    let cached = m
+        .mapping
+        .slots
+        .iter()
+        .filter(|s| **s == Some(folio))
+        .count() as i32;
     let mapped = user_mappings(m)
         .iter()
         .filter(|(p, _)| peek_head(m, *p) == folio)

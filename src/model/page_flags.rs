@@ -14,10 +14,12 @@ pub fn page_fixed_fake_head(m: &mut Machine, pfn: Pfn) -> Result<Pfn, Violation>
     if m.cfg.hvo_mode == HvoMode::SharedTail || m.hugetlb_optimize_vmemmap_key == 0 {
         return Ok(pfn);
     }
-    if page_aligned(pfn) && m.page(pfn)?.test(pg::HEAD) && pfn + 1 < m.nr_pfns() {
-        if let CompoundInfo::Tail(head) = m.page(pfn + 1)?.compound_info {
-            return Ok(head);
-        }
+    if page_aligned(pfn)
+        && m.page(pfn)?.test(pg::HEAD)
+        && pfn + 1 < m.nr_pfns()
+        && let CompoundInfo::Tail(head) = m.page(pfn + 1)?.compound_info
+    {
+        return Ok(head);
     }
     Ok(pfn)
 }

@@ -200,7 +200,11 @@ pub fn folio_ref_add(m: &mut Machine, folio: Pfn, nr: i32) -> Result<(), Violati
     let old = p.refcount;
     oracle::no_increment_from_zero(folio, old)?;
     p.refcount += nr;
-    ktrace!(m, "folio_ref_add(pfn {folio}, {nr}): refcount {old} -> {}", old + nr);
+    ktrace!(
+        m,
+        "folio_ref_add(pfn {folio}, {nr}): refcount {old} -> {}",
+        old + nr
+    );
     Ok(())
 }
 

@@ -30,10 +30,15 @@ const NR_PMDS: usize = (USER_PAGES / PTRS_PER_PTE) as usize;
 pub enum PteVal {
     None,
     /// Maps the page `pfn`; the mapping holds a reference on its folio.
-    Present { pfn: Pfn },
+    Present {
+        pfn: Pfn,
+    },
     /// A migration entry for page `pfn` (`make_*_migration_entry`); holds
     /// no reference. `exclusive` remembers PageAnonExclusive.
-    Migration { pfn: Pfn, exclusive: bool },
+    Migration {
+        pfn: Pfn,
+        exclusive: bool,
+    },
 }
 
 /// A PMD entry.

@@ -132,7 +132,13 @@ fn try_to_migrate_one(
             return Ok((true, touched));
         }
         m.page_mut(page)?.flags &= !pg::ANON_EXCLUSIVE;
-        m.set_pte(a, PteVal::Migration { pfn: page, exclusive });
+        m.set_pte(
+            a,
+            PteVal::Migration {
+                pfn: page,
+                exclusive,
+            },
+        );
         m.page_mut(page)?.mapcount -= 1;
         ktrace!(m, "{a}: PTE -> migration entry for pfn {page}");
         folio_ref_sub_and_test(m, folio, 1)?;

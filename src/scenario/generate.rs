@@ -23,6 +23,22 @@ pub struct GenOptions {
     pub max_ops: usize,
     /// Ops run before the CPUs start: 0..=max_setup.
     pub max_setup: usize,
+    /// Which op families scenarios draw from.
+    pub ops: OpFamily,
+}
+
+/// Which kinds of ops a generated scenario uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OpFamily {
+    /// Each scenario picks one of the others (decoded from its bytes).
+    #[default]
+    Any,
+    /// Every op kind.
+    All,
+    /// Page cache, pfn walkers and hugetlb/HVO.
+    Hvo,
+    /// Page cache and user memory: faults, GUP, migration, collapse.
+    User,
 }
 
 impl Default for GenOptions {
@@ -32,6 +48,7 @@ impl Default for GenOptions {
             max_cpus: 2,
             max_ops: 5,
             max_setup: 4,
+            ops: OpFamily::Any,
         }
     }
 }
@@ -192,11 +209,36 @@ fn decode_op(
 
 /// Decode a whole scenario. Never fails: missing bytes read as zero.
 pub fn decode(u: &mut Unstructured, opts: &GenOptions) -> arbitrary::Result<Scenario> {
+    decode_ops_then_schedule(u, opts, &mut 0)
+}
+
+/// Decode from a byte slice, also returning where the schedule's bytes
+/// begin: mutating only those explores interleavings of the same ops.
+pub fn decode_with_schedule_offset(bytes: &[u8], opts: &GenOptions) -> (Scenario, usize) {
+    let mut at = 0;
+    let s = decode_ops_then_schedule(&mut Unstructured::new(bytes), opts, &mut at)
+        .expect("the decoder reads missing bytes as zero");
+    (s, at.min(bytes.len()))
+}
+
+fn decode_ops_then_schedule(
+    u: &mut Unstructured,
+    opts: &GenOptions,
+    schedule_offset: &mut usize,
+) -> arbitrary::Result<Scenario> {
+    let total = u.len();
     let cfg = &opts.config;
     let nr_cpus = u.int_in_range(2..=opts.max_cpus.clamp(2, MAX_CPUS))?;
     let palette = Palette::decode(u, cfg)?;
     let uaddrs = Uaddrs::decode(u)?;
-    let family = u.int_in_range(0..=2u8)?;
+    // Always read the family byte, so inputs decode alike whatever the option.
+    let decoded = u.int_in_range(0..=2u8)?;
+    let family = match opts.ops {
+        OpFamily::Any => decoded,
+        OpFamily::All => 0,
+        OpFamily::Hvo => 1,
+        OpFamily::User => 2,
+    };
     let nr_setup = u.int_in_range(0..=opts.max_setup)?;
     let setup = (0..nr_setup)
         .map(|_| decode_op(u, cfg, &palette, &uaddrs, family))
@@ -210,24 +252,25 @@ pub fn decode(u: &mut Unstructured, opts: &GenOptions) -> arbitrary::Result<Scen
                 .collect::<arbitrary::Result<Vec<_>>>()?,
         );
     }
-    // The schedule as runs: (CPU, how many decisions in a row).
+    // The schedule as runs: (CPU, how many decisions in a row). Short runs
+    // are likelier, but one byte reaches any run up to 60 decisions, so a
+    // mutation can move a preemption deep into a long kernel path.
+    *schedule_offset = total - u.len();
     let mut schedule = Vec::new();
     for _ in 0..u.int_in_range(0..=16u8)? {
         let cpu = u.int_in_range(0..=nr_cpus as u8 - 1)?;
-        let run = u.int_in_range(1..=8usize)?;
+        let b = u.int_in_range(0..=255u8)? as usize;
+        let run = match b {
+            0..=127 => 1 + b % 4,
+            128..=191 => 5 + b % 8,
+            192..=239 => 13 + b % 16,
+            _ => 29 + b % 32,
+        };
         schedule.extend(std::iter::repeat_n(cpu, run));
     }
     let mut s = Scenario::new(*cfg, setup, cpus);
     s.schedule = schedule;
     Ok(s)
-}
-
-/// Decode from a byte slice, returning how many bytes the decoder read:
-/// the rest cannot change the scenario.
-pub fn decode_prefix(bytes: &[u8], opts: &GenOptions) -> (Scenario, usize) {
-    let mut u = Unstructured::new(bytes);
-    let s = decode(&mut u, opts).expect("the decoder reads missing bytes as zero");
-    (s, bytes.len() - u.len())
 }
 
 /// Decode from a byte slice (fuzz targets, the input engine).

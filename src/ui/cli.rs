@@ -4,7 +4,7 @@ use crate::engine::{Engine, HuntOptions, HuntReport, hunt, minimize};
 use crate::exec::{Verdict, run_input};
 use crate::model::{Config, HvoMode, Variant, VariantSet};
 use crate::scenario::Scenario;
-use crate::scenario::generate::GenOptions;
+use crate::scenario::generate::{GenOptions, OpFamily};
 use crate::ui::render;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
@@ -50,6 +50,14 @@ enum HvoModeArg {
     SharedTail,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum OpsArg {
+    Any,
+    All,
+    Hvo,
+    User,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// One line per bug variant: its name and what it breaks.
@@ -81,6 +89,9 @@ enum Command {
         /// Interleavings per scenario for random, pct and dfs.
         #[arg(long, default_value_t = 32)]
         executions_per_scenario: usize,
+        /// Op families to generate [default: the variants' family, else any].
+        #[arg(long, value_enum)]
+        ops: Option<OpsArg>,
         /// PCT depth: priority change points + 1.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=8))]
         pct_depth: u8,
@@ -146,6 +157,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             cpus,
             executions_per_scenario,
             pct_depth,
+            ops,
             unguided,
             minimize_time,
         } => {
@@ -193,10 +205,21 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             );
             let mut found = false;
             for engine in engines {
+                let ops = match ops {
+                    Some(OpsArg::Any) => OpFamily::Any,
+                    Some(OpsArg::All) => OpFamily::All,
+                    Some(OpsArg::Hvo) => OpFamily::Hvo,
+                    Some(OpsArg::User) => OpFamily::User,
+                    None if variants.is_empty() => OpFamily::Any,
+                    None if variants.iter().all(|v| v.is_hvo()) => OpFamily::Hvo,
+                    None if variants.iter().all(|v| !v.is_hvo()) => OpFamily::User,
+                    None => OpFamily::All,
+                };
                 let mut opts = HuntOptions::new(
                     engine,
                     GenOptions {
                         max_cpus: cpus as usize,
+                        ops,
                         ..GenOptions::with_config(config)
                     },
                 );
