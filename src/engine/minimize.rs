@@ -2,13 +2,15 @@
 //! fewer CPUs, fewer ops, a shorter schedule with fewer context switches.
 //! Every candidate is replayed with the input scheduler.
 
-use crate::exec::run_input;
+use crate::exec::{ShuttleEngine, run_input, run_shuttle};
 use crate::model::Oracle;
 use crate::scenario::{Expect, Scenario};
 use std::time::{Duration, Instant};
 
 /// Candidates tried per minimization at most.
 const MAX_RUNS: usize = 20_000;
+/// Interleavings a schedule search may spend on one smaller scenario.
+const RESCHEDULE_EXECUTIONS: usize = 256;
 
 struct Shrinker {
     target: Oracle,
@@ -50,6 +52,34 @@ impl Shrinker {
             false
         }
     }
+
+    /// For a candidate with fewer ops, the old schedule lands on other
+    /// steps: if replaying it does not fail, look for a schedule that does
+    /// with a short PCT search, and keep the one it records.
+    fn try_replace_rescheduled(&mut self, best: &mut Scenario, cand: Scenario) -> bool {
+        if self.try_replace(best, cand.clone()) {
+            return true;
+        }
+        if cand.cpus.len() < 2 || self.exhausted() {
+            return false;
+        }
+        let seed = self.runs as u64;
+        let (n, found) = run_shuttle(
+            &cand,
+            ShuttleEngine::Pct { depth: 3 },
+            seed,
+            RESCHEDULE_EXECUTIONS,
+        );
+        self.runs += n;
+        match found {
+            Some(o) if o.oracle() == Some(self.target) => {
+                let mut c = cand;
+                c.schedule = o.schedule;
+                self.try_replace(best, c)
+            }
+            _ => false,
+        }
+    }
 }
 
 fn without_cpu(s: &Scenario, cpu: usize) -> Scenario {
@@ -85,7 +115,7 @@ fn one_pass(sh: &mut Shrinker, best: &mut Scenario) -> bool {
     while cpu > 0 && best.cpus.len() > 1 {
         cpu -= 1;
         if cpu < best.cpus.len() {
-            progress |= sh.try_replace(best, without_cpu(best, cpu));
+            progress |= sh.try_replace_rescheduled(best, without_cpu(best, cpu));
         }
     }
     // Single ops, last first; then move setup ops... never: setup is
@@ -100,7 +130,7 @@ fn one_pass(sh: &mut Shrinker, best: &mut Scenario) -> bool {
                 continue;
             }
             list.remove(i);
-            progress |= sh.try_replace(best, c);
+            progress |= sh.try_replace_rescheduled(best, c);
         }
     }
     // The schedule: chop the tail, then drop single choices, then make a

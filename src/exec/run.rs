@@ -319,6 +319,22 @@ pub fn explore_shuttle(
     executions: usize,
     coverage: bool,
 ) -> Explored {
+    // With one CPU there is nothing to schedule (and PCT needs a decision).
+    if scenario.cpus.len() < 2 {
+        let o = input_execution(
+            scenario,
+            Observe {
+                tracing: false,
+                coverage,
+                conflicts: coverage,
+            },
+        );
+        return Explored {
+            executions: 1,
+            features: o.features.clone(),
+            failure: (o.verdict != Verdict::Clean).then_some(o),
+        };
+    }
     let log = ScheduleLog::default();
     let stop = Arc::new(AtomicBool::new(false));
     let acc: Arc<Mutex<Explored>> = Arc::default();
