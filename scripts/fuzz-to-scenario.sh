@@ -5,7 +5,8 @@
 #   scripts/fuzz-to-scenario.sh ARTIFACT [OUT.json]
 #
 # Run it with the same MMHARNESS_VARIANTS / MMHARNESS_HVO_MODE /
-# MMHARNESS_CPUS as the fuzzing run that found the artifact: the bytes
+# MMHARNESS_CPUS / MMHARNESS_OPS, and the same TARGET (default: scenario;
+# e.g. TARGET=migration), as the fuzzing run that found the artifact: the bytes
 # decode to a different scenario under other settings. OUT defaults to
 # counterexamples/fuzz-<sha1>.json.
 set -euo pipefail
@@ -22,12 +23,12 @@ out="${2:-counterexamples/fuzz-$sha1.json}"
 dir="$(mktemp -d "${TMPDIR:-/tmp}/mmharness-fuzz-to-scenario.XXXXXX")"
 trap 'rm -rf "$dir"' EXIT
 set +e
-MMHARNESS_CRASH_DIR="$dir" cargo fuzz run scenario --sanitizer none "$artifact" >"$dir/log" 2>&1
+MMHARNESS_CRASH_DIR="$dir" cargo fuzz run "${TARGET:-scenario}" --sanitizer none "$artifact" >"$dir/log" 2>&1
 status=$?
 set -e
 if [[ ! -f "$dir/$sha1.json" ]]; then
     echo "fuzz-to-scenario: $artifact does not fail under these settings (exit $status):" >&2
-    echo "  MMHARNESS_VARIANTS=${MMHARNESS_VARIANTS:-} MMHARNESS_HVO_MODE=${MMHARNESS_HVO_MODE:-keep-1} MMHARNESS_CPUS=${MMHARNESS_CPUS:-2}" >&2
+    echo "  TARGET=${TARGET:-scenario} MMHARNESS_VARIANTS=${MMHARNESS_VARIANTS:-} MMHARNESS_HVO_MODE=${MMHARNESS_HVO_MODE:-keep-1} MMHARNESS_CPUS=${MMHARNESS_CPUS:-2} MMHARNESS_OPS=${MMHARNESS_OPS:-(default)}" >&2
     echo "  set them as in the fuzzing run that found it" >&2
     tail -n 20 "$dir/log" >&2
     exit 1

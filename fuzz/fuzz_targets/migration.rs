@@ -2,16 +2,23 @@
 //! inputs whose scenario has no CPU running `migrate_pages` are rejected
 //! (kept out of the corpus), so the corpus concentrates on migration racing
 //! GUP-fast, faults, zaps and the page cache. Settings come from the same
-//! `MMHARNESS_*` environment variables; see `fuzz/src/lib.rs`.
+//! `MMHARNESS_*` environment variables (see `fuzz/src/lib.rs`), except that
+//! the op family defaults to `user`.
 #![no_main]
 
 use libfuzzer_sys::{Corpus, fuzz_target};
-use mmharness::scenario::generate::decode_bytes;
+use mmharness::scenario::generate::{OpFamily, decode_bytes};
+
+/// Page cache and user memory (faults, GUP, migration, collapse) unless
+/// `MMHARNESS_OPS` says otherwise.
+fn settings() -> &'static mmharness_fuzz::Settings {
+    mmharness_fuzz::settings_for(Some(OpFamily::User))
+}
 
 // Settings are read, and checked, before fuzzing starts: a bad value exits
 // with status 2 instead of being taken for a crash.
-fuzz_target!(init: { mmharness_fuzz::settings(); }, |data: &[u8]| -> Corpus {
-    let settings = mmharness_fuzz::settings();
+fuzz_target!(init: { settings(); }, |data: &[u8]| -> Corpus {
+    let settings = settings();
     let scenario = decode_bytes(data, &settings.opts);
     if !mmharness_fuzz::cpu_migrates(&scenario) {
         return Corpus::Reject;

@@ -7,6 +7,10 @@
 //!   variants` lists them); unset or empty: the fixed model.
 //! - `MMHARNESS_HVO_MODE`: `keep-1` (default), `keep-2` or `shared-tail`.
 //! - `MMHARNESS_CPUS`: CPUs per scenario, at most; 2 (default) to 4.
+//! - `MMHARNESS_OPS`: the op families scenarios draw from: `any`, `all`,
+//!   `hvo` or `user`. Default: as `mmharness hunt` picks it (the variants'
+//!   family; `any` for the fixed model), except that the `migration` target
+//!   defaults to `user`.
 //! - `MMHARNESS_CRASH_DIR`: when set, a failing input's scenario is also
 //!   written to `$MMHARNESS_CRASH_DIR/<sha1 of the input>.json`; libFuzzer
 //!   names the artifact `crash-<sha1 of the input>`, so the two match.
@@ -17,7 +21,7 @@
 
 use mmharness::exec::{Verdict, run_input};
 use mmharness::model::{Config, HvoMode, Variant, VariantSet};
-use mmharness::scenario::generate::{GenOptions, decode_bytes};
+use mmharness::scenario::generate::{GenOptions, OpFamily, decode_bytes};
 use mmharness::scenario::{Expect, MAX_CPUS, Op, Scenario};
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -36,7 +40,14 @@ fn usage_error(msg: String) -> ! {
     std::process::exit(2);
 }
 
-fn from_env() -> Settings {
+const OPS: [(&str, OpFamily); 4] = [
+    ("any", OpFamily::Any),
+    ("all", OpFamily::All),
+    ("hvo", OpFamily::Hvo),
+    ("user", OpFamily::User),
+];
+
+fn from_env(target_ops: Option<OpFamily>) -> Settings {
     let var = |name: &str| {
         std::env::var(name)
             .ok()
@@ -77,13 +88,28 @@ fn from_env() -> Settings {
             )),
         },
     };
+    let ops = match var("MMHARNESS_OPS") {
+        None => target_ops.unwrap_or_else(|| OpFamily::for_variants(&variants)),
+        Some(name) => OPS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|&(_, f)| f)
+            .unwrap_or_else(|| {
+                let known: Vec<&str> = OPS.iter().map(|(n, _)| *n).collect();
+                usage_error(format!(
+                    "MMHARNESS_OPS: unknown op family `{name}`; known families: {}",
+                    known.join(", ")
+                ))
+            }),
+    };
+    let ops_name = OPS.iter().find(|(_, f)| *f == ops).map_or("?", |(n, _)| n);
     let config = Config {
         hvo_mode,
         variants: VariantSet::new(&variants),
         ..Config::default()
     };
     let label = format!(
-        "{} model, {} HVO, up to {max_cpus} CPUs",
+        "{} model, {} HVO, up to {max_cpus} CPUs, {ops_name} ops",
         if variants.is_empty() {
             "fixed".to_string()
         } else {
@@ -98,11 +124,17 @@ fn from_env() -> Settings {
     Settings {
         opts: GenOptions {
             max_cpus,
+            ops,
             ..GenOptions::with_config(config)
         },
         crash_dir: var("MMHARNESS_CRASH_DIR").map(PathBuf::from),
         label,
     }
+}
+
+/// The settings of the `scenario` target.
+pub fn settings() -> &'static Settings {
+    settings_for(None)
 }
 
 /// Does a CPU (not the setup) migrate a page? The migration target keeps
@@ -134,11 +166,13 @@ fn install_panic_hook() {
     }));
 }
 
-/// The settings, read from the environment on first use.
-pub fn settings() -> &'static Settings {
+/// The settings, read from the environment on first use; `target_ops` is
+/// the target's default op family (`None`: as `mmharness hunt` picks it).
+/// The first call decides.
+pub fn settings_for(target_ops: Option<OpFamily>) -> &'static Settings {
     static SETTINGS: OnceLock<Settings> = OnceLock::new();
     SETTINGS.get_or_init(|| {
-        let s = from_env();
+        let s = from_env(target_ops);
         install_panic_hook();
         s
     })

@@ -236,9 +236,11 @@ fn run_with<S: Scheduler + 'static>(
         log.clone(),
         report,
     );
+    IN_EXECUTION.store(true, Ordering::Relaxed);
     let result = catch_unwind(AssertUnwindSafe(|| {
         Runner::new(scheduler, shuttle_config()).run(f)
     }));
+    IN_EXECUTION.store(false, Ordering::Relaxed);
     match result {
         Ok(_) => None,
         Err(payload) => Some(failed_outcome(panic_message(payload.as_ref()), &slot, &log)),

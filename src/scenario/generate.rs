@@ -9,7 +9,7 @@
 
 use super::{MAX_CPUS, Op, Scenario};
 use crate::model::pgtable::{NR_MMS, USER_PAGES};
-use crate::model::{Config, config::STRUCT_PAGES_PER_VMEMMAP_PAGE};
+use crate::model::{Config, Variant, config::STRUCT_PAGES_PER_VMEMMAP_PAGE};
 use arbitrary::{Arbitrary, Unstructured};
 use proptest::prelude::*;
 
@@ -25,6 +25,22 @@ pub struct GenOptions {
     pub max_setup: usize,
     /// Which op families scenarios draw from.
     pub ops: OpFamily,
+}
+
+impl OpFamily {
+    /// The family a hunt for `variants` draws from: where the variants
+    /// live, or any family for the fixed model.
+    pub fn for_variants(variants: &[Variant]) -> OpFamily {
+        if variants.is_empty() {
+            OpFamily::Any
+        } else if variants.iter().all(|v| v.is_hvo()) {
+            OpFamily::Hvo
+        } else if variants.iter().all(|v| !v.is_hvo()) {
+            OpFamily::User
+        } else {
+            OpFamily::All
+        }
+    }
 }
 
 /// Which kinds of ops a generated scenario uses.

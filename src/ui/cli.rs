@@ -210,10 +210,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     Some(OpsArg::All) => OpFamily::All,
                     Some(OpsArg::Hvo) => OpFamily::Hvo,
                     Some(OpsArg::User) => OpFamily::User,
-                    None if variants.is_empty() => OpFamily::Any,
-                    None if variants.iter().all(|v| v.is_hvo()) => OpFamily::Hvo,
-                    None if variants.iter().all(|v| !v.is_hvo()) => OpFamily::User,
-                    None => OpFamily::All,
+                    None => OpFamily::for_variants(&variants),
                 };
                 let mut opts = HuntOptions::new(
                     engine,
