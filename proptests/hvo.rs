@@ -17,6 +17,9 @@
 //! seeds), so each variant gets ~5x its measured mean; the seed is fixed so
 //! CI is deterministic for a given model and generator.
 
+mod common;
+
+use common::{config_with, replays_clean};
 use mmharness::engine::{Engine, HuntOptions, hunt, minimize};
 use mmharness::exec::{Verdict, quiet_shuttle_panics, run_input};
 use mmharness::model::{Config, HvoMode, Oracle, Variant, VariantSet};
@@ -25,7 +28,7 @@ use mmharness::scenario::{Op, Scenario};
 use mmharness::ui::render;
 use proptest::prelude::*;
 use proptest::test_runner::{
-    Config as ProptestConfig, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner,
+    Config as ProptestConfig, RngAlgorithm, TestError, TestRng, TestRunner,
 };
 use std::sync::Once;
 use std::time::{Duration, Instant};
@@ -65,23 +68,6 @@ fn runner(cases: u32) -> TestRunner {
         ..ProptestConfig::default()
     };
     TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &SEED))
-}
-
-/// The property every test here runs: replaying the scenario is clean.
-fn replays_clean(s: &Scenario) -> Result<(), TestCaseError> {
-    let o = run_input(s, false);
-    match &o.verdict {
-        Verdict::Clean => Ok(()),
-        Verdict::Violation(d) => Err(TestCaseError::fail(d.violation.oracle.name())),
-        Verdict::ModelPanic(m) => Err(TestCaseError::fail(format!("model panic: {m}"))),
-    }
-}
-
-fn config_with(variants: &[Variant]) -> Config {
-    Config {
-        variants: VariantSet::new(variants),
-        ..Config::default()
-    }
 }
 
 /// The ops of the page-cache and hugetlb family, the only ones the HVO

@@ -14,6 +14,9 @@
 //! deterministic for a given model and generator; the whole file runs in
 //! well under a minute in release.
 
+mod common;
+
+use common::{config_with, replays_clean};
 use mmharness::exec::{Verdict, quiet_shuttle_panics, run_input};
 use mmharness::model::{Config, Oracle, Variant, VariantSet};
 use mmharness::scenario::generate::{GenOptions, OpFamily, scenario_strategy};
@@ -21,7 +24,7 @@ use mmharness::scenario::{Op, Scenario};
 use mmharness::ui::render;
 use proptest::prelude::*;
 use proptest::test_runner::{
-    Config as ProptestConfig, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner,
+    Config as ProptestConfig, RngAlgorithm, TestError, TestRng, TestRunner,
 };
 use std::sync::Once;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -55,27 +58,6 @@ fn runner(cases: u32) -> TestRunner {
         proptest_config(cases),
         TestRng::from_seed(RngAlgorithm::ChaCha, &SEED),
     )
-}
-
-/// The property: replaying the scenario is clean.
-fn replays_clean(s: &Scenario) -> Result<(), TestCaseError> {
-    let o = run_input(s, false);
-    match &o.verdict {
-        Verdict::Clean => Ok(()),
-        Verdict::Violation(d) => Err(TestCaseError::fail(format!(
-            "{}: {}",
-            d.violation.oracle.name(),
-            render::verdict(&o)
-        ))),
-        Verdict::ModelPanic(m) => Err(TestCaseError::fail(format!("model panic: {m}"))),
-    }
-}
-
-fn config_with(variants: &[Variant]) -> Config {
-    Config {
-        variants: VariantSet::new(variants),
-        ..Config::default()
-    }
 }
 
 /// Does the op move a folio's contents (migration, collapse)?

@@ -110,15 +110,7 @@ fn from_env(target_ops: Option<OpFamily>) -> Settings {
     };
     let label = format!(
         "{} model, {} HVO, up to {max_cpus} CPUs, {ops_name} ops",
-        if variants.is_empty() {
-            "fixed".to_string()
-        } else {
-            variants
-                .iter()
-                .map(|v| v.name())
-                .collect::<Vec<_>>()
-                .join("+")
-        },
+        config.variants.label(),
         hvo_mode.name()
     );
     Settings {

@@ -162,6 +162,14 @@ impl VariantSet {
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }
+
+    /// "fixed" for the fixed model, else the variant names joined by "+".
+    pub fn label(self) -> String {
+        if self.is_empty() {
+            return "fixed".to_string();
+        }
+        self.iter().map(|v| v.name()).collect::<Vec<_>>().join("+")
+    }
 }
 
 impl Serialize for VariantSet {

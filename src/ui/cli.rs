@@ -184,15 +184,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     "--time {secs} must be a positive number of seconds"
                 ));
             }
-            let label = if variants.is_empty() {
-                "fixed".to_string()
-            } else {
-                variants
-                    .iter()
-                    .map(|v| v.name())
-                    .collect::<Vec<_>>()
-                    .join("+")
-            };
+            let label = config.variants.label();
             println!(
                 "hunting the {} model ({} HVO) with {}",
                 label,
