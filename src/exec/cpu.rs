@@ -125,7 +125,11 @@ impl Cpu {
         // context switch).
         shuttle::thread::sleep(Duration::ZERO);
         let mut gate = None;
-        if !lock(&self.shared.machine).halted() && !ready(&lock(&self.shared.machine)) {
+        let waits = {
+            let m = lock(&self.shared.machine);
+            !m.halted() && !ready(&m)
+        };
+        if waits {
             // Slow path: wait under the gate. A waiter registers and enters
             // wait() holding it, and wakers take it before notify_all(), so
             // no wake-up is lost in between.

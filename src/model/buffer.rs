@@ -1,7 +1,7 @@
 //! Buffer heads (fs/buffer.c): what `PG_private` stands for in the model.
 
 use super::KResult;
-use super::filemap::{filemap_get_entry, folio_unlock};
+use super::filemap::{filemap_get_entry, folio_lock, folio_unlock};
 use super::mm_types::{Mapping, pg};
 use super::page_ref::{folio_get, folio_put};
 use crate::exec::Cpu;
@@ -14,14 +14,7 @@ pub fn create_empty_buffers(cpu: &Cpu, index: u32) -> KResult<()> {
     let Some(folio) = filemap_get_entry(cpu, index)? else {
         return Ok(());
     };
-    cpu.step_when(
-        "folio_lock",
-        |m| !m.peek(folio).test(pg::LOCKED),
-        |m| {
-            m.page_mut(folio)?.flags |= pg::LOCKED;
-            Ok(())
-        },
-    )?;
+    folio_lock(cpu, folio)?;
     cpu.step("folio_attach_private", |m| {
         let p = m.page(folio)?;
         if p.mapping == (Mapping::File { index }) && !p.test(pg::PRIVATE) {

@@ -51,14 +51,11 @@ impl Buddy {
         v
     }
 
-    pub fn nr_free_pages(&self) -> u32 {
-        self.free_blocks().iter().map(|(_, o)| 1u32 << o).sum()
-    }
-
     /// Remove a free block of exactly `order`: the one containing `hint` if
     /// that page is free (splitting around it), else the most recently freed
-    /// block of the smallest sufficient order.
-    fn take(&mut self, order: u8, hint: Pfn) -> Option<Pfn> {
+    /// block of the smallest sufficient order. Also returns the halves
+    /// handed back to the free lists, as (pfn, order).
+    fn take(&mut self, order: u8, hint: Pfn) -> Option<(Pfn, Vec<(Pfn, u8)>)> {
         let target = hint & !((1 << order) - 1);
         let containing = (order..=self.max_order).find_map(|o| {
             let list = &self.free_area[o as usize];
@@ -78,17 +75,19 @@ impl Buddy {
             block
         };
         // expand(): hand back the halves that do not hold the target.
+        let mut halves = Vec::new();
         while o > order {
             o -= 1;
             let upper = block + (1 << o);
-            if target >= upper {
-                self.free_area[o as usize].push(block);
-                block = upper;
+            let half = if target >= upper {
+                std::mem::replace(&mut block, upper)
             } else {
-                self.free_area[o as usize].push(upper);
-            }
+                upper
+            };
+            self.free_area[o as usize].push(half);
+            halves.push((half, o));
         }
-        Some(block)
+        Some((block, halves))
     }
 }
 
@@ -101,24 +100,16 @@ impl Machine {
             ktrace!(self, "alloc_pages(order {order}) fails (injected)");
             return Ok(None);
         }
-        let before = self.buddy.free_blocks();
-        let Some(pfn) = self.buddy.take(order, hint) else {
+        let Some((pfn, halves)) = self.buddy.take(order, hint) else {
             ktrace!(self, "alloc_pages(order {order}) fails: no free block");
             return Ok(None);
         };
-        // del_page_from_free_list on the block split, set_buddy_order on
-        // the halves handed back.
-        for (b, o) in self.buddy.free_blocks() {
-            if !before.contains(&(b, o)) {
-                let p = self.page_mut(b)?;
-                p.flags |= pg::BUDDY;
-                p.private = o as u32;
-            }
-        }
-        for (b, _) in before {
-            if b >= pfn && b < pfn + (1 << order) {
-                self.page_mut(b)?.flags &= !pg::BUDDY;
-            }
+        // set_buddy_order on the halves handed back; post_alloc_hook below
+        // clears PageBuddy on the block taken.
+        for (b, o) in halves {
+            let p = self.page_mut(b)?;
+            p.flags |= pg::BUDDY;
+            p.private = o as u32;
         }
         for f in pfn..pfn + (1 << order) {
             let frame = &mut self.frames[f as usize];

@@ -28,14 +28,6 @@ impl RcuState {
         }
     }
 
-    pub fn in_read_section(&self, cpu: usize) -> bool {
-        self.nesting[cpu] > 0
-    }
-
-    pub fn any_reader(&self) -> Option<usize> {
-        self.nesting.iter().position(|&n| n > 0)
-    }
-
     fn snapshot(&self, except: usize) -> GracePeriod {
         (0..self.nesting.len())
             .filter(|&c| c != except && self.nesting[c] > 0)

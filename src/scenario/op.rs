@@ -70,31 +70,6 @@ pub enum Op {
 }
 
 impl Op {
-    /// The kernel function the op mirrors, for traces and tables.
-    pub fn kernel_name(&self) -> &'static str {
-        match self {
-            Op::FailNextAllocs { .. } => "should_fail_alloc_page",
-            Op::FilemapAddFolio { .. } => "filemap_add_folio",
-            Op::FilemapGetFolio { .. } => "filemap_get_folio",
-            Op::TruncateInodeFolio { .. } => "truncate_inode_folio",
-            Op::ShrinkFolio { .. } => "shrink_folio_list",
-            Op::PfnWalk { .. } => "pfn walker",
-            Op::AllocPoolHugeFolio { .. } => "alloc_pool_huge_folio",
-            Op::AllocHugetlbFolio { .. } => "alloc_hugetlb_folio",
-            Op::PutHugetlbFolio => "folio_put(hugetlb)",
-            Op::ShrinkHugePool => "set_max_huge_pages",
-            Op::HandleMmFault { .. } => "handle_mm_fault",
-            Op::GetUserPagesFast { .. } => "get_user_pages_fast",
-            Op::PinUserPagesFast { .. } => "pin_user_pages_fast",
-            Op::MemcpyToPage => "memcpy_to_page",
-            Op::UnpinUserPage => "unpin_user_page",
-            Op::MigratePages { .. } => "migrate_pages",
-            Op::ZapPteRange { .. } => "zap_pte_range",
-            Op::CreateEmptyBuffers { .. } => "create_empty_buffers",
-            Op::CollapseHugePage { .. } => "collapse_huge_page",
-        }
-    }
-
     /// Run the kernel path on `cpu`.
     pub fn run(&self, cpu: &Cpu) -> KResult<()> {
         match *self {
