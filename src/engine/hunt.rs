@@ -1,11 +1,12 @@
 //! Generate scenarios and run them until an oracle fails or the budget ends.
 
+use super::corpus::{Corpus, Entry};
+use super::mutate::{mutate, mutate_schedule};
 use crate::exec::{Outcome, ShuttleEngine, Verdict, explore_shuttle, run_input, run_input_covered};
-use crate::scenario::generate::{GenOptions, decode_with_schedule_offset};
+use crate::scenario::generate::{GenOptions, decode_with_ops_prefix};
 use crate::scenario::{Expect, Scenario};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 /// How interleavings are chosen.
@@ -48,7 +49,8 @@ pub struct HuntOptions {
     pub seed: u64,
     /// Interleavings a shuttle scheduler explores per generated scenario.
     pub executions_per_scenario: usize,
-    pub pct_depth: usize,
+    /// PCT depth; `None` draws one per scenario from [`PCT_SWARM_DEPTHS`].
+    pub pct_depth: Option<usize>,
     /// Keep inputs that reach new interleaving coverage and mutate them,
     /// instead of generating every input afresh.
     pub guided: bool,
@@ -63,7 +65,7 @@ impl HuntOptions {
             time: Duration::from_secs(10),
             seed: 0,
             executions_per_scenario: 32,
-            pct_depth: 3,
+            pct_depth: None,
             guided: true,
         }
     }
@@ -97,6 +99,9 @@ pub struct Explored {
     /// The first non-clean outcome.
     pub failure: Option<Outcome>,
     pub features: Vec<u64>,
+    /// The decisions the input engine's execution took (empty for the
+    /// shuttle engines, which take many).
+    pub schedule: Vec<u8>,
 }
 
 /// Run one scenario under an engine.
@@ -108,16 +113,19 @@ pub fn explore(scenario: &Scenario, opts: &HuntOptions, seed: u64) -> Explored {
             } else {
                 run_input(scenario, false)
             };
-            let features = o.features.clone();
             return Explored {
                 executions: 1,
+                features: o.features.clone(),
+                schedule: o.schedule.clone(),
                 failure: (o.verdict != Verdict::Clean).then_some(o),
-                features,
             };
         }
         Engine::Random => ShuttleEngine::Random,
         Engine::Pct => ShuttleEngine::Pct {
-            depth: opts.pct_depth,
+            depth: opts.pct_depth.unwrap_or_else(|| {
+                let n = PCT_SWARM_DEPTHS.end() - PCT_SWARM_DEPTHS.start() + 1;
+                PCT_SWARM_DEPTHS.start() + (seed >> 32) as usize % n
+            }),
         },
         Engine::Dfs => ShuttleEngine::Dfs,
     };
@@ -132,60 +140,25 @@ pub fn explore(scenario: &Scenario, opts: &HuntOptions, seed: u64) -> Explored {
         executions: e.executions as u64,
         failure: e.failure,
         features: e.features,
+        schedule: Vec::new(),
     }
 }
 
-/// How many times the usual interleavings a new corpus entry gets.
+/// PCT depths a hunt draws from, one per scenario, as swarm testing draws
+/// configurations: a shallow race is likeliest at depth 2 or 3, while
+/// `ref-fake-head-before-count` needs three ordered preemptions (depth 4;
+/// about 1 in 460 executions at depth 5, never at depth 3).
+pub const PCT_SWARM_DEPTHS: std::ops::RangeInclusive<usize> = 4..=5;
+
+/// How many times the usual interleavings a boosted scenario gets.
 const ENERGY: usize = 16;
 
-/// Longest input the guided search builds.
-const MAX_INPUT: usize = 512;
-
-/// A libFuzzer-style byte mutation of `base`, sometimes spliced with
-/// `other`. Any bytes decode to a valid scenario.
-fn mutate(rng: &mut StdRng, base: &[u8], other: &[u8]) -> Vec<u8> {
-    let mut b = base.to_vec();
-    if b.is_empty() {
-        b.push(0);
-    }
-    for _ in 0..rng.gen_range(1..=4) {
-        let pos = rng.gen_range(0..b.len());
-        match rng.gen_range(0..7) {
-            0 => b[pos] ^= 1 << rng.gen_range(0..8),
-            1 => b[pos] = rng.r#gen(),
-            2 => b[pos] = [0, 1, 2, 0x3f, 0x7f, 0x80, 0xff][rng.gen_range(0..7)],
-            3 => {
-                let n = rng.gen_range(1..=8);
-                let ins: Vec<u8> = (0..n).map(|_| rng.r#gen()).collect();
-                b.splice(pos..pos, ins);
-            }
-            4 => {
-                let end = (pos + rng.gen_range(1..=8)).min(b.len());
-                if end - pos < b.len() {
-                    b.drain(pos..end);
-                }
-            }
-            5 => {
-                let end = (pos + rng.gen_range(1..=16)).min(b.len());
-                let chunk = b[pos..end].to_vec();
-                let at = rng.gen_range(0..=b.len());
-                b.splice(at..at, chunk);
-            }
-            _ => {
-                if !other.is_empty() {
-                    let from = rng.gen_range(0..other.len());
-                    b.truncate(pos);
-                    b.extend_from_slice(&other[from..]);
-                }
-            }
-        }
-        if b.is_empty() {
-            b.push(0);
-        }
-    }
-    b.truncate(MAX_INPUT);
-    b
-}
+/// A scenario is boosted while one of its features has been reached by
+/// fewer executions than this: every feature, not only a new one, gets
+/// some depth of exploration. A deep race's stepping stone (a walker that
+/// met a folio HVO was remapping) is reached by few scenarios, and each
+/// needs hundreds of PCT runs to place three preemptions.
+const RARE_BUDGET: u64 = 5_000;
 
 pub fn hunt(opts: &HuntOptions) -> HuntReport {
     let start = Instant::now();
@@ -200,50 +173,66 @@ pub fn hunt(opts: &HuntOptions) -> HuntReport {
         corpus: 0,
         features: 0,
     };
-    // Inputs that reached new coverage, with where their schedule begins.
-    let mut corpus: Vec<(Vec<u8>, usize)> = Vec::new();
-    let mut seen: HashSet<u64> = HashSet::new();
+    let mut corpus = Corpus::default();
     while opts.iterations.is_none_or(|n| report.scenarios < n) && start.elapsed() < opts.time {
         let bytes = if !opts.guided || corpus.is_empty() || rng.gen_ratio(1, 8) {
             let mut fresh = vec![0; rng.gen_range(16..256usize)];
             rng.fill_bytes(&mut fresh);
             fresh
         } else {
-            let (a, a_sched) = &corpus[rng.gen_range(0..corpus.len())];
-            let (b, _) = &corpus[rng.gen_range(0..corpus.len())];
-            if opts.engine == Engine::Input && rng.gen_bool(0.5) {
-                // Same ops, another interleaving.
-                let mut m = a[..*a_sched].to_vec();
-                m.extend(mutate(&mut rng, &a[*a_sched..], &b[..0]));
-                m
+            let other = corpus.any(&mut rng).bytes.clone();
+            let a = corpus.pick(&mut rng);
+            if rng.gen_bool(0.5) {
+                if opts.engine == Engine::Input {
+                    // Same ops, another interleaving: mostly an edit of the
+                    // decisions the entry's execution took.
+                    let mut m = a.ops_prefix.clone();
+                    m.extend(if rng.gen_ratio(3, 4) {
+                        mutate_schedule(&mut rng, &a.schedule, a.nr_cpus)
+                    } else {
+                        let schedule = a.bytes.get(a.ops_prefix.len()..).unwrap_or(&[]);
+                        mutate(&mut rng, schedule, &[])
+                    });
+                    m
+                } else {
+                    // Same scenario, fresh interleavings from a new seed.
+                    a.bytes.clone()
+                }
             } else {
-                mutate(&mut rng, a, b)
+                mutate(&mut rng, &a.bytes, &other)
             }
         };
-        let (mut scenario, sched_offset) = decode_with_schedule_offset(&bytes, &opts.generate);
+        let (mut scenario, ops_prefix) = decode_with_ops_prefix(&bytes, &opts.generate);
         report.scenarios += 1;
         let explored = explore(&scenario, opts, rng.next_u64());
         report.executions += explored.executions;
-        let new = explored
-            .features
-            .iter()
-            .filter(|f| seen.insert(**f))
-            .count();
+        let seen = corpus.observe(&explored.features, explored.executions);
         let mut failure = explored.failure;
-        if new > 0 {
-            corpus.push((bytes, sched_offset));
-            // Energy: a scenario that reached new interleavings gets a
-            // longer exploration, as AFL gives productive seeds more runs.
-            if failure.is_none() && opts.engine != Engine::Input {
-                let boost = HuntOptions {
-                    executions_per_scenario: opts.executions_per_scenario * ENERGY,
-                    ..opts.clone()
-                };
-                let e = explore(&scenario, &boost, rng.next_u64());
-                report.executions += e.executions;
-                seen.extend(e.features);
-                failure = e.failure;
-            }
+        let mut features = explored.features;
+        // Energy: a scenario that reaches a feature few executions have
+        // explored yet (a new one above all) gets a longer exploration, as
+        // AFL gives productive seeds more runs.
+        if failure.is_none() && opts.engine != Engine::Input && seen.least_explored < RARE_BUDGET {
+            let boost = HuntOptions {
+                executions_per_scenario: opts.executions_per_scenario * ENERGY,
+                ..opts.clone()
+            };
+            let e = explore(&scenario, &boost, rng.next_u64());
+            report.executions += e.executions;
+            corpus.observe(&e.features, e.executions);
+            features.extend(e.features);
+            features.sort_unstable();
+            features.dedup();
+            failure = e.failure;
+        }
+        if seen.new > 0 {
+            corpus.add(Entry {
+                bytes,
+                ops_prefix,
+                schedule: explored.schedule,
+                nr_cpus: scenario.cpus.len() as u8,
+                features,
+            });
         }
         let Some(outcome) = failure else {
             continue;
@@ -267,6 +256,6 @@ pub fn hunt(opts: &HuntOptions) -> HuntReport {
     }
     report.elapsed = start.elapsed();
     report.corpus = corpus.len();
-    report.features = seen.len();
+    report.features = corpus.features();
     report
 }

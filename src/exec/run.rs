@@ -77,13 +77,11 @@ fn outcome_of(m: &mut Machine, log: &ScheduleLog) -> Outcome {
     }
 }
 
-/// The closure shuttle runs: boot, setup, spawn one thread per CPU, join,
-/// then check quiescence and report.
 /// What an execution records besides its verdict.
 #[derive(Debug, Clone, Copy, Default)]
 struct Observe {
     tracing: bool,
-    /// Interleaving 2-grams.
+    /// Interleaving 2-grams and struct-page mapping states.
     coverage: bool,
     /// Conflicting struct-page accesses too: a denser signal that helps
     /// the shuttle schedulers keep scenarios where CPUs meet, but drowns a
@@ -91,6 +89,8 @@ struct Observe {
     conflicts: bool,
 }
 
+/// The closure shuttle runs: boot, setup, spawn one thread per CPU, join,
+/// then check quiescence and report.
 fn body(
     scenario: Arc<Scenario>,
     observe: Observe,
@@ -105,9 +105,9 @@ fn body(
             observe.tracing,
         )));
         *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(machine.clone());
-        if observe.conflicts {
+        if observe.coverage {
             let mut m = lock(&machine);
-            m.access_coverage = Some(AccessCoverage::new(m.nr_pfns()));
+            m.access_coverage = Some(AccessCoverage::new(m.nr_pfns(), observe.conflicts));
         }
         let shared = Shared::new(machine.clone(), observe.coverage);
         let boot = Cpu::new(None, shared.clone());

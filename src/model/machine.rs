@@ -201,11 +201,9 @@ impl Machine {
             waiters: 0,
         };
         m.buddy.boot_free_range(nr_vmemmap, nr_pfns);
-        for pfn in nr_vmemmap..nr_pfns {
-            if let Some(order) = m.buddy.order_of_free_block(pfn) {
-                m.peek_mut(pfn).flags = super::mm_types::pg::BUDDY;
-                m.peek_mut(pfn).private = order as u32;
-            }
+        for (pfn, order) in m.buddy.free_blocks() {
+            m.peek_mut(pfn).flags = super::mm_types::pg::BUDDY;
+            m.peek_mut(pfn).private = order as u32;
         }
         m
     }

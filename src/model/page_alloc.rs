@@ -38,10 +38,6 @@ impl Buddy {
         }
     }
 
-    pub fn order_of_free_block(&self, pfn: Pfn) -> Option<u8> {
-        (0..=self.max_order).find(|&o| self.free_area[o as usize].contains(&pfn))
-    }
-
     /// Every free block as (first pfn, order).
     pub fn free_blocks(&self) -> Vec<(Pfn, u8)> {
         let mut v = Vec::new();

@@ -3,9 +3,11 @@
 //! remap really changes what a struct page address reads.
 
 use super::config::STRUCT_PAGES_PER_VMEMMAP_PAGE;
+use super::kcov::Access;
 use super::machine::{Content, Machine, Owner, Pfn};
 use super::mm_types::StructPage;
 use super::oracle::{self, Violation};
+use std::panic::Location;
 
 /// A vmemmap PTE: the frame a vmemmap page maps and its permission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,25 +82,46 @@ impl Machine {
         }
     }
 
-    fn cover(&mut self, pfn: Pfn, write: bool) {
-        let (cpu, func) = (self.cur_cpu, self.cur_func);
+    fn cover(
+        &mut self,
+        pfn: Pfn,
+        write: bool,
+        r: Resolved,
+        seen: &StructPage,
+        site: &'static Location<'static>,
+    ) {
+        let current = self.vmemmap.ptes[vmemmap_page_of(pfn) as usize];
         if let Some(c) = self.access_coverage.as_mut() {
-            c.record(pfn, cpu, func, write);
+            let access = Access {
+                pfn,
+                cpu: self.cur_cpu,
+                func: self.cur_func,
+                site,
+                write,
+                aliased: r.aliased,
+                stale: r.pte != current,
+                writable: r.pte.writable,
+            };
+            c.record(&access, seen);
         }
     }
 
     /// Read `pfn_to_page(pfn)` as the running CPU sees it.
+    #[track_caller]
     pub fn page(&mut self, pfn: Pfn) -> Result<StructPage, Violation> {
-        self.cover(pfn, false);
         let r = self.resolve(pfn);
-        self.memmap_slot(pfn, r).map(|p| *p)
+        let seen = *self.memmap_slot(pfn, r)?;
+        self.cover(pfn, false, r, &seen, Location::caller());
+        Ok(seen)
     }
 
     /// Write access to `pfn_to_page(pfn)` as the running CPU sees it.
+    #[track_caller]
     pub fn page_mut(&mut self, pfn: Pfn) -> Result<&mut StructPage, Violation> {
-        self.cover(pfn, true);
         let r = self.resolve(pfn);
         oracle::no_write_through_ro_vmemmap(pfn, r.pte)?;
+        let seen = *self.memmap_slot(pfn, r)?;
+        self.cover(pfn, true, r, &seen, Location::caller());
         self.memmap_slot(pfn, r)
     }
 

@@ -105,9 +105,9 @@ impl Palette {
     }
 
     fn pfn(&self, u: &mut Unstructured, cfg: &Config) -> arbitrary::Result<u32> {
-        match u.int_in_range(0..=3u8)? {
-            0 | 1 => Ok(self.0[0]),
-            2 => Ok(self.0[1]),
+        match u.int_in_range(0..=7u8)? {
+            0..=4 => Ok(self.0[0]),
+            5 | 6 => Ok(self.0[1]),
             _ => decode_pfn(u, cfg),
         }
     }
@@ -143,10 +143,49 @@ impl Uaddrs {
 
 /// Op kinds, simplest first. A scenario draws from all of them, from the
 /// page-cache and hugetlb ones, or from the page-cache and user-memory ones
-/// (so that each family's races stay likely).
-const KINDS: u8 = 19;
-const HVO_KINDS: &[u8] = &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9];
+/// (so that each family's races stay likely). The last kind is an idiom
+/// rather than one op, as a fuzzing dictionary holds tokens: a page-cache
+/// folio freed and its memory reused by hugetlb, the lifecycle every HVO
+/// race in the seeds turns on (seed 000: "removed from the page cache ...
+/// reallocated as a hugetlb tail").
+const KINDS: u8 = 20;
+const REUSE_FOR_HUGETLB: u8 = 19;
+const HVO_KINDS: &[u8] = &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, REUSE_FOR_HUGETLB];
 const USER_KINDS: &[u8] = &[1, 2, 3, 4, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18];
+
+/// Kinds the setup draws from: ops that build state (page-cache folios,
+/// pool folios, mappings, references), so that the CPUs race over state
+/// that exists, not over a setup that already tore it down.
+const HVO_SETUP_KINDS: &[u8] = &[2, 7];
+const USER_SETUP_KINDS: &[u8] = &[2, 10, 11, 12, 17];
+const ALL_SETUP_KINDS: &[u8] = &[2, 7, 10, 11, 12, 17];
+
+/// The ops of one slot, of one of `kinds`: one op, or two for the reuse
+/// idiom.
+fn decode_slot(
+    u: &mut Unstructured,
+    cfg: &Config,
+    palette: &Palette,
+    uaddrs: &Uaddrs,
+    kinds: &[u8],
+    ops: &mut Vec<Op>,
+) -> arbitrary::Result<()> {
+    let kind = kinds[u.int_in_range(0..=kinds.len() - 1)?];
+    if kind == REUSE_FOR_HUGETLB {
+        let index = u.int_in_range(0..=GEN_INDEXES - 1)?;
+        ops.push(if u.arbitrary()? {
+            Op::ShrinkFolio { index }
+        } else {
+            Op::TruncateInodeFolio { index }
+        });
+        ops.push(Op::AllocHugetlbFolio {
+            pfn_hint: palette.pfn(u, cfg)?,
+        });
+        return Ok(());
+    }
+    ops.push(decode_op(u, cfg, palette, uaddrs, kind)?);
+    Ok(())
+}
 
 /// One op of the given kind.
 fn decode_op(
@@ -154,14 +193,9 @@ fn decode_op(
     cfg: &Config,
     palette: &Palette,
     uaddrs: &Uaddrs,
-    family: u8,
+    kind: u8,
 ) -> arbitrary::Result<Op> {
     let index = |u: &mut Unstructured| u.int_in_range(0..=GEN_INDEXES - 1);
-    let kind = match family {
-        0 => u.int_in_range(0..=KINDS - 1)?,
-        1 => HVO_KINDS[u.int_in_range(0..=HVO_KINDS.len() - 1)?],
-        _ => USER_KINDS[u.int_in_range(0..=USER_KINDS.len() - 1)?],
-    };
     Ok(match kind {
         0 => Op::PfnWalk {
             pfn: palette.pfn(u, cfg)?,
@@ -228,13 +262,22 @@ pub fn decode(u: &mut Unstructured, opts: &GenOptions) -> arbitrary::Result<Scen
     decode_ops_then_schedule(u, opts, &mut 0)
 }
 
-/// Decode from a byte slice, also returning where the schedule's bytes
-/// begin: mutating only those explores interleavings of the same ops.
-pub fn decode_with_schedule_offset(bytes: &[u8], opts: &GenOptions) -> (Scenario, usize) {
+/// More bytes than the ops of any scenario consume.
+const OPS_BYTES_BOUND: usize = 1024;
+
+/// Decode from a byte slice, also returning the bytes that decode its ops
+/// (zero-padded if the input ran out in them): any schedule bytes appended
+/// to those give the same ops in another interleaving.
+pub fn decode_with_ops_prefix(bytes: &[u8], opts: &GenOptions) -> (Scenario, Vec<u8>) {
+    // Padding makes the ops' length exact, and makes a missing byte a zero
+    // everywhere (`arbitrary` reads a partly missing integer differently).
+    let mut padded = bytes.to_vec();
+    padded.resize(bytes.len() + OPS_BYTES_BOUND, 0);
     let mut at = 0;
-    let s = decode_ops_then_schedule(&mut Unstructured::new(bytes), opts, &mut at)
+    let s = decode_ops_then_schedule(&mut Unstructured::new(&padded), opts, &mut at)
         .expect("the decoder reads missing bytes as zero");
-    (s, at.min(bytes.len()))
+    padded.truncate(at);
+    (s, padded)
 }
 
 fn decode_ops_then_schedule(
@@ -255,43 +298,87 @@ fn decode_ops_then_schedule(
         OpFamily::Hvo => 1,
         OpFamily::User => 2,
     };
+    let (setup_kinds, kinds): (&[u8], Vec<u8>) = match family {
+        0 => (ALL_SETUP_KINDS, (0..KINDS).collect()),
+        1 => (HVO_SETUP_KINDS, HVO_KINDS.to_vec()),
+        _ => (USER_SETUP_KINDS, USER_KINDS.to_vec()),
+    };
     let nr_setup = u.int_in_range(0..=opts.max_setup)?;
-    let setup = (0..nr_setup)
-        .map(|_| decode_op(u, cfg, &palette, &uaddrs, family))
-        .collect::<arbitrary::Result<Vec<_>>>()?;
+    let mut setup = Vec::new();
+    for _ in 0..nr_setup {
+        decode_slot(u, cfg, &palette, &uaddrs, setup_kinds, &mut setup)?;
+    }
     let mut cpus = Vec::with_capacity(nr_cpus);
     for _ in 0..nr_cpus {
         let n = u.int_in_range(1..=opts.max_ops.max(1))?;
-        cpus.push(
-            (0..n)
-                .map(|_| decode_op(u, cfg, &palette, &uaddrs, family))
-                .collect::<arbitrary::Result<Vec<_>>>()?,
-        );
+        let mut ops = Vec::new();
+        for _ in 0..n {
+            decode_slot(u, cfg, &palette, &uaddrs, &kinds, &mut ops)?;
+        }
+        cpus.push(ops);
     }
     // The schedule as runs: (CPU, how many decisions in a row). Short runs
-    // are likelier, but one byte reaches any run up to 60 decisions, so a
+    // are likelier, but one byte reaches a run of up to 59 decisions, so a
     // mutation can move a preemption deep into a long kernel path.
     *schedule_offset = total - u.len();
     let mut schedule = Vec::new();
-    for _ in 0..u.int_in_range(0..=16u8)? {
+    for _ in 0..u.int_in_range(0..=MAX_RUNS)? {
         let cpu = u.int_in_range(0..=nr_cpus as u8 - 1)?;
-        let b = u.int_in_range(0..=255u8)? as usize;
-        let run = match b {
-            0..=127 => 1 + b % 4,
-            128..=191 => 5 + b % 8,
-            192..=239 => 13 + b % 16,
-            _ => 29 + b % 32,
-        };
-        schedule.extend(std::iter::repeat_n(cpu, run));
+        let b = u.int_in_range(0..=255u8)?;
+        schedule.extend(std::iter::repeat_n(cpu, run_length(b)));
     }
     let mut s = Scenario::new(*cfg, setup, cpus);
     s.schedule = schedule;
     Ok(s)
 }
 
-/// Decode from a byte slice (fuzz targets, the input engine).
+/// Schedule runs one input can carry.
+const MAX_RUNS: u8 = 16;
+
+/// The decisions a run byte stands for.
+fn run_length(b: u8) -> usize {
+    let b = b as usize;
+    match b {
+        0..=127 => 1 + b % 4,
+        128..=191 => 5 + b % 8,
+        192..=239 => 13 + b % 16,
+        _ => 29 + (b - 240) * 2,
+    }
+}
+
+/// A run byte for `len` decisions, `1..=28` (all exactly encodable).
+fn run_byte(len: usize) -> u8 {
+    (match len {
+        1..=4 => len - 1,
+        5..=12 => 128 + len - 5,
+        _ => 192 + len - 13,
+    }) as u8
+}
+
+/// The schedule bytes that decode to `schedule` (the inverse of the
+/// decoder's schedule part), so that a search can edit decisions and not
+/// bytes. Runs beyond the decoder's limit are dropped: past its list the
+/// input scheduler lets the running CPU continue.
+pub fn encode_schedule(schedule: &[u8]) -> Vec<u8> {
+    let mut runs = Vec::new();
+    for run in schedule.chunk_by(|a, b| a == b) {
+        for part in run.chunks(28) {
+            runs.push((part[0], run_byte(part.len())));
+        }
+    }
+    runs.truncate(MAX_RUNS as usize);
+    let mut bytes = vec![runs.len() as u8];
+    for (cpu, len) in runs {
+        bytes.extend([cpu, len]);
+    }
+    bytes
+}
+
+/// Decode from a byte slice (fuzz targets, the input engine). Missing
+/// bytes read as zeros, exactly: a prefix of the input followed by zeros
+/// decodes the same, even inside a multi-byte integer.
 pub fn decode_bytes(bytes: &[u8], opts: &GenOptions) -> Scenario {
-    decode(&mut Unstructured::new(bytes), opts).expect("the decoder reads missing bytes as zero")
+    decode_with_ops_prefix(bytes, opts).0
 }
 
 impl<'a> Arbitrary<'a> for Scenario {
@@ -306,4 +393,49 @@ impl<'a> Arbitrary<'a> for Scenario {
 pub fn scenario_strategy(opts: GenOptions) -> impl Strategy<Value = Scenario> {
     proptest::collection::vec(any::<u8>(), 0..384)
         .prop_map(move |bytes| decode_bytes(&bytes, &opts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, RngCore, SeedableRng, rngs::StdRng};
+
+    /// Ops bytes followed by an encoded schedule decode to that schedule.
+    #[test]
+    fn encode_schedule_inverts_the_decoder() {
+        let opts = GenOptions {
+            max_cpus: 3,
+            ..GenOptions::default()
+        };
+        let mut rng = StdRng::seed_from_u64(5);
+        for _ in 0..500 {
+            let mut bytes = vec![0; rng.gen_range(8..200usize)];
+            rng.fill_bytes(&mut bytes);
+            let (s, prefix) = decode_with_ops_prefix(&bytes, &opts);
+            assert_eq!(s, decode_bytes(&bytes, &opts));
+            let nr = s.cpus.len() as u8;
+            let want: Vec<u8> = (0..rng.gen_range(0..70))
+                .map(|_| {
+                    if rng.gen_ratio(1, 4) {
+                        rng.gen_range(0..nr)
+                    } else {
+                        0
+                    }
+                })
+                .collect();
+            let mut edited = prefix;
+            edited.extend(encode_schedule(&want));
+            let t = decode_bytes(&edited, &opts);
+            assert_eq!((&t.setup, &t.cpus), (&s.setup, &s.cpus));
+            let runs = want
+                .chunk_by(|a, b| a == b)
+                .map(|r| r.len().div_ceil(28))
+                .sum::<usize>();
+            if runs <= MAX_RUNS as usize {
+                assert_eq!(t.schedule, want);
+            } else {
+                assert!(want.starts_with(&t.schedule));
+            }
+        }
+    }
 }

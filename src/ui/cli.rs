@@ -92,9 +92,10 @@ enum Command {
         /// Op families to generate [default: the variants' family, else any].
         #[arg(long, value_enum)]
         ops: Option<OpsArg>,
-        /// PCT depth: priority change points + 1.
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=8))]
-        pct_depth: u8,
+        /// PCT depth: priority change points + 1 [default: drawn per
+        /// scenario from 2..=5].
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=8))]
+        pct_depth: Option<u8>,
         /// Generate every input afresh instead of mutating the ones that
         /// reached new interleaving coverage.
         #[arg(long)]
@@ -217,7 +218,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 opts.seed = seed;
                 opts.executions_per_scenario = executions_per_scenario;
                 opts.guided = !unguided;
-                opts.pct_depth = pct_depth as usize;
+                opts.pct_depth = pct_depth.map(usize::from);
                 let report = hunt(&opts);
                 print_summary(&report);
                 if let Some((scenario, msg)) = &report.model_panic {

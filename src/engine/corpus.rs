@@ -1,0 +1,116 @@
+//! The guided hunt's corpus: inputs that reached new coverage, picked for
+//! mutation by the rarity of what they reach.
+//!
+//! As libFuzzer's entropic power schedule does, an input whose rarest
+//! feature few inputs reach is picked more often: a near miss of a deep
+//! race (a reader that got through to an HVO alias, but found the folio
+//! still frozen) is rare, and is what a mutation turns into the race.
+
+use rand::Rng;
+use rand::rngs::StdRng;
+use std::collections::HashMap;
+
+/// What [`Corpus::observe`] found.
+pub struct Seen {
+    /// Features no execution reached before.
+    pub new: usize,
+    /// The fewest executions that had reached one of the features.
+    pub least_explored: u64,
+}
+
+/// One kept input.
+pub struct Entry {
+    pub bytes: Vec<u8>,
+    /// The bytes that decode its ops (see `decode_with_ops_prefix`).
+    pub ops_prefix: Vec<u8>,
+    /// The decisions its execution took (input engine).
+    pub schedule: Vec<u8>,
+    pub nr_cpus: u8,
+    pub features: Vec<u64>,
+}
+
+/// Recompute every entry's weight after this many picks (hit counts drift).
+const REWEIGH_EVERY: u64 = 1024;
+
+#[derive(Default)]
+pub struct Corpus {
+    entries: Vec<Entry>,
+    /// Per feature: how many executions reached it (counted per explored
+    /// input: a shuttle engine's union over its executions).
+    hits: HashMap<u64, u64>,
+    /// Cumulative weights, for sampling in proportion to weight.
+    cumulative: Vec<f64>,
+    picks: u64,
+}
+
+impl Corpus {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Distinct features reached so far.
+    pub fn features(&self) -> usize {
+        self.hits.len()
+    }
+
+    /// Count the executions that reached an explored input's features.
+    pub fn observe(&mut self, features: &[u64], executions: u64) -> Seen {
+        let mut seen = Seen {
+            new: 0,
+            least_explored: u64::MAX,
+        };
+        for f in features {
+            let h = self.hits.entry(*f).or_insert(0);
+            seen.new += (*h == 0) as usize;
+            seen.least_explored = seen.least_explored.min(*h);
+            *h += executions;
+        }
+        seen
+    }
+
+    /// Keep an input (call after [`Corpus::observe`] counted its features).
+    pub fn add(&mut self, entry: Entry) {
+        let w = self.weight(&entry.features);
+        let total = self.cumulative.last().copied().unwrap_or(0.0);
+        self.cumulative.push(total + w);
+        self.entries.push(entry);
+    }
+
+    /// 1 / (executions that reached the entry's rarest feature).
+    fn weight(&self, features: &[u64]) -> f64 {
+        let rarest = features
+            .iter()
+            .map(|f| self.hits.get(f).copied().unwrap_or(1))
+            .min()
+            .unwrap_or(1);
+        1.0 / rarest.max(1) as f64
+    }
+
+    /// An entry, picked in proportion to its weight.
+    pub fn pick(&mut self, rng: &mut StdRng) -> &Entry {
+        self.picks += 1;
+        if self.picks.is_multiple_of(REWEIGH_EVERY) {
+            let mut total = 0.0;
+            for i in 0..self.entries.len() {
+                total += self.weight(&self.entries[i].features);
+                self.cumulative[i] = total;
+            }
+        }
+        let total = *self
+            .cumulative
+            .last()
+            .expect("pick from a non-empty corpus");
+        let x = rng.gen_range(0.0..total);
+        let i = self.cumulative.partition_point(|&c| c <= x);
+        &self.entries[i.min(self.entries.len() - 1)]
+    }
+
+    /// An entry picked uniformly (a splice partner).
+    pub fn any(&self, rng: &mut StdRng) -> &Entry {
+        &self.entries[rng.gen_range(0..self.entries.len())]
+    }
+}
