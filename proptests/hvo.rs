@@ -20,18 +20,17 @@
 
 mod common;
 
-use common::{config_with, replays_clean};
+use common::{
+    assert_shrunk_case, config_with, failing_case, quiet, replays_clean, without_variants,
+};
 use mmharness::engine::{Engine, HuntOptions, hunt, minimize};
-use mmharness::exec::{Verdict, quiet_shuttle_panics, run_input};
-use mmharness::model::{Config, HvoMode, Oracle, Variant, VariantSet};
+use mmharness::exec::{Verdict, run_input};
+use mmharness::model::{Config, HvoMode, Oracle, Variant};
 use mmharness::scenario::generate::{GenOptions, OpFamily, scenario_strategy};
 use mmharness::scenario::{Op, Scenario};
 use mmharness::ui::render;
 use proptest::prelude::*;
-use proptest::test_runner::{
-    Config as ProptestConfig, RngAlgorithm, TestError, TestRng, TestRunner,
-};
-use std::sync::Once;
+use proptest::test_runner::{Config as ProptestConfig, RngAlgorithm, TestRng, TestRunner};
 use std::time::{Duration, Instant};
 
 /// The fixed seed every proptest runner here starts from.
@@ -51,11 +50,6 @@ const FIXED_CASES: u32 = 60_000;
 /// never drops an op (its shrunk cases had 5-14 ops, barely fewer than the
 /// first failing case).
 const MINIMIZED_MAX_OPS: usize = 8;
-
-fn quiet() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(quiet_shuttle_panics);
-}
 
 fn runner(cases: u32) -> TestRunner {
     let config = ProptestConfig {
@@ -102,12 +96,6 @@ fn hvo_scenarios(config: Config) -> impl Strategy<Value = Scenario> {
         .prop_filter("HVO-family ops only", |s: &Scenario| {
             s.setup.iter().chain(s.cpus.iter().flatten()).all(is_hvo_op)
         })
-}
-
-fn without_variants(s: &Scenario) -> Scenario {
-    let mut fixed = s.clone();
-    fixed.config.variants = VariantSet::default();
-    fixed
 }
 
 proptest! {
@@ -234,40 +222,16 @@ fn proptest_finds(variant: Variant, cases: u32, oracle: Oracle) {
     let start = Instant::now();
     let strategy = hvo_scenarios(config_with(&[variant]));
     let result = runner(cases).run(&strategy, |s| replays_clean(&s));
-    let (reason, shrunk) = match result {
-        Err(TestError::Fail(reason, s)) => (reason, s),
-        Err(TestError::Abort(why)) => panic!("{variant}: proptest aborted: {why}"),
-        Ok(()) => panic!(
-            "{variant}: proptest found no violation in {cases} cases ({:.1}s); \
-             the variant is no longer reachable within this budget",
-            start.elapsed().as_secs_f64()
-        ),
-    };
-    let context = format!(
-        "{variant}: proptest failed with `{reason}`; shrunk case:\n{}",
-        shrunk.to_json()
-    );
+    let no_hit = "; the variant is no longer reachable within this budget";
+    let (reason, shrunk, context) = failing_case(variant, cases, start, result, no_hit);
     // The shrunk input replays, deterministically, to the variant's
-    // violation (and the reason proptest recorded is that violation).
-    let o = run_input(&shrunk, false);
-    assert_eq!(o.oracle(), Some(oracle), "{context}{}", render::verdict(&o));
+    // violation (and the reason proptest recorded is that violation), and
+    // the fixed model is clean on it.
+    let (o, again) = assert_shrunk_case(&shrunk, oracle, &context);
     assert!(reason.message().contains(oracle.name()), "{context}");
-    let again = run_input(&shrunk, false);
-    assert_eq!(
-        again.verdict, o.verdict,
-        "{context}: replay is not deterministic"
-    );
     assert_eq!(
         again.schedule, o.schedule,
         "{context}: replay is not deterministic"
-    );
-    // The fixed model is clean on the same input.
-    let fixed = run_input(&without_variants(&shrunk), false);
-    assert_eq!(
-        fixed.verdict,
-        Verdict::Clean,
-        "{context}: the fixed model fails too: {}",
-        render::verdict(&fixed)
     );
     // Small once minimized structurally (see MINIMIZED_MAX_OPS for why not
     // straight out of proptest).

@@ -16,17 +16,12 @@
 
 mod common;
 
-use common::{config_with, replays_clean};
-use mmharness::exec::{Verdict, quiet_shuttle_panics, run_input};
-use mmharness::model::{Config, Oracle, Variant, VariantSet};
+use common::{assert_shrunk_case, config_with, failing_case, quiet, replays_clean};
+use mmharness::model::{Config, Oracle, Variant};
 use mmharness::scenario::generate::{GenOptions, OpFamily, scenario_strategy};
 use mmharness::scenario::{Op, Scenario};
-use mmharness::ui::render;
 use proptest::prelude::*;
-use proptest::test_runner::{
-    Config as ProptestConfig, RngAlgorithm, TestError, TestRng, TestRunner,
-};
-use std::sync::Once;
+use proptest::test_runner::{Config as ProptestConfig, RngAlgorithm, TestRng, TestRunner};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
@@ -35,11 +30,6 @@ const SEED: [u8; 32] = [3; 32];
 
 /// Executed cases for the fixed-model properties.
 const FIXED_CASES: u32 = 30_000;
-
-fn quiet() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(quiet_shuttle_panics);
-}
 
 fn proptest_config(cases: u32) -> ProptestConfig {
     ProptestConfig {
@@ -100,13 +90,6 @@ fn migration_scenarios(opts: GenOptions) -> impl Strategy<Value = Scenario> {
     })
 }
 
-fn without_variants(s: &Scenario) -> Scenario {
-    let mut fixed = s.clone();
-    fixed.config.variants = VariantSet::default();
-    fixed.expect = None;
-    fixed
-}
-
 proptest! {
     #![proptest_config(proptest_config(FIXED_CASES))]
 
@@ -152,32 +135,8 @@ fn proptest_finds(variant: Variant, cases: u32, oracle: Oracle) {
         }
         r
     });
-    let (reason, shrunk) = match result {
-        Err(TestError::Fail(reason, s)) => (reason, s),
-        Err(TestError::Abort(why)) => panic!("{variant}: proptest aborted: {why}"),
-        Ok(()) => panic!(
-            "{variant}: proptest found no violation in {cases} cases ({:.1}s)",
-            start.elapsed().as_secs_f64()
-        ),
-    };
-    let context = format!(
-        "{variant}: proptest failed with `{reason}`; shrunk case:\n{}",
-        shrunk.to_json()
-    );
-    let o = run_input(&shrunk, false);
-    assert_eq!(o.oracle(), Some(oracle), "{context}{}", render::verdict(&o));
-    let again = run_input(&shrunk, false);
-    assert_eq!(
-        again.verdict, o.verdict,
-        "{context}: replay is not deterministic"
-    );
-    let fixed = run_input(&without_variants(&shrunk), false);
-    assert_eq!(
-        fixed.verdict,
-        Verdict::Clean,
-        "{context}: the fixed model fails too: {}",
-        render::verdict(&fixed)
-    );
+    let (_, shrunk, context) = failing_case(variant, cases, start, result, "");
+    assert_shrunk_case(&shrunk, oracle, &context);
     eprintln!(
         "{variant}: first hit at case {}, found and shrunk in {:.1}s to {} ops, {} schedule choices",
         first_hit.load(Ordering::Relaxed),

@@ -41,7 +41,7 @@ cleanup() {
 trap cleanup EXIT
 
 # The fuzz runs' own environment: nothing inherited from the caller.
-unset MMHARNESS_VARIANTS MMHARNESS_HVO_MODE MMHARNESS_CPUS MMHARNESS_CRASH_DIR
+unset MMHARNESS_VARIANTS MMHARNESS_HVO_MODE MMHARNESS_CPUS MMHARNESS_OPS MMHARNESS_CRASH_DIR
 
 echo "fuzz-smoke: building the fuzz targets and mmharness"
 cargo fuzz build --sanitizer none

@@ -184,10 +184,7 @@ pub fn check_decoded(data: &[u8], mut scenario: Scenario, settings: &Settings) {
     let headline = match &outcome.verdict {
         Verdict::Clean => return,
         Verdict::Violation(d) => {
-            scenario.expect = Some(Expect {
-                oracle: d.violation.oracle,
-                func: d.func.to_string(),
-            });
+            scenario.expect = Some(Expect::from(d));
             format!(
                 "VIOLATION of {} in {}() (step {}, {}): {}",
                 d.violation.oracle,

@@ -2,7 +2,7 @@
 //! mutation by the rarity of what they reach.
 //!
 //! As libFuzzer's entropic power schedule does, an input whose rarest
-//! feature few inputs reach is picked more often: a near miss of a deep
+//! feature few executions reached is picked more often: a near miss of a deep
 //! race (a reader that got through to an HVO alias, but found the folio
 //! still frozen) is rare, and is what a mutation turns into the race.
 
@@ -90,8 +90,8 @@ impl Corpus {
         1.0 / rarest.max(1) as f64
     }
 
-    /// An entry, picked in proportion to its weight.
-    pub fn pick(&mut self, rng: &mut StdRng) -> &Entry {
+    /// An entry's index, picked in proportion to its weight.
+    pub fn pick(&mut self, rng: &mut StdRng) -> usize {
         self.picks += 1;
         if self.picks.is_multiple_of(REWEIGH_EVERY) {
             let mut total = 0.0;
@@ -106,11 +106,19 @@ impl Corpus {
             .expect("pick from a non-empty corpus");
         let x = rng.gen_range(0.0..total);
         let i = self.cumulative.partition_point(|&c| c <= x);
-        &self.entries[i.min(self.entries.len() - 1)]
+        i.min(self.entries.len() - 1)
     }
 
-    /// An entry picked uniformly (a splice partner).
-    pub fn any(&self, rng: &mut StdRng) -> &Entry {
-        &self.entries[rng.gen_range(0..self.entries.len())]
+    /// An entry's index, picked uniformly (a splice partner).
+    pub fn any(&self, rng: &mut StdRng) -> usize {
+        rng.gen_range(0..self.entries.len())
+    }
+}
+
+impl std::ops::Index<usize> for Corpus {
+    type Output = Entry;
+
+    fn index(&self, i: usize) -> &Entry {
+        &self.entries[i]
     }
 }

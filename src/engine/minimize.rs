@@ -32,10 +32,7 @@ impl Shrinker {
         let o = run_input(c, false);
         match o.violation() {
             Some(d) if d.violation.oracle == self.target => {
-                c.expect = Some(Expect {
-                    oracle: d.violation.oracle,
-                    func: d.func.to_string(),
-                });
+                c.expect = Some(Expect::from(d));
                 // Keep only the decisions the execution used.
                 c.schedule.truncate(o.schedule.len());
                 true

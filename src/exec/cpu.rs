@@ -16,63 +16,17 @@ pub struct Shared {
     cfg: Config,
     gate: ShuttleMutex<()>,
     wake: Condvar,
-    /// Interleaving coverage, when a guided search asks for it.
-    pub coverage: Option<Mutex<Coverage>>,
 }
 
 impl Shared {
-    pub fn new(machine: Arc<Mutex<Machine>>, coverage: bool) -> Arc<Shared> {
+    pub fn new(machine: Arc<Mutex<Machine>>) -> Arc<Shared> {
         let cfg = lock(&machine).cfg;
         Arc::new(Shared {
             machine,
             cfg,
             gate: ShuttleMutex::new(()),
             wake: Condvar::new(),
-            coverage: coverage.then(|| Mutex::new(Coverage::default())),
         })
-    }
-}
-
-/// Interleaving 2-grams: for each step, the previous step's kernel function,
-/// this step's, and whether the CPU switched in between. Same-CPU pairs
-/// follow control flow (which branch a path took); switched pairs are the
-/// interleavings. Features bucket each pair's count, as AFL does.
-#[derive(Debug, Default)]
-pub struct Coverage {
-    last: Option<(Option<u8>, usize)>,
-    pairs: Vec<u64>,
-}
-
-impl Coverage {
-    fn record(&mut self, cpu: Option<u8>, func: &'static str) {
-        // A kernel name is a string literal: its address identifies it.
-        let f = func.as_ptr() as usize;
-        if let Some((prev_cpu, prev)) = self.last {
-            let switched = (prev_cpu != cpu) as u64;
-            let h = (prev as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                ^ (f as u64).rotate_left(29)
-                ^ switched;
-            self.pairs.push(h.wrapping_mul(0xBF58_476D_1CE4_E5B9));
-        }
-        self.last = Some((cpu, f));
-    }
-
-    /// The execution's features, sorted and deduplicated.
-    pub fn features(&mut self) -> Vec<u64> {
-        self.pairs.sort_unstable();
-        let mut out = Vec::new();
-        for run in self.pairs.chunk_by(|a, b| a == b) {
-            let bucket = match run.len() {
-                1 => 0,
-                2 => 1,
-                3 => 2,
-                4..=7 => 3,
-                _ => 4,
-            };
-            out.push(run[0] ^ bucket);
-        }
-        out.dedup();
-        out
     }
 }
 
@@ -125,28 +79,26 @@ impl Cpu {
         // context switch).
         shuttle::thread::sleep(Duration::ZERO);
         let mut gate = None;
-        let waits = {
-            let m = lock(&self.shared.machine);
-            !m.halted() && !ready(&m)
-        };
-        if waits {
+        let mut m = lock(&self.shared.machine);
+        if !m.halted() && !ready(&m) {
             // Slow path: wait under the gate. A waiter registers and enters
             // wait() holding it, and wakers take it before notify_all(), so
-            // no wake-up is lost in between.
+            // no wake-up is lost in between. The machine lock is never held
+            // across a scheduling point (taking the gate may be one).
+            drop(m);
             let mut g = self.shared.gate.lock().unwrap_or_else(|e| e.into_inner());
-            loop {
+            m = loop {
                 let mut m = lock(&self.shared.machine);
                 if m.halted() || ready(&m) {
-                    break;
+                    break m;
                 }
                 m.waiters += 1;
                 drop(m);
                 g = self.shared.wake.wait(g).unwrap_or_else(|e| e.into_inner());
                 lock(&self.shared.machine).waiters -= 1;
-            }
+            };
             gate = Some(g);
         }
-        let mut m = lock(&self.shared.machine);
         if m.halted() {
             return Err(Halt);
         }
@@ -158,11 +110,11 @@ impl Cpu {
             m.detect(v);
             Halt
         });
+        if let Some(c) = m.coverage.as_mut() {
+            c.record_step(self.id, func);
+        }
         let notify = m.waiters > 0;
         drop(m);
-        if let Some(c) = &self.shared.coverage {
-            lock(c).record(self.id, func);
-        }
         if notify {
             let _g =
                 gate.unwrap_or_else(|| self.shared.gate.lock().unwrap_or_else(|e| e.into_inner()));

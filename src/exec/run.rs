@@ -2,7 +2,7 @@
 
 use super::cpu::{Cpu, Shared, lock};
 use super::schedulers::{InputScheduler, Recording, ScheduleLog};
-use crate::model::kcov::AccessCoverage;
+use crate::model::kcov::Coverage;
 use crate::model::machine::{Detected, TraceEvent};
 use crate::model::{Machine, Oracle, Violation, oracle};
 use crate::scenario::Scenario;
@@ -44,7 +44,7 @@ pub struct Outcome {
     /// Model steps executed.
     pub steps: u32,
     pub trace: Vec<TraceEvent>,
-    /// Interleaving-coverage features, when asked for (see `Coverage`).
+    /// Coverage features, when asked for (see `model::kcov::Coverage`).
     pub features: Vec<u64>,
 }
 
@@ -107,9 +107,9 @@ fn body(
         *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(machine.clone());
         if observe.coverage {
             let mut m = lock(&machine);
-            m.access_coverage = Some(AccessCoverage::new(m.nr_pfns(), observe.conflicts));
+            m.coverage = Some(Coverage::new(m.nr_pfns(), observe.conflicts));
         }
-        let shared = Shared::new(machine.clone(), observe.coverage);
+        let shared = Shared::new(machine.clone());
         let boot = Cpu::new(None, shared.clone());
         for op in &scenario.setup {
             if op.run(&boot).is_err() {
@@ -142,15 +142,10 @@ fn body(
             }
         }
         let mut outcome = outcome_of(&mut m, &log);
-        let conflicts = m.access_coverage.take();
+        let coverage = m.coverage.take();
         drop(m);
-        if let Some(c) = &shared.coverage {
-            outcome.features = lock(c).features();
-        }
-        if let Some(c) = conflicts {
-            outcome.features.extend(c.features);
-            outcome.features.sort_unstable();
-            outcome.features.dedup();
+        if let Some(c) = coverage {
+            outcome.features = c.into_features();
         }
         report(outcome);
     }
@@ -310,6 +305,9 @@ pub struct Explored {
     pub failure: Option<Outcome>,
     /// The union of the executions' coverage features, if asked for.
     pub features: Vec<u64>,
+    /// The decisions of the one execution of a schedule-driven run (empty
+    /// for the shuttle schedulers, which run many).
+    pub schedule: Vec<u8>,
 }
 
 /// Explore up to `executions` interleavings of `scenario` with a shuttle
@@ -321,20 +319,19 @@ pub fn explore_shuttle(
     executions: usize,
     coverage: bool,
 ) -> Explored {
+    let observe = Observe {
+        tracing: false,
+        coverage,
+        conflicts: coverage,
+    };
     // With one CPU there is nothing to schedule (and PCT needs a decision).
     if scenario.cpus.len() < 2 {
-        let o = input_execution(
-            scenario,
-            Observe {
-                tracing: false,
-                coverage,
-                conflicts: coverage,
-            },
-        );
+        let mut o = input_execution(scenario, observe);
         return Explored {
             executions: 1,
-            features: o.features.clone(),
+            features: std::mem::take(&mut o.features),
             failure: (o.verdict != Verdict::Clean).then_some(o),
+            ..Explored::default()
         };
     }
     let log = ScheduleLog::default();
@@ -350,11 +347,6 @@ pub fn explore_shuttle(
         }
         acc.failure = Some(o);
         false
-    };
-    let observe = Observe {
-        tracing: false,
-        coverage,
-        conflicts: coverage,
     };
     let failed = match engine {
         ShuttleEngine::Random => run_with(

@@ -35,6 +35,15 @@ impl HvoMode {
         }
     }
 
+    /// Does HVO guard speculative readers: bump `hugetlb_optimize_vmemmap_key`
+    /// and wait an RCU grace period, with readers checking
+    /// `page_count_writable` (and fake heads)? Every mode but shared-tail,
+    /// whose series drops all three ("hugetlb: Remove
+    /// VMEMMAP_SYNCHRONIZE_RCU").
+    pub fn guards_readers(self) -> bool {
+        self != HvoMode::SharedTail
+    }
+
     /// `HUGETLB_VMEMMAP_RESERVE_PAGES`: vmemmap pages of a folio kept private.
     pub fn reserve_pages(self) -> u32 {
         match self {

@@ -143,12 +143,23 @@ pub fn filemap_get_folio(cpu: &Cpu, index: u32) -> KResult<()> {
 
 /// `folio_lock`: sleep until PG_locked is clear, then set it.
 pub fn folio_lock(cpu: &Cpu, folio: Pfn) -> KResult<()> {
+    folio_lock_then(cpu, "folio_lock", folio, |_| Ok(()))
+}
+
+/// `folio_lock`, then `then` in the same step (what the caller reads
+/// first under the lock), traced as kernel function `func`.
+pub fn folio_lock_then<T>(
+    cpu: &Cpu,
+    func: &'static str,
+    folio: Pfn,
+    then: impl FnOnce(&mut Machine) -> Result<T, Violation>,
+) -> KResult<T> {
     cpu.step_when(
-        "folio_lock",
+        func,
         |m| !m.peek(folio).test(pg::LOCKED),
         |m| {
             m.page_mut(folio)?.flags |= pg::LOCKED;
-            Ok(())
+            then(m)
         },
     )
 }

@@ -102,7 +102,7 @@ pub fn hugetlb_vmemmap_optimize_folio(cpu: &Cpu, folio: Pfn) -> KResult<()> {
     };
     // The shared-tail series drops the static key and the grace period
     // ("hugetlb: Remove VMEMMAP_SYNCHRONIZE_RCU").
-    if cfg.hvo_mode != HvoMode::SharedTail {
+    if cfg.hvo_mode.guards_readers() {
         cpu.step("static_branch_inc", |m| {
             m.hugetlb_optimize_vmemmap_key += 1;
             Ok(())
@@ -214,7 +214,7 @@ pub fn hugetlb_vmemmap_restore_folio(cpu: &Cpu, folio: Pfn) -> KResult<bool> {
     if !optimized {
         return Ok(true);
     }
-    if cfg.hvo_mode != HvoMode::SharedTail {
+    if cfg.hvo_mode.guards_readers() {
         synchronize_rcu(cpu)?;
     }
     let reserve = cfg.hvo_mode.reserve_pages();
@@ -270,7 +270,7 @@ pub fn hugetlb_vmemmap_restore_folio(cpu: &Cpu, folio: Pfn) -> KResult<bool> {
     flush_step(cpu, range)?;
     cpu.step("folio_clear_hugetlb_vmemmap_optimized", |m| {
         m.page_mut(folio)?.flags &= !pg::VMEMMAP_OPTIMIZED;
-        if cfg.hvo_mode != HvoMode::SharedTail {
+        if cfg.hvo_mode.guards_readers() {
             m.hugetlb_optimize_vmemmap_key -= 1;
         }
         Ok(())

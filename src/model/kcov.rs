@@ -1,6 +1,11 @@
-//! Struct-page access coverage, for guided search.
+//! Coverage of one execution, for guided search.
 //!
-//! Two kinds of feature, both keyed by kernel function:
+//! Three kinds of feature, all keyed by kernel function:
+//! - *interleaving 2-grams*: for each step, the previous step's kernel
+//!   function, this step's, and whether the CPU switched in between.
+//!   Same-CPU pairs follow control flow (which branch a path took);
+//!   switched pairs are the interleavings. Each pair's count is bucketed,
+//!   as AFL does.
 //! - *mapping state*: through what kind of vmemmap mapping (own frame or
 //!   HVO alias, current or stale TLB entry, writable or read-only) a
 //!   function reached a struct page, and what it found there (refcount zero
@@ -32,17 +37,53 @@ pub struct Access {
     pub writable: bool,
 }
 
-#[derive(Debug, Clone)]
-pub struct AccessCoverage {
-    /// Per pfn: the CPU and function of the last access; empty when
-    /// conflicts are not recorded.
-    last: Vec<Option<(Option<u8>, usize)>>,
-    pub features: Vec<u64>,
+/// The identity of a name (a kernel function, a source file): a hash of
+/// its text, so that features do not depend on where the build put the
+/// string (identical literals are not always merged). The last name looked
+/// up is cached by address: every access of a step shares its function.
+#[derive(Debug, Clone, Default)]
+struct NameIds {
+    last: Option<(usize, u64)>,
 }
 
-impl AccessCoverage {
+impl NameIds {
+    fn id(&mut self, name: &'static str) -> u64 {
+        match self.last {
+            Some((p, id)) if p == name.as_ptr() as usize => id,
+            _ => {
+                // FNV-1a.
+                let id = name.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
+                    (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3)
+                });
+                self.last = Some((name.as_ptr() as usize, id));
+                id
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Coverage {
+    funcs: NameIds,
+    files: NameIds,
+    /// The CPU and function of the previous step.
+    last_step: Option<(Option<u8>, u64)>,
+    /// One hashed 2-gram per step.
+    pairs: Vec<u64>,
+    /// Per pfn: the CPU and function of the last access; empty when
+    /// conflicts are not recorded.
+    last: Vec<Option<(Option<u8>, u64)>>,
+    /// Mapping-state and conflict features.
+    features: Vec<u64>,
+}
+
+impl Coverage {
     pub fn new(nr_pfns: u32, conflicts: bool) -> Self {
-        AccessCoverage {
+        Coverage {
+            funcs: NameIds::default(),
+            files: NameIds::default(),
+            last_step: None,
+            pairs: Vec::new(),
             last: if conflicts {
                 vec![None; nr_pfns as usize]
             } else {
@@ -52,10 +93,40 @@ impl AccessCoverage {
         }
     }
 
-    pub fn record(&mut self, a: &Access, seen: &StructPage) {
+    /// A step of kernel function `func` ran on `cpu`.
+    pub fn record_step(&mut self, cpu: Option<u8>, func: &'static str) {
+        let f = self.funcs.id(func);
+        if let Some((prev_cpu, prev)) = self.last_step {
+            let switched = (prev_cpu != cpu) as u64;
+            let h = prev.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ f.rotate_left(29) ^ switched;
+            self.pairs.push(h.wrapping_mul(0xBF58_476D_1CE4_E5B9));
+        }
+        self.last_step = Some((cpu, f));
+    }
+
+    /// The execution's features, sorted and deduplicated.
+    pub fn into_features(mut self) -> Vec<u64> {
+        self.pairs.sort_unstable();
+        let mut out = self.features;
+        for run in self.pairs.chunk_by(|a, b| a == b) {
+            let bucket = match run.len() {
+                1 => 0,
+                2 => 1,
+                3 => 2,
+                4..=7 => 3,
+                _ => 4,
+            };
+            out.push(run[0] ^ bucket);
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// A struct-page access.
+    pub fn record_access(&mut self, a: &Access, seen: &StructPage) {
         let (pfn, cpu, func, site, write) = (a.pfn, a.cpu, a.func, a.site, a.write);
-        // A kernel name is a string literal: its address identifies it.
-        let f = func.as_ptr() as usize as u64;
+        let f = self.funcs.id(func);
         let state = write as u64
             | (a.aliased as u64) << 1
             | (a.stale as u64) << 2
@@ -64,7 +135,7 @@ impl AccessCoverage {
             | (seen.tail_bit() as u64) << 5;
         // The access's source line tells apart two reads in one step (a
         // fake-head check and the refcount read after it), as KCOV's PCs do.
-        let at = site.file().as_ptr() as u64 ^ (site.line() as u64) << 32 ^ site.column() as u64;
+        let at = self.files.id(site.file()) ^ (site.line() as u64) << 32 ^ site.column() as u64;
         let feature = (f.wrapping_mul(0xA24B_AED4_963E_E407) ^ at.rotate_left(17) ^ state)
             .wrapping_mul(0x9FB2_1C65_1E98_DF25)
             | 1;
@@ -78,12 +149,10 @@ impl AccessCoverage {
         if let Some((prev_cpu, prev)) = *slot
             && prev_cpu != cpu
         {
-            let h = (prev as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93)
-                ^ f.rotate_left(23)
-                ^ write as u64;
+            let h = prev.wrapping_mul(0xD6E8_FEB8_6659_FD93) ^ f.rotate_left(23) ^ write as u64;
             self.features
                 .push(h.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         }
-        *slot = Some((cpu, f as usize));
+        *slot = Some((cpu, f));
     }
 }

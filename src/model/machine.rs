@@ -134,8 +134,8 @@ pub struct Machine {
     pub step: u32,
     pub trace: Option<Vec<TraceEvent>>,
     pub detected: Option<Detected>,
-    /// Conflicting-access coverage, when a guided search asks for it.
-    pub access_coverage: Option<super::kcov::AccessCoverage>,
+    /// Step and struct-page access coverage, when a guided search asks.
+    pub coverage: Option<super::kcov::Coverage>,
     /// CPUs blocked until the machine changes (see `exec::Cpu::step_when`).
     pub waiters: u32,
 }
@@ -197,7 +197,7 @@ impl Machine {
             step: 0,
             trace: tracing.then(Vec::new),
             detected: None,
-            access_coverage: None,
+            coverage: None,
             waiters: 0,
         };
         m.buddy.boot_free_range(nr_vmemmap, nr_pfns);

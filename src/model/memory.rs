@@ -4,7 +4,7 @@
 //! khugepaged holds it for write. Each PTE-lock section is one step.
 
 use super::KResult;
-use super::filemap::{filemap_add_folio, filemap_get_entry};
+use super::filemap::{filemap_add_folio, filemap_get_entry, folio_lock_then, folio_unlock};
 use super::machine::{Machine, Pfn};
 use super::mm_types::{Mapping, pg};
 use super::oracle::Violation;
@@ -167,19 +167,14 @@ fn do_read_fault(cpu: &Cpu, a: Uaddr, pfn_hint: Pfn) -> KResult<bool> {
         }
     };
     // lock_folio_maybe_drop_mmap(), then "did it get truncated?"
-    let ours = cpu.step_when(
-        "filemap_fault",
-        |m| !m.peek(folio).test(pg::LOCKED),
-        |m| {
-            m.page_mut(folio)?.flags |= pg::LOCKED;
-            let ours = m.page(folio)?.mapping == Mapping::File { index };
-            if !ours {
-                ktrace!(m, "pfn {folio} was truncated: retry");
-                m.page_mut(folio)?.flags &= !pg::LOCKED;
-            }
-            Ok(ours)
-        },
-    )?;
+    let ours = folio_lock_then(cpu, "filemap_fault", folio, |m| {
+        let ours = m.page(folio)?.mapping == Mapping::File { index };
+        if !ours {
+            ktrace!(m, "pfn {folio} was truncated: retry");
+            m.page_mut(folio)?.flags &= !pg::LOCKED;
+        }
+        Ok(ours)
+    })?;
     if !ours {
         folio_put(cpu, folio)?;
         return Ok(false);
@@ -194,10 +189,7 @@ fn do_read_fault(cpu: &Cpu, a: Uaddr, pfn_hint: Pfn) -> KResult<bool> {
         ktrace!(m, "{a}: mapped page-cache pfn {folio}");
         Ok(true)
     })?;
-    cpu.step("folio_unlock", |m| {
-        m.page_mut(folio)?.flags &= !pg::LOCKED;
-        Ok(())
-    })?;
+    folio_unlock(cpu, folio)?;
     if !mapped {
         folio_put(cpu, folio)?;
     }

@@ -10,7 +10,7 @@
 
 use super::KResult;
 use super::config::Variant;
-use super::filemap::folio_unlock;
+use super::filemap::{folio_lock_then, folio_unlock};
 use super::machine::{Frozen, Machine, Migrated, Pfn};
 use super::mm_types::{Mapping, pg};
 use super::oracle::{self, Violation};
@@ -166,20 +166,15 @@ fn migrate_folio_unmap(
     let src = mig.src;
     // Locked, the folio's mapping is stable: truncation may have cleared
     // it since isolation (`folio_mapping` is read again under the lock).
-    let (mapped, mapping) = cpu.step_when(
-        "folio_lock",
-        |m| !m.peek(src).test(pg::LOCKED),
-        |m| {
-            m.page_mut(src)?.flags |= pg::LOCKED;
-            let mapped = folio_mapcount(m, src)? > 0;
-            ktrace!(
-                m,
-                "pfn {src} locked, {}mapped",
-                if mapped { "" } else { "not " }
-            );
-            Ok((mapped, m.page(src)?.mapping))
-        },
-    )?;
+    let (mapped, mapping) = folio_lock_then(cpu, "folio_lock", src, |m| {
+        let mapped = folio_mapcount(m, src)? > 0;
+        ktrace!(
+            m,
+            "pfn {src} locked, {}mapped",
+            if mapped { "" } else { "not " }
+        );
+        Ok((mapped, m.page(src)?.mapping))
+    })?;
     mig.mapping = mapping;
     if !mapped {
         return Ok(Attempt::Done((dst, Vec::new())));

@@ -430,7 +430,7 @@ fn live_folios(m: &Machine) -> Vec<LiveFolio> {
 
 /// At quiescence every frame has exactly one owner: a free buddy block, the
 /// vmemmap, or a live folio.
-pub fn every_frame_accounted(m: &Machine) -> Result<(), Violation> {
+fn every_frame_accounted(m: &Machine, live: &[LiveFolio]) -> Result<(), Violation> {
     let n = m.nr_pfns() as usize;
     let mut claims = vec![0u8; n];
     let mut claimant: Vec<&'static str> = vec![""; n];
@@ -450,7 +450,7 @@ pub fn every_frame_accounted(m: &Machine) -> Result<(), Violation> {
     for f in memmap {
         claim(f as usize, "vmemmap");
     }
-    for f in live_folios(m) {
+    for f in live {
         for p in f.head..f.head + f.nr {
             claim(p as usize, f.what);
         }
@@ -490,8 +490,8 @@ pub fn every_frame_accounted(m: &Machine) -> Result<(), Violation> {
 
 /// At quiescence every reference taken was put: each live folio's refcount
 /// equals the references its owners hold, and tails hold none.
-pub fn every_reference_put(m: &Machine) -> Result<(), Violation> {
-    for f in live_folios(m) {
+fn every_reference_put(m: &Machine, live: &[LiveFolio]) -> Result<(), Violation> {
+    for f in live {
         let count = m.peek(f.head).refcount;
         if count != f.expected_refs {
             return fail(
@@ -503,7 +503,7 @@ pub fn every_reference_put(m: &Machine) -> Result<(), Violation> {
             );
         }
         if let Some(u) = &f.user {
-            user_folio_counts(m, &f, u)?;
+            user_folio_counts(m, f, u)?;
         }
         for tail in (f.head + 1..f.head + f.nr).filter(|&t| !m.peek_aliased(t)) {
             let c = m.peek(tail).refcount;
@@ -593,6 +593,7 @@ pub fn no_migration_entry_left(m: &Machine) -> Result<(), Violation> {
 /// Invariants checked once every CPU has finished.
 pub fn check_quiescent(m: &Machine) -> Result<(), Violation> {
     no_migration_entry_left(m)?;
-    every_frame_accounted(m)?;
-    every_reference_put(m)
+    let live = live_folios(m);
+    every_frame_accounted(m, &live)?;
+    every_reference_put(m, &live)
 }

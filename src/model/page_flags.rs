@@ -1,6 +1,5 @@
 //! Compound-page helpers (include/linux/page-flags.h).
 
-use super::config::HvoMode;
 use super::machine::{Machine, Pfn};
 use super::mm_types::{CompoundInfo, pg};
 use super::oracle::Violation;
@@ -11,7 +10,7 @@ use super::vmemmap::page_aligned;
 /// an HVO alias), otherwise `pfn`. Keep-2 never aliases a head, and the
 /// shared-tail series removed the function.
 pub fn page_fixed_fake_head(m: &mut Machine, pfn: Pfn) -> Result<Pfn, Violation> {
-    if m.cfg.hvo_mode == HvoMode::SharedTail || m.hugetlb_optimize_vmemmap_key == 0 {
+    if !m.cfg.hvo_mode.guards_readers() || m.hugetlb_optimize_vmemmap_key == 0 {
         return Ok(pfn);
     }
     if page_aligned(pfn)

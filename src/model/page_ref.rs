@@ -1,10 +1,10 @@
 //! Reference counting (include/linux/page_ref.h, include/linux/mm.h).
 
-use super::config::{Config, HvoMode, Variant};
+use super::config::{Config, Variant};
 use super::machine::{Frozen, Machine, Pfn};
 use super::mm_types::pg;
 use super::oracle::{self, Violation};
-use super::page_flags::{compound_head, folio_order, page_fixed_fake_head};
+use super::page_flags::{folio_order, page_fixed_fake_head};
 use super::{KResult, hugetlb};
 use crate::exec::Cpu;
 use crate::ktrace;
@@ -113,7 +113,7 @@ enum WritableCheck {
 }
 
 fn writable_check(cfg: &Config) -> WritableCheck {
-    if cfg.hvo_mode == HvoMode::SharedTail || cfg.has(Variant::RefNoFakeHeadCheck) {
+    if !cfg.hvo_mode.guards_readers() || cfg.has(Variant::RefNoFakeHeadCheck) {
         WritableCheck::None
     } else if cfg.has(Variant::RefFakeHeadBeforeCount) {
         WritableCheck::FakeHeadThenCount
@@ -233,12 +233,6 @@ pub fn folio_put_refs(cpu: &Cpu, folio: Pfn, nr: i32) -> KResult<()> {
 /// `folio_put(folio)`.
 pub fn folio_put(cpu: &Cpu, folio: Pfn) -> KResult<()> {
     folio_put_refs(cpu, folio, 1)
-}
-
-/// `put_page(page)`: put the folio the page belongs to.
-pub fn put_page(cpu: &Cpu, page: Pfn) -> KResult<()> {
-    let folio = cpu.step("put_page", |m| compound_head(m, page))?;
-    folio_put(cpu, folio)
 }
 
 /// `__folio_put`: the last reference is gone.

@@ -10,7 +10,7 @@ use super::mm_types::{Mapping, pg};
 use super::oracle::{self, Violation};
 use super::page_flags::folio_nr_pages;
 use super::page_ref::{folio_get, folio_ref_sub_and_test};
-use super::pgtable::{PmdVal, PteVal, Uaddr, rmap_candidates};
+use super::pgtable::{PteVal, Uaddr, rmap_candidates};
 use crate::exec::Cpu;
 use crate::ktrace;
 
@@ -115,7 +115,6 @@ fn try_to_migrate_one(
 ) -> Result<(bool, bool), Violation> {
     let mut touched = false;
     for &(a, i) in section {
-        let PmdVal::Table(_) = m.pmd(a) else { continue };
         let page = folio + i;
         if m.pte(a) != Some(PteVal::Present { pfn: page }) {
             continue;

@@ -1,7 +1,7 @@
 //! Truncation (mm/truncate.c).
 
 use super::KResult;
-use super::filemap::{filemap_remove_folio_locked, folio_unlock, with_xa_lock};
+use super::filemap::{filemap_remove_folio_locked, folio_lock_then, folio_unlock, with_xa_lock};
 use super::machine::Pfn;
 use super::mm_types::{Mapping, pg};
 use super::page_flags::folio_nr_pages;
@@ -27,19 +27,14 @@ pub fn truncate_inode_folio(cpu: &Cpu, index: u32) -> KResult<()> {
     else {
         return Ok(());
     };
-    let (mapped, private) = cpu.step_when(
-        "folio_lock",
-        |m| !m.peek(folio).test(pg::LOCKED),
-        |m| {
-            m.page_mut(folio)?.flags |= pg::LOCKED;
-            let p = m.page(folio)?;
-            let ours = p.mapping == Mapping::File { index };
-            Ok((
-                ours && folio_mapcount(m, folio)? > 0,
-                ours && p.test(pg::PRIVATE),
-            ))
-        },
-    )?;
+    let (mapped, private) = folio_lock_then(cpu, "folio_lock", folio, |m| {
+        let p = m.page(folio)?;
+        let ours = p.mapping == Mapping::File { index };
+        Ok((
+            ours && folio_mapcount(m, folio)? > 0,
+            ours && p.test(pg::PRIVATE),
+        ))
+    })?;
     if mapped {
         unmap_mapping_folio(cpu, folio, index)?;
     }

@@ -90,8 +90,7 @@ impl Machine {
         seen: &StructPage,
         site: &'static Location<'static>,
     ) {
-        let current = self.vmemmap.ptes[vmemmap_page_of(pfn) as usize];
-        if let Some(c) = self.access_coverage.as_mut() {
+        if let Some(c) = self.coverage.as_mut() {
             let access = Access {
                 pfn,
                 cpu: self.cur_cpu,
@@ -99,10 +98,10 @@ impl Machine {
                 site,
                 write,
                 aliased: r.aliased,
-                stale: r.pte != current,
+                stale: r.pte != self.vmemmap.ptes[vmemmap_page_of(pfn) as usize],
                 writable: r.pte.writable,
             };
-            c.record(&access, seen);
+            c.record_access(&access, seen);
         }
     }
 
@@ -120,8 +119,10 @@ impl Machine {
     pub fn page_mut(&mut self, pfn: Pfn) -> Result<&mut StructPage, Violation> {
         let r = self.resolve(pfn);
         oracle::no_write_through_ro_vmemmap(pfn, r.pte)?;
-        let seen = *self.memmap_slot(pfn, r)?;
-        self.cover(pfn, true, r, &seen, Location::caller());
+        if self.coverage.is_some() {
+            let seen = *self.memmap_slot(pfn, r)?;
+            self.cover(pfn, true, r, &seen, Location::caller());
+        }
         self.memmap_slot(pfn, r)
     }
 

@@ -148,8 +148,29 @@ impl Uaddrs {
 /// folio freed and its memory reused by hugetlb, the lifecycle every HVO
 /// race in the seeds turns on (seed 000: "removed from the page cache ...
 /// reallocated as a hugetlb tail").
-const KINDS: u8 = 20;
 const REUSE_FOR_HUGETLB: u8 = 19;
+const ALL_KINDS: &[u8] = &[
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    7,
+    8,
+    9,
+    10,
+    11,
+    12,
+    13,
+    14,
+    15,
+    16,
+    17,
+    18,
+    REUSE_FOR_HUGETLB,
+];
 const HVO_KINDS: &[u8] = &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, REUSE_FOR_HUGETLB];
 const USER_KINDS: &[u8] = &[1, 2, 3, 4, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18];
 
@@ -298,10 +319,10 @@ fn decode_ops_then_schedule(
         OpFamily::Hvo => 1,
         OpFamily::User => 2,
     };
-    let (setup_kinds, kinds): (&[u8], Vec<u8>) = match family {
-        0 => (ALL_SETUP_KINDS, (0..KINDS).collect()),
-        1 => (HVO_SETUP_KINDS, HVO_KINDS.to_vec()),
-        _ => (USER_SETUP_KINDS, USER_KINDS.to_vec()),
+    let (setup_kinds, kinds) = match family {
+        0 => (ALL_SETUP_KINDS, ALL_KINDS),
+        1 => (HVO_SETUP_KINDS, HVO_KINDS),
+        _ => (USER_SETUP_KINDS, USER_KINDS),
     };
     let nr_setup = u.int_in_range(0..=opts.max_setup)?;
     let mut setup = Vec::new();
@@ -313,7 +334,7 @@ fn decode_ops_then_schedule(
         let n = u.int_in_range(1..=opts.max_ops.max(1))?;
         let mut ops = Vec::new();
         for _ in 0..n {
-            decode_slot(u, cfg, &palette, &uaddrs, &kinds, &mut ops)?;
+            decode_slot(u, cfg, &palette, &uaddrs, kinds, &mut ops)?;
         }
         cpus.push(ops);
     }
@@ -346,7 +367,11 @@ fn run_length(b: u8) -> usize {
     }
 }
 
-/// A run byte for `len` decisions, `1..=28` (all exactly encodable).
+/// The longest run one byte encodes exactly (every length up to it is
+/// encodable; longer runs are split).
+const MAX_EXACT_RUN: usize = 28;
+
+/// A run byte for `len` decisions, `1..=MAX_EXACT_RUN`.
 fn run_byte(len: usize) -> u8 {
     (match len {
         1..=4 => len - 1,
@@ -362,7 +387,7 @@ fn run_byte(len: usize) -> u8 {
 pub fn encode_schedule(schedule: &[u8]) -> Vec<u8> {
     let mut runs = Vec::new();
     for run in schedule.chunk_by(|a, b| a == b) {
-        for part in run.chunks(28) {
+        for part in run.chunks(MAX_EXACT_RUN) {
             runs.push((part[0], run_byte(part.len())));
         }
     }
@@ -429,7 +454,7 @@ mod tests {
             assert_eq!((&t.setup, &t.cpus), (&s.setup, &s.cpus));
             let runs = want
                 .chunk_by(|a, b| a == b)
-                .map(|r| r.len().div_ceil(28))
+                .map(|r| r.len().div_ceil(MAX_EXACT_RUN))
                 .sum::<usize>();
             if runs <= MAX_RUNS as usize {
                 assert_eq!(t.schedule, want);

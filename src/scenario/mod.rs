@@ -6,6 +6,7 @@ mod op;
 
 pub use op::Op;
 
+use crate::model::machine::Detected;
 use crate::model::{Config, Oracle};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -25,6 +26,22 @@ pub struct Expect {
     pub oracle: Oracle,
     /// The kernel function in which it fired.
     pub func: String,
+}
+
+impl From<&Detected> for Expect {
+    fn from(d: &Detected) -> Expect {
+        Expect {
+            oracle: d.violation.oracle,
+            func: d.func.to_string(),
+        }
+    }
+}
+
+impl Expect {
+    /// Does a detected violation reproduce this expectation?
+    pub fn matches(&self, d: &Detected) -> bool {
+        d.violation.oracle == self.oracle && d.func == self.func
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

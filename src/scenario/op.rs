@@ -23,7 +23,8 @@ pub enum Op {
     TruncateInodeFolio { index: u8 },
     /// `shrink_folio_list` → `__remove_mapping` for the folio at `index`.
     ShrinkFolio { index: u8 },
-    /// A pfn walker: `get_page_unless_zero`, `compound_head`, `put_page`.
+    /// A pfn walker (`isolate_migratepages_block`): `PageLRU`,
+    /// `get_page_unless_zero`, `page_folio`, `folio_put`.
     PfnWalk { pfn: u32 },
     /// `alloc_pool_huge_folio`: grow the hugetlb pool (runs HVO) with the
     /// free block holding `pfn_hint`, if there is one.

@@ -353,7 +353,7 @@ fn replay(file: &Path, quiet: bool) -> Result<ExitCode, String> {
     println!("{}", render::verdict(&o));
     if let Some(e) = &s.expect {
         match o.violation() {
-            Some(d) if d.violation.oracle == e.oracle && d.func == e.func => {
+            Some(d) if e.matches(d) => {
                 println!("reproduces the expected {} in {}()", e.oracle, e.func)
             }
             _ => println!(
