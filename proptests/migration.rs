@@ -17,7 +17,7 @@
 mod common;
 
 use common::{assert_shrunk_case, config_with, failing_case, quiet, replays_clean};
-use mmharness::model::{Config, Oracle, Variant};
+use mmharness::model::{Config, Oracle, Subsystem, SubsystemSet, Variant};
 use mmharness::scenario::generate::{GenOptions, OpFamily, scenario_strategy};
 use mmharness::scenario::{Op, Scenario};
 use proptest::prelude::*;
@@ -58,15 +58,8 @@ fn is_migration(op: &Op) -> bool {
 /// Does the op touch user memory (page tables, GUP)?
 fn is_user_op(op: &Op) -> bool {
     matches!(
-        op,
-        Op::HandleMmFault { .. }
-            | Op::GetUserPagesFast { .. }
-            | Op::PinUserPagesFast { .. }
-            | Op::MemcpyToPage
-            | Op::UnpinUserPage
-            | Op::MigratePages { .. }
-            | Op::ZapPteRange { .. }
-            | Op::CollapseHugePage { .. }
+        op.kind().subsystem(),
+        Subsystem::Memory | Subsystem::Gup | Subsystem::Migration
     )
 }
 
@@ -74,7 +67,7 @@ fn is_user_op(op: &Op) -> bool {
 /// faults, GUP, migration, collapse).
 fn user_ops(config: Config) -> GenOptions {
     GenOptions {
-        ops: OpFamily::User,
+        ops: OpFamily::Of(SubsystemSet::of(&[Subsystem::Migration])),
         ..GenOptions::with_config(config)
     }
 }

@@ -127,6 +127,11 @@ fn valid_json() -> String {
     corpus_text("hvo-restore-fail-frees")
 }
 
+/// A valid scenario with user addresses.
+fn gup_json() -> String {
+    corpus_text("gup-fast-no-recheck")
+}
+
 /// `valid_json()` with the first `from` replaced by `to`.
 fn edited(from: &str, to: &str) -> String {
     let text = valid_json();
@@ -196,14 +201,37 @@ fn replay_of_a_corpus_file_reports_the_violation() {
 #[test]
 fn replay_of_a_clean_scenario_exits_0() {
     let dir = TempDir::new("clean");
-    // The same race with the variant switched off: the fixed model.
-    let fixed = edited(r#""hvo-restore-fail-frees""#, "");
-    let file = dir.write("fixed.json", &fixed);
+    // The same race with the variant switched off, and nothing expected.
+    let mut fixed = Scenario::load(&corpus("hvo-restore-fail-frees")).unwrap();
+    fixed.config.variants = Default::default();
+    fixed.expect = None;
+    let file = dir.write("fixed.json", &fixed.to_json());
     let r = mmharness(&["replay", s(&file)]);
     r.assert_exit(0).assert_stdout_has("clean");
     assert!(!r.stdout.contains("VIOLATION"), "{}", r.show());
-    // The file still `expect`s the variant's violation: replay says so.
-    r.assert_stdout_has("DOES NOT REPRODUCE");
+}
+
+#[test]
+fn replay_that_does_not_reproduce_its_expect_exits_3() {
+    let dir = TempDir::new("regressed");
+    // The variant switched off, but the file still `expect`s its violation:
+    // a regression a script or CI must notice.
+    let fixed = edited(r#""hvo-restore-fail-frees""#, "");
+    let file = dir.write("fixed.json", &fixed);
+    let r = mmharness(&["replay", s(&file)]);
+    r.assert_exit(3)
+        .assert_stdout_has("clean")
+        .assert_stdout_has("DOES NOT REPRODUCE");
+    // A different violation than the one expected does not reproduce it
+    // either.
+    let other = edited(
+        r#""oracle": "no-write-through-ro-vmemmap""#,
+        r#""oracle": "no-use-after-remap""#,
+    );
+    let file = dir.write("other.json", &other);
+    mmharness(&["replay", s(&file)])
+        .assert_exit(3)
+        .assert_stdout_has("DOES NOT REPRODUCE");
 }
 
 #[test]
@@ -247,7 +275,41 @@ fn bad_input_exits_2_naming_the_problem() {
         (
             "schedule.json",
             edited(r#""schedule": []"#, r#""schedule": [0, 1, 5]"#),
-            "schedule names CPU 5",
+            "schedule[2] names CPU 5",
+        ),
+        (
+            "pfn.json",
+            edited(r#""pfn_hint": 185"#, r#""pfn_hint": 4000000000"#),
+            "setup[0] (alloc_pool_huge_folio): field `pfn_hint` is 4000000000, out of range 0..=1023",
+        ),
+        (
+            "count.json",
+            edited(r#""count": 3"#, r#""count": 0"#),
+            "cpus[0][0] (fail_next_allocs): field `count` is 0, out of range 1..=16",
+        ),
+        (
+            "index.json",
+            gup_json().replacen(r#""addr": 3"#, r#""addr": 200"#, 1),
+            "setup[0] (handle_mm_fault): field `addr` is 200, out of range 0..=3",
+        ),
+        (
+            "mm.json",
+            gup_json().replacen(r#""mm": 0"#, r#""mm": 7"#, 2).replacen(
+                r#""mm": 7"#,
+                r#""mm": 0"#,
+                1,
+            ),
+            "cpus[0][0] (get_user_pages_fast): field `mm` is 7, out of range 0..=1",
+        ),
+        (
+            "page-cache-index.json",
+            corpus_text("hvo-no-rcu-sync").replacen(r#""index": 0"#, r#""index": 250"#, 1),
+            "setup[0] (filemap_add_folio): field `index` is 250, out of range 0..=7",
+        ),
+        (
+            "order.json",
+            gup_json().replacen(r#""order": 0"#, r#""order": 3"#, 1),
+            "field `order` is 3, out of range 0..=1",
         ),
         ("empty.json", String::new(), "truncated file"),
         ("array.json", "[1, 2, 3]".into(), "not a valid scenario"),

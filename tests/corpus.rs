@@ -1,26 +1,20 @@
 //! Every saved counterexample in `corpus/` replays to the verdict it expects,
 //! deterministically, and (bar the shared-tail design finding) is clean on
-//! the fixed model.
+//! the fixed model. Every variant has its file, derived from
+//! `Variant::ALL`: adding a variant without one fails here.
 //!
-//! The directory is iterated, so files other engineers add later (migration
-//! variants, new findings) are checked without touching this test.
+//! The directory is iterated, so files other engineers add later (new
+//! findings) are checked without touching this test.
 
-use mmharness::exec::{Outcome, ShuttleEngine, Verdict, run_input, run_shuttle};
+use mmharness::exec::{Outcome, Plan, Verdict, run_input, run_shuttle};
 use mmharness::model::{HvoMode, Variant, VariantSet};
 use mmharness::scenario::Scenario;
 use mmharness::ui::render;
 use std::path::{Path, PathBuf};
 
-/// The HVO corpus files this suite guarantees exist (one per HVO variant,
-/// plus the shared-tail design finding).
-const HVO_FILES: &[&str] = &[
-    "hvo-no-rcu-sync",
-    "ref-no-fake-head-check",
-    "ref-fake-head-before-count",
-    "hvo-free-before-flush",
-    "hvo-restore-fail-frees",
-    "shared-tail-cmpxchg-ro-tail",
-];
+/// Corpus files that are not named after a variant: findings in a design
+/// itself.
+const DESIGN_FINDINGS: &[&str] = &["shared-tail-cmpxchg-ro-tail"];
 
 /// PCT interleavings of the fixed model explored per corpus scenario, on
 /// top of the saved schedule, to show the fix holds for more than one
@@ -28,7 +22,11 @@ const HVO_FILES: &[&str] = &[
 /// executions where it is reachable from the same ops; uniform random
 /// scheduling almost never preempts at the right step.)
 const FIXED_EXPLORATIONS: usize = 2000;
-const PCT: ShuttleEngine = ShuttleEngine::Pct { depth: 3 };
+const PCT: Plan = Plan::Pct {
+    seed: 1,
+    depth: 3,
+    executions: FIXED_EXPLORATIONS,
+};
 
 /// `corpus/`, or the directory in `MMHARNESS_CORPUS_DIR` (to check a copy,
 /// e.g. a mutated one, without touching the tree).
@@ -73,20 +71,26 @@ fn describe(o: &Outcome) -> String {
 }
 
 #[test]
-fn corpus_has_one_file_per_hvo_variant() {
+fn corpus_has_one_file_per_variant() {
     let files = corpus_files();
     let stems: Vec<&str> = files.iter().map(|p| stem(p)).collect();
-    for name in HVO_FILES {
+    for v in Variant::ALL {
         assert!(
-            stems.contains(name),
-            "corpus/{name}.json is missing (have {stems:?})"
+            stems.contains(&v.name()),
+            "corpus/{v}.json is missing (have {stems:?}): every variant needs its minimized finding"
+        );
+        let s = Scenario::load(&corpus_dir().join(format!("{v}.json"))).unwrap();
+        assert_eq!(
+            s.expect.as_ref().map(|e| e.oracle),
+            Some(v.oracle()),
+            "corpus/{v}.json does not expect the oracle the variant table names"
         );
     }
-    for name in HVO_FILES
-        .iter()
-        .filter(|n| n.starts_with("hvo-") || n.starts_with("ref-"))
-    {
-        Variant::from_name(name).unwrap_or_else(|e| panic!("corpus/{name}.json: {e}"));
+    for name in &stems {
+        assert!(
+            Variant::from_name(name).is_ok() || DESIGN_FINDINGS.contains(name),
+            "corpus/{name}.json is neither a variant's finding nor a listed design finding"
+        );
     }
 }
 
@@ -115,14 +119,11 @@ fn corpus_files_are_well_formed() {
         let again = Scenario::from_json(&s.to_json(), "round-trip").unwrap();
         assert_eq!(again, s, "{p}: does not round-trip through to_json");
     }
-    // (A missing file is reported by corpus_has_one_file_per_hvo_variant.)
-    for name in HVO_FILES {
-        let Ok(s) = Scenario::load(&corpus_dir().join(format!("{name}.json"))) else {
-            continue;
-        };
+    for (path, s) in load_all() {
         assert!(
             s.op_count() <= 8,
-            "corpus/{name}.json has {} ops; corpus files are minimized",
+            "{}: {} ops; corpus files are minimized",
+            path.display(),
             s.op_count()
         );
     }
@@ -175,7 +176,7 @@ fn corpus_is_clean_on_the_fixed_model() {
                 Verdict::Clean,
                 "{p}: the keep-1 design is not clean for this scenario"
             );
-            let (n, found) = run_shuttle(&keep1, PCT, 1, FIXED_EXPLORATIONS);
+            let (n, found) = run_shuttle(&keep1, PCT);
             assert!(
                 found.is_none(),
                 "{p}: keep-1 fails after {n} PCT interleavings: {}",
@@ -183,7 +184,7 @@ fn corpus_is_clean_on_the_fixed_model() {
             );
             // And the finding is not an artefact of the saved schedule:
             // other interleavings of the shared-tail design hit it too.
-            let (n, found) = run_shuttle(&s, PCT, 1, FIXED_EXPLORATIONS);
+            let (n, found) = run_shuttle(&s, PCT);
             let found = found.unwrap_or_else(|| {
                 panic!("{p}: PCT explored {n} interleavings of shared-tail without a violation")
             });
@@ -204,7 +205,7 @@ fn corpus_is_clean_on_the_fixed_model() {
             "{p}: with variants cleared the fixed model still fails: {}",
             describe(&o)
         );
-        let (n, found) = run_shuttle(&fixed, PCT, 1, FIXED_EXPLORATIONS);
+        let (n, found) = run_shuttle(&fixed, PCT);
         assert!(
             found.is_none(),
             "{p}: the fixed model fails after {n} PCT interleavings: {}",

@@ -3,16 +3,19 @@
 //! (kept out of the corpus), so the corpus concentrates on migration racing
 //! GUP-fast, faults, zaps and the page cache. Settings come from the same
 //! `MMHARNESS_*` environment variables (see `fuzz/src/lib.rs`), except that
-//! the op family defaults to `user`.
+//! the op family defaults to `migration`.
 #![no_main]
 
 use libfuzzer_sys::{Corpus, fuzz_target};
+use mmharness::model::{Subsystem, SubsystemSet};
 use mmharness::scenario::generate::{OpFamily, decode_bytes};
 
-/// Page cache and user memory (faults, GUP, migration, collapse) unless
+/// Migration's arm (page cache, faults, GUP, migration, collapse) unless
 /// `MMHARNESS_OPS` says otherwise.
 fn settings() -> &'static mmharness_fuzz::Settings {
-    mmharness_fuzz::settings_for(Some(OpFamily::User))
+    mmharness_fuzz::settings_for(Some(OpFamily::Of(SubsystemSet::of(&[
+        Subsystem::Migration,
+    ]))))
 }
 
 // Settings are read, and checked, before fuzzing starts: a bad value exits

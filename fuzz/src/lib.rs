@@ -7,10 +7,11 @@
 //!   variants` lists them); unset or empty: the fixed model.
 //! - `MMHARNESS_HVO_MODE`: `keep-1` (default), `keep-2` or `shared-tail`.
 //! - `MMHARNESS_CPUS`: CPUs per scenario, at most; 2 (default) to 4.
-//! - `MMHARNESS_OPS`: the op families scenarios draw from: `any`, `all`,
-//!   `hvo` or `user`. Default: as `mmharness hunt` picks it (the variants'
-//!   family; `any` for the fixed model), except that the `migration` target
-//!   defaults to `user`.
+//! - `MMHARNESS_OPS`: the op families scenarios draw from: `any`, `all`, or
+//!   subsystem names joined by commas (`hvo`, `migration`, ...), as
+//!   `mmharness hunt --ops` takes them. Default: as `mmharness hunt` picks
+//!   it (the variants' subsystems; `any` for the fixed model), except that
+//!   the `migration` target defaults to `migration`.
 //! - `MMHARNESS_CRASH_DIR`: when set, a failing input's scenario is also
 //!   written to `$MMHARNESS_CRASH_DIR/<sha1 of the input>.json`; libFuzzer
 //!   names the artifact `crash-<sha1 of the input>`, so the two match.
@@ -19,6 +20,7 @@
 //! `MMHARNESS_*` settings: replay an artifact with the settings it was
 //! found with.
 
+use clap::ValueEnum;
 use mmharness::exec::{Verdict, run_input};
 use mmharness::model::{Config, HvoMode, Variant, VariantSet};
 use mmharness::scenario::generate::{GenOptions, OpFamily, decode_bytes};
@@ -39,13 +41,6 @@ fn usage_error(msg: String) -> ! {
     eprintln!("mmharness fuzz target: {msg}");
     std::process::exit(2);
 }
-
-const OPS: [(&str, OpFamily); 4] = [
-    ("any", OpFamily::Any),
-    ("all", OpFamily::All),
-    ("hvo", OpFamily::Hvo),
-    ("user", OpFamily::User),
-];
 
 fn from_env(target_ops: Option<OpFamily>) -> Settings {
     let var = |name: &str| {
@@ -68,16 +63,13 @@ fn from_env(target_ops: Option<OpFamily>) -> Settings {
         .unwrap_or_default();
     let hvo_mode = match var("MMHARNESS_HVO_MODE") {
         None => HvoMode::Keep1,
-        Some(name) => HvoMode::ALL
-            .into_iter()
-            .find(|m| m.name() == name)
-            .unwrap_or_else(|| {
-                let known: Vec<&str> = HvoMode::ALL.iter().map(|m| m.name()).collect();
-                usage_error(format!(
-                    "MMHARNESS_HVO_MODE: unknown mode `{name}`; known modes: {}",
-                    known.join(", ")
-                ))
-            }),
+        Some(name) => HvoMode::from_str(&name, false).unwrap_or_else(|_| {
+            let known: Vec<&str> = HvoMode::ALL.iter().map(|m| m.name()).collect();
+            usage_error(format!(
+                "MMHARNESS_HVO_MODE: unknown mode `{name}`; known modes: {}",
+                known.join(", ")
+            ))
+        }),
     };
     let max_cpus = match var("MMHARNESS_CPUS") {
         None => 2,
@@ -90,19 +82,11 @@ fn from_env(target_ops: Option<OpFamily>) -> Settings {
     };
     let ops = match var("MMHARNESS_OPS") {
         None => target_ops.unwrap_or_else(|| OpFamily::for_variants(&variants)),
-        Some(name) => OPS
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|&(_, f)| f)
-            .unwrap_or_else(|| {
-                let known: Vec<&str> = OPS.iter().map(|(n, _)| *n).collect();
-                usage_error(format!(
-                    "MMHARNESS_OPS: unknown op family `{name}`; known families: {}",
-                    known.join(", ")
-                ))
-            }),
+        Some(name) => {
+            OpFamily::parse(&name).unwrap_or_else(|e| usage_error(format!("MMHARNESS_OPS: {e}")))
+        }
     };
-    let ops_name = OPS.iter().find(|(_, f)| *f == ops).map_or("?", |(n, _)| n);
+    let ops_name = ops.label();
     let config = Config {
         hvo_mode,
         variants: VariantSet::new(&variants),

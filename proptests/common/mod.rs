@@ -1,11 +1,17 @@
 //! Helpers shared by the property suites.
+//!
+//! (Each suite uses a part of them.)
+#![allow(dead_code)]
 
+use mmharness::engine::{Engine, HuntOptions, hunt, minimize};
 use mmharness::exec::{Outcome, Verdict, quiet_shuttle_panics, run_input};
 use mmharness::model::{Config, Oracle, Variant, VariantSet};
 use mmharness::scenario::Scenario;
+use mmharness::scenario::generate::{GenOptions, OpFamily};
 use mmharness::ui::render;
 use proptest::test_runner::{Reason, TestCaseError, TestError};
 use std::sync::Once;
+use std::time::Duration;
 use std::time::Instant;
 
 /// Silence the panics of executions shuttle fails (once per process).
@@ -88,3 +94,67 @@ pub fn config_with(variants: &[Variant]) -> Config {
         ..Config::default()
     }
 }
+
+/// A guided hunt of `variant` finds `oracle` from generated inputs within
+/// `iterations` scenarios; the finding replays, is clean on the fixed
+/// model, and minimizes to a small race. Returns the hunt's report line.
+pub fn guided_hunt_finds(
+    variant: Variant,
+    engine: Engine,
+    seed: u64,
+    iterations: u64,
+    oracle: Oracle,
+) -> String {
+    quiet();
+    let generate = GenOptions {
+        ops: OpFamily::for_variants(&[variant]),
+        ..GenOptions::with_config(config_with(&[variant]))
+    };
+    let mut opts = HuntOptions::new(engine, generate);
+    opts.iterations = Some(iterations);
+    opts.time = Duration::from_secs(600);
+    opts.seed = seed;
+    let report = hunt(&opts);
+    let finding = report.finding.unwrap_or_else(|| {
+        panic!(
+            "{variant}: the {} hunt found no violation in {} scenarios ({:.1}s)",
+            engine.name(),
+            report.scenarios,
+            report.elapsed.as_secs_f64()
+        )
+    });
+    let s = &finding.scenario;
+    let o = run_input(s, false);
+    assert_eq!(
+        o.oracle(),
+        Some(oracle),
+        "{variant}: {}",
+        render::verdict(&o)
+    );
+    let fixed = run_input(&without_variants(s), false);
+    assert_eq!(
+        fixed.verdict,
+        Verdict::Clean,
+        "{variant}: {}",
+        render::verdict(&fixed)
+    );
+    let min = minimize(s, oracle, Duration::from_secs(10));
+    assert_eq!(run_input(&min, false).oracle(), Some(oracle));
+    assert!(
+        min.op_count() <= MINIMIZED_MAX_OPS,
+        "{variant}: minimized to {} ops:\n{}",
+        min.op_count(),
+        min.to_json()
+    );
+    format!(
+        "{variant}: {} hunt found it in {} scenarios ({:.1}s), minimized to {} ops",
+        engine.name(),
+        report.scenarios,
+        report.elapsed.as_secs_f64(),
+        min.op_count()
+    )
+}
+
+/// A counterexample minimized by `engine::minimize` has at most this many
+/// ops (measured: 3-8 over 24 findings; the corpus files have 3-6).
+pub const MINIMIZED_MAX_OPS: usize = 8;

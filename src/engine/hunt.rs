@@ -2,17 +2,18 @@
 
 use super::corpus::{Corpus, Entry};
 use super::mutate::{mutate, mutate_schedule};
-use crate::exec::{
-    Explored, Outcome, ShuttleEngine, Verdict, explore_shuttle, run_input, run_input_covered,
-};
+use crate::exec::{Job, Observe, Outcome, Plan, Verdict, run_jobs};
 use crate::scenario::generate::{GenOptions, decode_with_ops_prefix};
 use crate::scenario::{Expect, Scenario};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How interleavings are chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
 pub enum Engine {
     /// shuttle's random scheduler.
     Random,
@@ -34,10 +35,6 @@ impl Engine {
             Engine::Dfs => "dfs",
             Engine::Input => "input",
         }
-    }
-
-    pub fn from_name(name: &str) -> Option<Engine> {
-        Engine::ALL.into_iter().find(|e| e.name() == name)
     }
 }
 
@@ -85,6 +82,8 @@ pub struct HuntReport {
     pub engine: Engine,
     pub scenarios: u64,
     pub executions: u64,
+    /// Model steps over every execution.
+    pub steps: u64,
     pub elapsed: Duration,
     pub finding: Option<Finding>,
     /// The model panicked: a harness bug, reported with its scenario.
@@ -95,44 +94,37 @@ pub struct HuntReport {
     pub features: usize,
 }
 
-/// Run one scenario under an engine.
-pub fn explore(scenario: &Scenario, opts: &HuntOptions, seed: u64) -> Explored {
-    let shuttle = match opts.engine {
-        Engine::Input => {
-            let mut o = if opts.guided {
-                run_input_covered(scenario)
-            } else {
-                run_input(scenario, false)
-            };
-            // A failure keeps its schedule (the finding replays it).
-            let failed = o.verdict != Verdict::Clean;
-            return Explored {
-                executions: 1,
-                features: std::mem::take(&mut o.features),
-                schedule: if failed {
-                    o.schedule.clone()
-                } else {
-                    std::mem::take(&mut o.schedule)
-                },
-                failure: failed.then_some(o),
-            };
-        }
-        Engine::Random => ShuttleEngine::Random,
-        Engine::Pct => ShuttleEngine::Pct {
+/// The job that explores `scenario` under the hunt's engine.
+pub fn job(scenario: Arc<Scenario>, opts: &HuntOptions, seed: u64, executions: usize) -> Job {
+    let observe = Observe {
+        coverage: opts.guided,
+        conflicts: opts.guided && opts.engine != Engine::Input,
+        ..Observe::default()
+    };
+    let plan = match opts.engine {
+        Engine::Input => Plan::Replay,
+        Engine::Random => Plan::Random { seed, executions },
+        Engine::Pct => Plan::Pct {
+            seed,
             depth: opts.pct_depth.unwrap_or_else(|| {
                 let n = PCT_SWARM_DEPTHS.end() - PCT_SWARM_DEPTHS.start() + 1;
                 PCT_SWARM_DEPTHS.start() + (seed >> 32) as usize % n
             }),
+            executions,
         },
-        Engine::Dfs => ShuttleEngine::Dfs,
+        Engine::Dfs => Plan::Dfs { executions },
     };
-    explore_shuttle(
-        scenario,
-        shuttle,
-        seed,
-        opts.executions_per_scenario,
-        opts.guided,
-    )
+    Job::new(scenario, plan, observe)
+}
+
+/// Scenarios a batch explores in one shuttle run: many for the input
+/// engine, whose job is one execution, few for the shuttle engines, whose
+/// jobs have many.
+fn batch_size(engine: Engine) -> usize {
+    match engine {
+        Engine::Input => 32,
+        _ => 2,
+    }
 }
 
 /// PCT depths a hunt draws from, one per scenario, as swarm testing draws
@@ -152,6 +144,45 @@ const ENERGY: usize = 16;
 /// needs hundreds of PCT runs to place three preemptions.
 const RARE_BUDGET: u64 = 5_000;
 
+/// One input of a batch, and what became of it.
+struct Pending {
+    bytes: Vec<u8>,
+    ops_prefix: Vec<u8>,
+    scenario: Arc<Scenario>,
+    /// A rerun with more interleavings, after a first exploration that
+    /// reached a rarely explored feature.
+    boost: bool,
+}
+
+/// The next input: fresh bytes, or a mutation of a kept one.
+fn next_input(rng: &mut StdRng, corpus: &mut Corpus, opts: &HuntOptions) -> Vec<u8> {
+    if !opts.guided || corpus.is_empty() || rng.gen_ratio(1, 8) {
+        let mut fresh = vec![0; rng.gen_range(16..256usize)];
+        rng.fill_bytes(&mut fresh);
+        return fresh;
+    }
+    let other = corpus.any(rng);
+    let a = corpus.pick(rng);
+    let (a, other) = (&corpus[a], &corpus[other].bytes);
+    if !rng.gen_bool(0.5) {
+        return mutate(rng, &a.bytes, other);
+    }
+    if opts.engine != Engine::Input {
+        // Same scenario, fresh interleavings from a new seed.
+        return a.bytes.clone();
+    }
+    // Same ops, another interleaving: mostly an edit of the decisions the
+    // entry's execution took.
+    let mut m = a.ops_prefix.clone();
+    m.extend(if rng.gen_ratio(3, 4) {
+        mutate_schedule(rng, &a.schedule, a.nr_cpus)
+    } else {
+        let schedule = a.bytes.get(a.ops_prefix.len()..).unwrap_or(&[]);
+        mutate(rng, schedule, &[])
+    });
+    m
+}
+
 pub fn hunt(opts: &HuntOptions) -> HuntReport {
     let start = Instant::now();
     let mut rng = StdRng::seed_from_u64(opts.seed);
@@ -159,6 +190,7 @@ pub fn hunt(opts: &HuntOptions) -> HuntReport {
         engine: opts.engine,
         scenarios: 0,
         executions: 0,
+        steps: 0,
         elapsed: Duration::ZERO,
         finding: None,
         model_panic: None,
@@ -166,86 +198,80 @@ pub fn hunt(opts: &HuntOptions) -> HuntReport {
         features: 0,
     };
     let mut corpus = Corpus::default();
-    while opts.iterations.is_none_or(|n| report.scenarios < n) && start.elapsed() < opts.time {
-        let bytes = if !opts.guided || corpus.is_empty() || rng.gen_ratio(1, 8) {
-            let mut fresh = vec![0; rng.gen_range(16..256usize)];
-            rng.fill_bytes(&mut fresh);
-            fresh
-        } else {
-            let other = corpus.any(&mut rng);
-            let a = corpus.pick(&mut rng);
-            let (a, other) = (&corpus[a], &corpus[other].bytes);
-            if rng.gen_bool(0.5) {
-                if opts.engine == Engine::Input {
-                    // Same ops, another interleaving: mostly an edit of the
-                    // decisions the entry's execution took.
-                    let mut m = a.ops_prefix.clone();
-                    m.extend(if rng.gen_ratio(3, 4) {
-                        mutate_schedule(&mut rng, &a.schedule, a.nr_cpus)
-                    } else {
-                        let schedule = a.bytes.get(a.ops_prefix.len()..).unwrap_or(&[]);
-                        mutate(&mut rng, schedule, &[])
-                    });
-                    m
-                } else {
-                    // Same scenario, fresh interleavings from a new seed.
-                    a.bytes.clone()
-                }
-            } else {
-                mutate(&mut rng, &a.bytes, other)
-            }
-        };
-        let (mut scenario, ops_prefix) = decode_with_ops_prefix(&bytes, &opts.generate);
-        report.scenarios += 1;
-        let explored = explore(&scenario, opts, rng.next_u64());
-        report.executions += explored.executions as u64;
-        let seen = corpus.observe(&explored.features, explored.executions as u64);
-        let mut failure = explored.failure;
-        let mut features = explored.features;
-        // Energy: a scenario that reaches a feature few executions have
-        // explored yet (a new one above all) gets a longer exploration, as
-        // AFL gives productive seeds more runs.
-        if failure.is_none() && opts.engine != Engine::Input && seen.least_explored < RARE_BUDGET {
-            let boost = HuntOptions {
-                executions_per_scenario: opts.executions_per_scenario * ENERGY,
-                ..opts.clone()
-            };
-            let e = explore(&scenario, &boost, rng.next_u64());
-            report.executions += e.executions as u64;
-            corpus.observe(&e.features, e.executions as u64);
-            features.extend(e.features);
-            failure = e.failure;
-        }
-        if seen.new > 0 {
-            features.sort_unstable();
-            features.dedup();
-            corpus.add(Entry {
+    let mut boosts: Vec<Pending> = Vec::new();
+    'hunt: while opts.iterations.is_none_or(|n| report.scenarios < n) && start.elapsed() < opts.time
+    {
+        // A batch: the boosts owed, then fresh or mutated inputs.
+        let mut batch = std::mem::take(&mut boosts);
+        let room = opts
+            .iterations
+            .map_or(usize::MAX, |n| (n - report.scenarios) as usize);
+        while batch.len() < batch_size(opts.engine).min(room) {
+            let bytes = next_input(&mut rng, &mut corpus, opts);
+            let (scenario, ops_prefix) = decode_with_ops_prefix(&bytes, &opts.generate);
+            batch.push(Pending {
                 bytes,
                 ops_prefix,
-                schedule: explored.schedule,
-                nr_cpus: scenario.cpus.len() as u8,
-                features,
+                scenario: Arc::new(scenario),
+                boost: false,
             });
         }
-        let Some(outcome) = failure else {
-            continue;
-        };
-        match &outcome.verdict {
-            Verdict::Violation(d) => {
-                scenario.schedule = outcome.schedule.clone();
-                scenario.expect = Some(Expect::from(d));
-                report.finding = Some(Finding { scenario, outcome });
+        let jobs = batch
+            .iter()
+            .map(|p| {
+                let executions = opts.executions_per_scenario * if p.boost { ENERGY } else { 1 };
+                job(p.scenario.clone(), opts, rng.next_u64(), executions)
+            })
+            .collect();
+        for (p, explored) in batch.into_iter().zip(run_jobs(jobs)) {
+            report.scenarios += !p.boost as u64;
+            report.executions += explored.executions as u64;
+            report.steps += explored.steps;
+            let seen = corpus.observe(&explored.features, explored.executions as u64);
+            if let Some(outcome) = explored.failure {
+                report_failure(&mut report, &p.scenario, outcome);
+                break 'hunt;
             }
-            Verdict::ModelPanic(msg) => {
-                scenario.schedule = outcome.schedule.clone();
-                report.model_panic = Some((scenario, msg.clone()));
+            // Energy: a scenario that reaches a feature few executions have
+            // explored yet (a new one above all) gets a longer exploration,
+            // as AFL gives productive seeds more runs.
+            if !p.boost && opts.engine != Engine::Input && seen.least_explored < RARE_BUDGET {
+                boosts.push(Pending {
+                    bytes: p.bytes.clone(),
+                    ops_prefix: p.ops_prefix.clone(),
+                    scenario: p.scenario.clone(),
+                    boost: true,
+                });
             }
-            Verdict::Clean => unreachable!(),
+            if seen.new > 0 {
+                corpus.add(Entry {
+                    schedule: explored.replayed.map(|o| o.schedule).unwrap_or_default(),
+                    nr_cpus: p.scenario.cpus.len() as u8,
+                    bytes: p.bytes,
+                    ops_prefix: p.ops_prefix,
+                    features: explored.features,
+                });
+            }
         }
-        break;
     }
     report.elapsed = start.elapsed();
     report.corpus = corpus.len();
     report.features = corpus.features();
     report
+}
+
+/// A failing outcome of `scenario`: a finding, or a model panic.
+fn report_failure(report: &mut HuntReport, scenario: &Scenario, outcome: Outcome) {
+    let mut scenario = scenario.clone();
+    scenario.schedule = outcome.schedule.clone();
+    match &outcome.verdict {
+        Verdict::Violation(d) => {
+            scenario.expect = Some(Expect::from(d));
+            report.finding = Some(Finding { scenario, outcome });
+        }
+        Verdict::ModelPanic(msg) => {
+            report.model_panic = Some((scenario, msg.clone()));
+        }
+        Verdict::Clean => unreachable!("a failure is not clean"),
+    }
 }

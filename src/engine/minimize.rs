@@ -2,15 +2,17 @@
 //! fewer CPUs, fewer ops, a shorter schedule with fewer context switches.
 //! Every candidate is replayed with the input scheduler.
 
-use crate::exec::{ShuttleEngine, run_input, run_shuttle};
+use crate::exec::{Plan, run_input, run_shuttle};
 use crate::model::Oracle;
 use crate::scenario::{Expect, Scenario};
 use std::time::{Duration, Instant};
 
 /// Candidates tried per minimization at most.
 const MAX_RUNS: usize = 20_000;
-/// Interleavings a schedule search may spend on one smaller scenario.
+/// Interleavings a schedule search may spend on one smaller scenario, per
+/// PCT depth in `RESCHEDULE_DEPTHS`.
 const RESCHEDULE_EXECUTIONS: usize = 256;
+const RESCHEDULE_DEPTHS: [usize; 3] = [3, 2, 4];
 
 struct Shrinker {
     target: Oracle,
@@ -60,22 +62,28 @@ impl Shrinker {
         if cand.cpus.len() < 2 || self.exhausted() {
             return false;
         }
-        let seed = self.runs as u64;
-        let (n, found) = run_shuttle(
-            &cand,
-            ShuttleEngine::Pct { depth: 3 },
-            seed,
-            RESCHEDULE_EXECUTIONS,
-        );
-        self.runs += n;
-        match found {
-            Some(o) if o.oracle() == Some(self.target) => {
+        // Races of one, two and three ordered preemptions.
+        for depth in RESCHEDULE_DEPTHS {
+            if self.exhausted() {
+                return false;
+            }
+            let seed = self.runs as u64;
+            let (n, found) = run_shuttle(
+                &cand,
+                Plan::Pct {
+                    seed,
+                    depth,
+                    executions: RESCHEDULE_EXECUTIONS,
+                },
+            );
+            self.runs += n;
+            if let Some(o) = found.filter(|o| o.oracle() == Some(self.target)) {
                 let mut c = cand;
                 c.schedule = o.schedule;
-                self.try_replace(best, c)
+                return self.try_replace(best, c);
             }
-            _ => false,
         }
+        false
     }
 }
 
@@ -177,4 +185,95 @@ pub fn minimize(s: &Scenario, target: Oracle, time: Duration) -> Scenario {
     }
     while one_pass(&mut sh, &mut best) && !sh.exhausted() {}
     best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::op::{Count, Index, PfnArg};
+    use crate::model::{Config, Op, Variant, VariantSet};
+
+    /// `hvo-restore-fail-frees`: shrinking the pool while the vmemmap
+    /// restore cannot allocate frees the folio through its read-only
+    /// struct pages. Around the three ops that matter (on CPU 1),
+    /// page-cache traffic and a pfn walk that have nothing to do with it,
+    /// one CPU of them (CPU 0).
+    fn restore_fail_frees_with_noise() -> Scenario {
+        let config = Config {
+            variants: VariantSet::new(&[Variant::HvoRestoreFailFrees]),
+            ..Config::default()
+        };
+        let setup = vec![
+            Op::FilemapAddFolio {
+                index: Index(2),
+                pfn_hint: PfnArg(300),
+            },
+            Op::AllocPoolHugeFolio {
+                pfn_hint: PfnArg(512),
+            },
+        ];
+        let cpu0 = vec![
+            Op::FilemapGetFolio { index: Index(2) },
+            Op::PfnWalk { pfn: PfnArg(40) },
+        ];
+        let cpu1 = vec![
+            Op::FilemapAddFolio {
+                index: Index(0),
+                pfn_hint: PfnArg(100),
+            },
+            Op::FilemapGetFolio { index: Index(2) },
+            Op::FailNextAllocs { count: Count(1) },
+            Op::ShrinkHugePool {},
+            Op::TruncateInodeFolio { index: Index(0) },
+        ];
+        Scenario::new(config, setup, vec![cpu0, cpu1])
+    }
+
+    #[test]
+    fn minimize_drops_the_ops_and_cpus_the_violation_does_not_need() {
+        let s = restore_fail_frees_with_noise();
+        s.validate().unwrap();
+        let before = run_input(&s, false);
+        assert_eq!(
+            before.oracle(),
+            Some(Oracle::RoVmemmapWrite),
+            "{:?}",
+            before.verdict
+        );
+
+        let min = minimize(&s, Oracle::RoVmemmapWrite, Duration::from_secs(60));
+
+        assert_eq!(
+            min.setup,
+            [Op::AllocPoolHugeFolio {
+                pfn_hint: PfnArg(512)
+            }]
+        );
+        assert_eq!(
+            min.cpus,
+            [vec![
+                Op::FailNextAllocs { count: Count(1) },
+                Op::ShrinkHugePool {}
+            ]]
+        );
+        assert!(min.schedule.is_empty(), "one CPU makes no decisions");
+        let expect = min.expect.as_ref().expect("minimize records the verdict");
+        assert_eq!(expect.oracle, Oracle::RoVmemmapWrite);
+        // The minimized scenario replays to the same violation.
+        let after = run_input(&min, false);
+        let d = after.violation().expect("still fails");
+        assert!(expect.matches(d), "{d:?}");
+        assert!(min.op_count() < s.op_count());
+    }
+
+    #[test]
+    fn minimize_returns_a_scenario_that_does_not_fail_unchanged() {
+        let mut s = restore_fail_frees_with_noise();
+        s.config.variants = VariantSet::default();
+        assert_eq!(run_input(&s, false).oracle(), None);
+
+        let min = minimize(&s, Oracle::RoVmemmapWrite, Duration::from_secs(10));
+
+        assert_eq!(min, s);
+    }
 }

@@ -1,18 +1,13 @@
 //! Schedulers that decide only where the model has a real choice.
 //!
-//! Task 0 is the harness's main thread (it spawns the CPUs and joins them);
-//! task `i + 1` is CPU `i`. The main thread always runs when it can, so a
-//! *decision* is a point where two or more CPUs are runnable, and a schedule
-//! is the list of CPUs chosen at decisions. Any shuttle scheduler can be
-//! wrapped in [`Recording`], whose log replays exactly under
-//! [`InputScheduler`].
+//! Task 0 is the harness's main thread (it runs the setup, spawns the CPUs
+//! and joins them); task `i + 1` is CPU `i`. The main thread always runs
+//! when it can, so a *decision* is a point where two or more CPUs are
+//! runnable, and a schedule is the list of CPUs chosen at decisions. Every
+//! scheduler sees only decisions, and the batch scheduler logs each one, so
+//! any execution replays exactly under [`InputScheduler`].
 
 use shuttle::scheduler::{Schedule, Scheduler, Task, TaskId};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-
-/// The CPUs chosen at each decision of the running execution.
-pub type ScheduleLog = Arc<Mutex<Vec<u8>>>;
 
 const MAIN_TASK: usize = 0;
 
@@ -20,44 +15,55 @@ pub fn cpu_of(task: TaskId) -> u8 {
     (usize::from(task) - 1) as u8
 }
 
-enum Decision {
+/// What a scheduling point is.
+pub enum Decision {
+    /// One task can run (or the main thread, which always runs first).
     Forced(TaskId),
-    Choose(Vec<TaskId>),
+    /// Two or more CPUs can run.
+    Choose,
 }
 
-fn classify(runnable: &[&Task]) -> Decision {
+pub fn classify(runnable: &[&Task]) -> Decision {
     if let Some(main) = runnable.iter().find(|t| usize::from(t.id()) == MAIN_TASK) {
         return Decision::Forced(main.id());
     }
     match runnable {
         [only] => Decision::Forced(only.id()),
-        _ => Decision::Choose(runnable.iter().map(|t| t.id()).collect()),
+        _ => Decision::Choose,
     }
-}
-
-fn push(log: &ScheduleLog, task: TaskId) {
-    log.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(cpu_of(task));
 }
 
 /// Takes each decision from a list carried in the scenario: the CPU to run,
 /// or the next runnable CPU after it. When the list runs out, the running
-/// CPU continues while it can (then the lowest runnable CPU).
+/// CPU continues while it can (then the lowest runnable CPU). One
+/// execution.
 pub struct InputScheduler {
     choices: Vec<u8>,
     pos: usize,
     started: bool,
-    log: ScheduleLog,
 }
 
 impl InputScheduler {
-    pub fn new(choices: Vec<u8>, log: ScheduleLog) -> Self {
+    pub fn new(choices: Vec<u8>) -> Self {
         InputScheduler {
             choices,
             pos: 0,
             started: false,
-            log,
+        }
+    }
+
+    /// The rule: the wanted CPU, or the first runnable one after it
+    /// (wrapping); past the list, the running CPU, else the lowest.
+    pub fn choose(
+        want: Option<u8>,
+        runnable: impl Iterator<Item = u8> + Clone,
+        current: Option<u8>,
+    ) -> Option<u8> {
+        match want {
+            Some(want) => runnable.min_by_key(|&c| c.wrapping_sub(want)),
+            None => current
+                .filter(|&c| runnable.clone().any(|r| r == c))
+                .or_else(|| runnable.min()),
         }
     }
 }
@@ -76,21 +82,14 @@ impl Scheduler for InputScheduler {
         current: Option<TaskId>,
         _: bool,
     ) -> Option<TaskId> {
-        let ids = match classify(runnable) {
-            Decision::Forced(t) => return Some(t),
-            Decision::Choose(ids) => ids,
-        };
-        let pick = match self.choices.get(self.pos) {
-            Some(&want) => {
-                self.pos += 1;
-                *ids.iter()
-                    .min_by_key(|&&t| cpu_of(t).wrapping_sub(want))
-                    .expect("a decision has runnable CPUs")
-            }
-            None => current.filter(|c| ids.contains(c)).unwrap_or(ids[0]),
-        };
-        push(&self.log, pick);
-        Some(pick)
+        let want = self.choices.get(self.pos).copied();
+        if want.is_some() {
+            self.pos += 1;
+        }
+        let cpus = runnable.iter().map(|t| cpu_of(t.id()));
+        let current = current.filter(|t| usize::from(*t) != MAIN_TASK).map(cpu_of);
+        let pick = InputScheduler::choose(want, cpus, current)?;
+        Some(TaskId::from(pick as usize + 1))
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -98,47 +97,26 @@ impl Scheduler for InputScheduler {
     }
 }
 
-/// Wraps a shuttle scheduler (random, PCT, DFS): forced moves are made
-/// without it, decisions are delegated and logged. Stops starting new
-/// executions once `stop` is set.
-pub struct Recording<S> {
-    inner: S,
-    log: ScheduleLog,
-    stop: Arc<AtomicBool>,
-}
+#[cfg(test)]
+mod tests {
+    use super::InputScheduler;
 
-impl<S: Scheduler> Recording<S> {
-    pub fn new(inner: S, log: ScheduleLog, stop: Arc<AtomicBool>) -> Self {
-        Recording { inner, log, stop }
-    }
-}
-
-impl<S: Scheduler> Scheduler for Recording<S> {
-    fn new_execution(&mut self) -> Option<Schedule> {
-        if self.stop.load(Ordering::Relaxed) {
-            return None;
-        }
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.inner.new_execution()
-    }
-
-    fn next_task(
-        &mut self,
-        runnable: &[&Task],
-        current: Option<TaskId>,
-        yielding: bool,
-    ) -> Option<TaskId> {
-        match classify(runnable) {
-            Decision::Forced(t) => Some(t),
-            Decision::Choose(_) => {
-                let t = self.inner.next_task(runnable, current, yielding)?;
-                push(&self.log, t);
-                Some(t)
-            }
-        }
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.inner.next_u64()
+    /// The choice rule the scenario format documents.
+    #[test]
+    fn input_scheduler_takes_the_wanted_cpu_or_the_next_runnable_one() {
+        let choose = |want, runnable: &[u8], current| {
+            InputScheduler::choose(want, runnable.iter().copied(), current).unwrap()
+        };
+        // CPU 1 wanted and runnable.
+        assert_eq!(choose(Some(1), &[0, 1, 2], Some(0)), 1);
+        // CPU 1 wanted but blocked: the next runnable after it, CPU 2.
+        assert_eq!(choose(Some(1), &[0, 2], Some(0)), 2);
+        // CPU 2 wanted but blocked: wrap around to CPU 0.
+        assert_eq!(choose(Some(2), &[0, 1], Some(1)), 0);
+        // Past the list, the running CPU continues ...
+        assert_eq!(choose(None, &[0, 1], Some(1)), 1);
+        // ... unless it cannot, then the lowest runnable CPU.
+        assert_eq!(choose(None, &[0, 2], Some(1)), 0);
+        assert_eq!(choose(None, &[1, 2], None), 1);
     }
 }

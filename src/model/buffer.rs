@@ -1,10 +1,10 @@
 //! Buffer heads (fs/buffer.c): what `PG_private` stands for in the model.
 
 use super::KResult;
+use super::ctx::Cpu;
 use super::filemap::{filemap_get_entry, folio_lock, folio_unlock};
 use super::mm_types::{Mapping, pg};
 use super::page_ref::{folio_get, folio_put};
-use crate::exec::Cpu;
 use crate::ktrace;
 
 /// `create_empty_buffers` (as `block_read_full_folio` calls it) on the

@@ -1,20 +1,28 @@
-//! Machine configuration: sizes, the HVO generation, and the bug variants.
+//! Machine configuration: sizes, the HVO generation, the processes and
+//! their VMAs, and the bug variants switched on.
 
+use super::variant::{Variant, VariantSet};
 use serde::{Deserialize, Serialize};
-use std::fmt;
 
 /// Which generation of HugeTLB Vmemmap Optimization the model runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum HvoMode {
     /// The v5.14 layout: vmemmap pages 0 and 1 stay; pages 2.. alias page 1
     /// read-only. Runs with the v6.10+ grace period and checks.
     #[serde(rename = "keep-2")]
+    #[value(name = "keep-2")]
     Keep2,
-    /// v5.18+ (v6.10+ fixes): page 0 is copied to a fresh frame, every tail
-    /// vmemmap page aliases it read-only, so fake heads appear.
+    /// v5.18 (e7d324850bfc, "mm: hugetlb: free the 2nd vmemmap page
+    /// associated with each HugeTLB page") with the v6.10 reader guards
+    /// (bd225530a4c7) and the 2025 load order: page 0 is copied to a fresh
+    /// frame and every tail vmemmap page aliases it read-only, so fake
+    /// heads appear.
     #[default]
     #[serde(rename = "keep-1")]
+    #[value(name = "keep-1")]
     Keep1,
     /// The 2026 series ("mm: Eliminate fake head pages from vmemmap
     /// optimization"): all tails of an order are byte-identical and share
@@ -53,154 +61,167 @@ impl HvoMode {
     }
 }
 
-macro_rules! variants {
-    ($( $(#[$doc:meta])* $name:ident = $kebab:literal, $breaks:literal; )*) => {
-        /// A historical buggy design that the model can switch back on.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-        pub enum Variant { $( $(#[$doc])* $name, )* }
+/// What a VMA maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum VmaKind {
+    /// `MAP_SHARED` of the model's one regular file, from offset 0.
+    FileShared,
+    /// `MAP_PRIVATE | MAP_ANONYMOUS`.
+    AnonPrivate,
+    /// `MAP_SHARED` of a hugetlbfs file (`VM_MAYSHARE`): each PMD maps one
+    /// hugetlb folio.
+    HugetlbShared,
+}
 
-        impl Variant {
-            pub const ALL: &'static [Variant] = &[ $( Variant::$name, )* ];
+/// One VMA of every process, in pages. VMAs are laid out one after the
+/// other, each starting at the next address aligned for its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmaSpec {
+    pub kind: VmaKind,
+    pub pages: u8,
+}
 
-            pub fn name(self) -> &'static str {
-                match self { $( Variant::$name => $kebab, )* }
-            }
+/// User pages one PTE table maps (`PTRS_PER_PTE`). A PMD leaf maps a THP of
+/// this many pages, or one hugetlb folio.
+pub const PTRS_PER_PTE: u32 = 2;
+/// PMD entries per PMD table (`PTRS_PER_PMD`).
+pub const PTRS_PER_PMD: u32 = 2;
+/// Pages a PMD entry covers (`PMD_SIZE / PAGE_SIZE`).
+pub const PMD_PAGES: u32 = PTRS_PER_PTE;
+/// Pages a PUD entry covers (`PUD_SIZE / PAGE_SIZE`).
+pub const PUD_PAGES: u32 = PTRS_PER_PTE * PTRS_PER_PMD;
+/// PUD entries of a process: its user address space is `PUDS * PUD_PAGES`
+/// pages.
+pub const PUDS: u32 = 4;
+pub const MAX_USER_PAGES: u32 = PUDS * PUD_PAGES;
+/// Processes a configuration may have.
+pub const MAX_MMS: u8 = 4;
+pub const MAX_VMAS: usize = 4;
 
-            /// One line: what the variant breaks and where the kernel fixed it.
-            pub fn breaks(self) -> &'static str {
-                match self { $( Variant::$name => $breaks, )* }
-            }
+impl VmaKind {
+    /// The alignment of the VMA's start, in pages: a hugetlb VMA is
+    /// PUD-aligned so that its PMD table can be shared (`want_pmd_share`).
+    pub fn align(self) -> u32 {
+        match self {
+            VmaKind::HugetlbShared => PUD_PAGES,
+            _ => PMD_PAGES,
         }
-    };
-}
-
-variants! {
-    /// `__hugetlb_vmemmap_optimize_folio` without `synchronize_rcu()`.
-    HvoNoRcuSync = "hvo-no-rcu-sync",
-        "HVO remaps the vmemmap without synchronize_rcu(), so a speculative reader that passed its checks writes through the new RO alias (fixed by bd225530a4c7, v6.10)";
-    /// `page_ref_add_unless` without `page_count_writable`.
-    RefNoFakeHeadCheck = "ref-no-fake-head-check",
-        "page_ref_add_unless() takes a reference on a fake head instead of refusing it (pre-v6.10 page_ref_add_unless)";
-    /// The fake-head check before the refcount read.
-    RefFakeHeadBeforeCount = "ref-fake-head-before-count",
-        "page_count_writable() checks page_is_fake_head() before reading the refcount, racing with remap + unfreeze (fixed in 2025, \"fix memory loads ordering\")";
-    /// Free the old vmemmap frames before `flush_tlb_kernel_range`.
-    HvoFreeBeforeFlush = "hvo-free-before-flush",
-        "HVO frees the old vmemmap frames before the TLB flush, so a stale TLB entry reaches a frame the buddy allocator owns";
-    /// Free the folio even though its vmemmap could not be restored.
-    HvoRestoreFailFrees = "hvo-restore-fail-frees",
-        "on hugetlb_vmemmap_restore_folio() -ENOMEM the folio is freed anyway, writing its RO-aliased tail struct pages (seed 004)";
-    /// `__folio_migrate_mapping` checks the refcount, then stores 0 with a
-    /// plain store: the speculative-reference design of e286781d5f2e
-    /// ("mm: speculative page references", v2.6.27) needs the cmpxchg of
-    /// `folio_ref_freeze` (seed 003).
-    MigrateNonatomicFreeze = "migrate-nonatomic-freeze",
-        "__folio_migrate_mapping() checks refcount == expected, then stores 0 with a plain store instead of folio_ref_freeze()'s cmpxchg, wiping a concurrent GUP-fast reference (seed 003; the cmpxchg freeze dates from e286781d5f2e, v2.6.27)";
-    /// `gup_fast_pte_range` keeps its reference without re-reading the
-    /// PTE: the re-read that RCU GUP-fast (2667f50e8b81, 2014) relies on
-    /// instead of IPIs. (The PMD recheck is a separate variant.)
-    GupFastNoRecheck = "gup-fast-no-recheck",
-        "gup_fast_pte_range() keeps its reference without re-reading the PTE, so it pins a folio that migration already replaced (RCU GUP-fast needs the recheck: 2667f50e8b81, 2014)";
-    /// `folio_expected_refs` without the page-cache term: every page-cache
-    /// folio looks over-referenced. The same shape as the shmem THP bug
-    /// e71769ae5260 fixed (1 counted instead of nr_pages: offlining looped).
-    MigrateExpectedRefsUndercount = "migrate-expected-refs-undercount",
-        "folio_expected_refs() drops the page-cache term, so a quiet page-cache folio never matches the expected count and migration returns -EAGAIN until it gives up (like shmem THP before e71769ae5260 (2018), whose page-cache term was 1, not nr_pages)";
-    /// `gup_fast_pte_range` rechecks the PTE but not the PMD (before
-    /// 70cbc3cc78a9, 2022).
-    GupFastNoPmdRecheck = "gup-fast-no-pmd-recheck",
-        "gup_fast_pte_range() rechecks the PTE but not the PMD, so it pins a page khugepaged is collapsing after pmdp_collapse_flush() detached its page table (fixed by 70cbc3cc78a9, 2022)";
-}
-
-impl Variant {
-    /// Does the variant live in HVO (hugetlb vmemmap, page refs) rather
-    /// than in user memory (GUP, migration)?
-    pub fn is_hvo(self) -> bool {
-        matches!(
-            self,
-            Variant::HvoNoRcuSync
-                | Variant::RefNoFakeHeadCheck
-                | Variant::RefFakeHeadBeforeCount
-                | Variant::HvoFreeBeforeFlush
-                | Variant::HvoRestoreFailFrees
-        )
-    }
-
-    pub fn from_name(name: &str) -> Result<Variant, String> {
-        Variant::ALL
-            .iter()
-            .copied()
-            .find(|v| v.name() == name)
-            .ok_or_else(|| {
-                let known: Vec<&str> = Variant::ALL.iter().map(|v| v.name()).collect();
-                format!(
-                    "unknown variant `{name}`; known variants: {}",
-                    known.join(", ")
-                )
-            })
-    }
-
-    fn bit(self) -> u32 {
-        1 << (self as u32)
     }
 }
 
-impl fmt::Display for Variant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+/// Where a VMA sits: its spec and its first page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmaSlot {
+    pub index: usize,
+    pub kind: VmaKind,
+    pub start: u32,
+    pub pages: u32,
+}
+
+impl VmaSlot {
+    pub fn end(&self) -> u32 {
+        self.start + self.pages
+    }
+
+    pub fn contains(&self, page: u32) -> bool {
+        (self.start..self.end()).contains(&page)
     }
 }
 
-/// A set of enabled variants; empty means the fixed model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct VariantSet(u32);
+/// The VMAs, a short list kept `Copy` so that a configuration is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Vmas {
+    len: u8,
+    items: [VmaSpec; MAX_VMAS],
+}
 
-impl VariantSet {
-    pub fn new(variants: &[Variant]) -> Self {
-        VariantSet(variants.iter().fold(0, |acc, v| acc | v.bit()))
-    }
-
-    pub fn has(self, v: Variant) -> bool {
-        self.0 & v.bit() != 0
-    }
-
-    pub fn iter(self) -> impl Iterator<Item = Variant> {
-        Variant::ALL.iter().copied().filter(move |v| self.has(*v))
-    }
-
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-
-    /// "fixed" for the fixed model, else the variant names joined by "+".
-    pub fn label(self) -> String {
-        if self.is_empty() {
-            return "fixed".to_string();
+impl Vmas {
+    pub fn new(specs: &[VmaSpec]) -> Result<Vmas, String> {
+        if specs.len() > MAX_VMAS {
+            return Err(format!(
+                "{} VMAs; at most {MAX_VMAS} are supported",
+                specs.len()
+            ));
         }
-        self.iter().map(|v| v.name()).collect::<Vec<_>>().join("+")
+        let mut items = [VmaSpec {
+            kind: VmaKind::AnonPrivate,
+            pages: 0,
+        }; MAX_VMAS];
+        items[..specs.len()].copy_from_slice(specs);
+        Ok(Vmas {
+            len: specs.len() as u8,
+            items,
+        })
+    }
+
+    pub fn specs(&self) -> &[VmaSpec] {
+        &self.items[..self.len as usize]
+    }
+
+    /// Each VMA with its start, in order.
+    pub fn slots(&self) -> impl Iterator<Item = VmaSlot> + '_ {
+        let mut next = 0u32;
+        self.specs().iter().enumerate().map(move |(index, s)| {
+            let start = next.next_multiple_of(s.kind.align());
+            next = start + s.pages as u32;
+            VmaSlot {
+                index,
+                kind: s.kind,
+                start,
+                pages: s.pages as u32,
+            }
+        })
+    }
+
+    /// The VMA holding `page`, if any (`vma_lookup`).
+    pub fn find(&self, page: u32) -> Option<VmaSlot> {
+        self.slots().find(|v| v.contains(page))
+    }
+
+    /// One past the last mapped page.
+    pub fn end(&self) -> u32 {
+        self.slots().last().map_or(0, |v| v.end())
+    }
+
+    pub fn first_of(&self, kind: VmaKind) -> Option<VmaSlot> {
+        self.slots().find(|v| v.kind == kind)
     }
 }
 
-impl Serialize for VariantSet {
+impl Default for Vmas {
+    /// The file at pages 0-1 and an anonymous VMA at pages 2-3.
+    fn default() -> Self {
+        Vmas::new(&[
+            VmaSpec {
+                kind: VmaKind::FileShared,
+                pages: 2,
+            },
+            VmaSpec {
+                kind: VmaKind::AnonPrivate,
+                pages: 2,
+            },
+        ])
+        .expect("the default layout fits")
+    }
+}
+
+impl Serialize for Vmas {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.iter().map(|v| v.name()))
+        self.specs().serialize(s)
     }
 }
 
-impl<'de> Deserialize<'de> for VariantSet {
+impl<'de> Deserialize<'de> for Vmas {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let names = Vec::<String>::deserialize(d)?;
-        let vs = names
-            .iter()
-            .map(|n| Variant::from_name(n))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(serde::de::Error::custom)?;
-        Ok(VariantSet::new(&vs))
+        let specs = Vec::<VmaSpec>::deserialize(d)?;
+        Vmas::new(&specs).map_err(serde::de::Error::custom)
     }
 }
 
 /// Sizes and switches for one machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Which HVO generation runs.
@@ -211,9 +232,27 @@ pub struct Config {
     /// Physical memory in blocks of `1 << hugetlb_order` frames. Block 0
     /// holds the memmap; the others can become hugetlb folios.
     pub memory_blocks: u8,
+    /// Processes (`mm_struct`s), each with the same VMAs.
+    #[serde(default = "default_mms", skip_serializing_if = "is_default_mms")]
+    pub mms: u8,
+    /// Every process's VMAs.
+    #[serde(default, skip_serializing_if = "is_default_vmas")]
+    pub vmas: Vmas,
     /// Enabled bug variants.
     #[serde(default)]
     pub variants: VariantSet,
+}
+
+fn default_mms() -> u8 {
+    2
+}
+
+fn is_default_mms(mms: &u8) -> bool {
+    *mms == default_mms()
+}
+
+fn is_default_vmas(vmas: &Vmas) -> bool {
+    *vmas == Vmas::default()
 }
 
 impl Default for Config {
@@ -222,6 +261,8 @@ impl Default for Config {
             hvo_mode: HvoMode::Keep1,
             hugetlb_order: 9,
             memory_blocks: 2,
+            mms: default_mms(),
+            vmas: Vmas::default(),
             variants: VariantSet::default(),
         }
     }
@@ -242,6 +283,26 @@ impl Config {
             return Err(format!(
                 "memory_blocks {} is out of range 2..=8",
                 self.memory_blocks
+            ));
+        }
+        if !(1..=MAX_MMS).contains(&self.mms) {
+            return Err(format!("mms {} is out of range 1..={MAX_MMS}", self.mms));
+        }
+        for v in self.vmas.slots() {
+            if v.pages == 0 {
+                return Err(format!("vmas[{}] has no pages", v.index));
+            }
+            if v.kind == VmaKind::HugetlbShared && !v.pages.is_multiple_of(PMD_PAGES) {
+                return Err(format!(
+                    "vmas[{}] is a hugetlb VMA of {} pages; it must be a multiple of {PMD_PAGES} (one PMD per hugetlb folio)",
+                    v.index, v.pages
+                ));
+            }
+        }
+        if self.vmas.end() > MAX_USER_PAGES {
+            return Err(format!(
+                "the VMAs end at page {}, past the {MAX_USER_PAGES} pages of the user address space",
+                self.vmas.end()
             ));
         }
         Ok(())
@@ -267,5 +328,10 @@ impl Config {
 
     pub fn has(&self, v: Variant) -> bool {
         self.variants.has(v)
+    }
+
+    /// One past the last user page of every process.
+    pub fn user_pages(&self) -> u32 {
+        self.vmas.end()
     }
 }

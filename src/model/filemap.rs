@@ -4,20 +4,22 @@
 //! hold `xa_lock`, which may span several steps.
 
 use super::KResult;
+use super::ctx::Cpu;
 use super::machine::{Machine, Pfn};
 use super::mm_types::{Mapping, pg};
 use super::oracle::Violation;
 use super::page_ref::{folio_put, folio_try_get};
-use crate::exec::Cpu;
 use crate::ktrace;
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct AddressSpace {
     /// `mapping->i_pages`.
     pub slots: Vec<Option<Pfn>>,
     /// The CPU holding `xa_lock`, if any.
     pub xa_lock: Option<u8>,
 }
+
+crate::clone_by_field!(AddressSpace { slots, xa_lock });
 
 impl AddressSpace {
     pub fn new(nr_slots: u32) -> Self {

@@ -7,7 +7,7 @@
 //! high (seed 003).
 
 use super::KResult;
-use super::config::Variant;
+use super::ctx::Cpu;
 use super::machine::{Content, Hold, Machine, Pfn};
 use super::memory::{handle_mm_fault_locked, mmap_read_lock, mmap_read_unlock};
 use super::oracle::Violation;
@@ -15,7 +15,7 @@ use super::page_flags::{compound_head, folio_nr_pages};
 use super::page_ref::{folio_put_refs, folio_ref_add, folio_try_get};
 use super::pgtable::{PmdVal, PteVal, Uaddr};
 use super::rmap::GUP_PIN_COUNTING_BIAS;
-use crate::exec::Cpu;
+use super::variant::Variant;
 use crate::ktrace;
 
 /// `FOLL_GET` or `FOLL_PIN`.
@@ -45,48 +45,65 @@ struct Seen {
     folio: Pfn,
 }
 
+/// The lockless walk: PMD, then PTE, then `page_folio`.
+fn gup_fast_walk(m: &mut Machine, a: Uaddr) -> Result<Option<Seen>, Violation> {
+    let pmd = m.pmd(a);
+    let (pte, page) = match pmd {
+        PmdVal::None => return Ok(None),
+        PmdVal::Leaf(l) => (None, l.pfn + a.pmd_offset()),
+        PmdVal::Table(t) => match m.walk_pte(t, a)? {
+            pte @ PteVal::Present(e) => (Some(pte), e.pfn),
+            pte => {
+                ktrace!(m, "{a}: ptep_get_lockless = {pte:?}: slow path");
+                return Ok(None);
+            }
+        },
+    };
+    // try_get_folio(): folio = page_folio(page).
+    let folio = compound_head(m, page)?;
+    ktrace!(
+        m,
+        "{a}: pmd {pmd:?}, ptep_get_lockless = {pte:?}; page_folio = pfn {folio}"
+    );
+    Ok(Some(Seen {
+        pmd,
+        pte,
+        page,
+        folio,
+    }))
+}
+
 /// `gup_fast` → `gup_fast_pmd_range` → `gup_fast_pte_range` (or
-/// `gup_fast_pmd_leaf`) for one page, with interrupts disabled. Returns
-/// whether it got the page.
+/// `gup_fast_pmd_leaf`) for one page, between `local_irq_save` and
+/// `local_irq_restore`: an RCU read section, which is what lets it walk a
+/// page table that `tlb_remove_table` is about to free. Returns whether it
+/// got the page.
 fn gup_fast(cpu: &Cpu, a: Uaddr, foll: Foll) -> KResult<bool> {
     let seen = cpu.step("gup_fast_pte_range", |m| {
-        let pmd = m.pmd(a);
-        let (pte, page) = match pmd {
-            PmdVal::None => return Ok(None),
-            PmdVal::Leaf(folio) => (None, folio + a.page - a.pmd_base()),
-            PmdVal::Table(t) => match m.pte_in(t, a) {
-                pte @ PteVal::Present { pfn } => (Some(pte), pfn),
-                pte => {
-                    ktrace!(m, "{a}: ptep_get_lockless = {pte:?}: slow path");
-                    return Ok(None);
-                }
-            },
-        };
-        // try_get_folio(): folio = page_folio(page).
-        let folio = compound_head(m, page)?;
-        ktrace!(
-            m,
-            "{a}: pmd {pmd:?}, ptep_get_lockless = {pte:?}; page_folio = pfn {folio}"
-        );
-        Ok(Some(Seen {
-            pmd,
-            pte,
-            page,
-            folio,
-        }))
+        m.local_irq_save();
+        let seen = gup_fast_walk(m, a)?;
+        if seen.is_none() {
+            m.local_irq_restore();
+        }
+        Ok(seen)
     })?;
     let Some(seen) = seen else {
         return Ok(false);
     };
     if !try_grab_folio_fast(cpu, seen, foll)? {
+        cpu.step("local_irq_restore", |m| {
+            m.local_irq_restore();
+            Ok(())
+        })?;
         return Ok(false);
     }
     let cfg = *cpu.cfg();
     let kept = cpu.step("gup_fast_pte_range", |m| {
+        m.local_irq_restore();
         let pmd_ok = cfg.has(Variant::GupFastNoPmdRecheck) || m.pmd(a) == seen.pmd;
         let pte_ok = cfg.has(Variant::GupFastNoRecheck)
             || match (seen.pmd, seen.pte) {
-                (PmdVal::Table(t), Some(pte)) => m.pte_in(t, a) == pte,
+                (PmdVal::Table(t), Some(pte)) => m.walk_pte(t, a)? == pte,
                 _ => true,
             };
         if !(pmd_ok && pte_ok) {
@@ -188,9 +205,9 @@ fn __get_user_pages(cpu: &Cpu, a: Uaddr, foll: Foll) -> KResult<()> {
     for _ in 0..GUP_SLOW_TRIES {
         let got = cpu.step("follow_page_pte", |m| {
             let page = match m.pmd(a) {
-                PmdVal::Leaf(folio) => folio + a.page - a.pmd_base(),
+                PmdVal::Leaf(l) => l.pfn + a.pmd_offset(),
                 PmdVal::Table(t) => match m.pte_in(t, a) {
-                    PteVal::Present { pfn } => pfn,
+                    PteVal::Present(e) => e.pfn,
                     pte => {
                         ktrace!(m, "{a}: {pte:?}: faultin_page");
                         return Ok(false);
@@ -207,7 +224,7 @@ fn __get_user_pages(cpu: &Cpu, a: Uaddr, foll: Foll) -> KResult<()> {
         if got {
             break;
         }
-        handle_mm_fault_locked(cpu, a, 0, 0)?;
+        handle_mm_fault_locked(cpu, a, 0, 0, false)?;
     }
     mmap_read_unlock(cpu, a.mm)
 }
@@ -233,8 +250,8 @@ pub fn memcpy_to_page(cpu: &Cpu) -> KResult<()> {
         let (Hold::GupRef { page, .. } | Hold::GupPin { page, .. }) = h else {
             return Ok(());
         };
-        m.write_seq += 1;
-        let v = m.write_seq;
+        let v = m.ledger.next_value();
+        m.ledger.pin_writes += 1;
         m.frames[page as usize].content = Content::Data(v);
         ktrace!(m, "write {v} to pfn {page} through {h:?}");
         Ok(())

@@ -2,16 +2,19 @@
 //! refcount 0 and are unfrozen to 1 only when handed out.
 
 use super::KResult;
-use super::config::Variant;
+use super::config::{PMD_PAGES, VmaSlot};
+use super::ctx::Cpu;
 use super::hugetlb_vmemmap::{hugetlb_vmemmap_optimize_folio, hugetlb_vmemmap_restore_folio};
-use super::machine::{Frozen, Hold, Machine, Pfn};
+use super::machine::{Hold, Machine, Pfn};
+use super::mm_types::Mapping;
 use super::mm_types::pg;
 use super::oracle::Violation;
-use super::page_ref::{folio_put, folio_ref_freeze, folio_ref_unfreeze};
-use crate::exec::Cpu;
+use super::page_ref::{folio_get, folio_put, folio_ref_add, folio_ref_freeze, folio_ref_unfreeze};
+use super::pgtable::{PmdLeaf, PmdVal, Uaddr};
+use super::variant::Variant;
 use crate::ktrace;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Hstate {
     /// `h->hugepage_freelists`: frozen folios, most recently freed last.
     pub free_folios: Vec<Pfn>,
@@ -22,6 +25,14 @@ pub struct Hstate {
     /// The shared read-only tail vmemmap page (2026 series), once allocated.
     pub vmemmap_tail: Option<Pfn>,
 }
+
+crate::clone_by_field!(Hstate {
+    free_folios,
+    active_folios,
+    nr_huge_pages,
+    surplus_huge_pages,
+    vmemmap_tail
+});
 
 /// A `hugetlb_lock` critical section. They are all short and never span a
 /// step, so each is one step.
@@ -37,9 +48,7 @@ fn with_hugetlb_lock<T>(
 fn enqueue_hugetlb_folio(m: &mut Machine, folio: Pfn) {
     m.hstate.free_folios.push(folio);
     let cpu = m.cpu_index() as u8;
-    if !m.frozen.iter().any(|f| f.folio == folio) {
-        m.frozen.push(Frozen { folio, cpu });
-    }
+    m.ledger.freeze(folio, cpu);
 }
 
 /// `alloc_buddy_hugetlb_folio`: a compound page from the buddy, frozen with
@@ -100,41 +109,120 @@ pub fn alloc_pool_huge_folio(cpu: &Cpu, pfn_hint: Pfn) -> KResult<()> {
     })
 }
 
-/// Hand a frozen folio to the faulting task: unfreeze it to 1 and record
-/// that this CPU's task holds that reference.
+/// Hand a frozen folio out: unfreeze it to 1, the caller's reference.
 fn hand_out(m: &mut Machine, folio: Pfn) -> Result<(), Violation> {
     m.hstate.active_folios.push(folio);
-    folio_ref_unfreeze(m, folio, 1)?;
-    let c = m.cpu_index();
-    m.cpus[c].holds.push(Hold::HugetlbFolio(folio));
-    Ok(())
+    folio_ref_unfreeze(m, folio, 1)
 }
 
-/// `alloc_hugetlb_folio`: a fault takes a folio from the pool
+/// `alloc_hugetlb_folio`: take a folio from the pool
 /// (`dequeue_hugetlb_folio_node_exact`) or, when the pool is empty,
-/// allocates a surplus one (`alloc_surplus_hugetlb_folio`; overcommit is
-/// unlimited in the model). The CPU's task keeps the reference.
-pub fn alloc_hugetlb_folio(cpu: &Cpu, pfn_hint: Pfn) -> KResult<()> {
+/// allocate a surplus one (`alloc_surplus_hugetlb_folio`; overcommit is
+/// unlimited in the model). Returns it with one reference, the caller's.
+fn alloc_hugetlb_folio_ref(cpu: &Cpu, pfn_hint: Pfn) -> KResult<Option<Pfn>> {
     let dequeued = with_hugetlb_lock(cpu, "dequeue_hugetlb_folio_node_exact", |m| {
         let Some(folio) = m.hstate.free_folios.pop() else {
             ktrace!(m, "pool is empty");
-            return Ok(false);
+            return Ok(None);
         };
         hand_out(m, folio)?;
-        Ok(true)
+        Ok(Some(folio))
     })?;
-    if dequeued {
-        return Ok(());
+    if dequeued.is_some() {
+        return Ok(dequeued);
     }
     let Some(folio) = alloc_fresh_hugetlb_folio(cpu, pfn_hint)? else {
-        return Ok(());
+        return Ok(None);
     };
     with_hugetlb_lock(cpu, "alloc_surplus_hugetlb_folio", |m| {
         m.hstate.nr_huge_pages += 1;
         m.hstate.surplus_huge_pages += 1;
         ktrace!(m, "surplus pfn {folio}");
-        hand_out(m, folio)
+        hand_out(m, folio)?;
+        Ok(Some(folio))
     })
+}
+
+/// `alloc_hugetlb_folio` for the CPU's task, which keeps the reference.
+pub fn alloc_hugetlb_folio(cpu: &Cpu, pfn_hint: Pfn) -> KResult<()> {
+    if let Some(folio) = alloc_hugetlb_folio_ref(cpu, pfn_hint)? {
+        cpu.step("alloc_hugetlb_folio", |m| {
+            let c = m.cpu_index();
+            m.cpus[c].holds.push(Hold::HugetlbFolio(folio));
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+/// `hugetlb_fault` on a shared hugetlb VMA: `huge_pte_alloc`, then, if
+/// nothing is mapped, `hugetlb_no_page`: find the folio in the hugetlbfs
+/// page cache (`filemap_lock_hugetlb_folio`), or allocate one and add it
+/// (`hugetlb_add_to_page_cache`: the cache holds one reference per page),
+/// then map it with a PMD leaf (`set_huge_pte_at`, writable as the VMA is
+/// shared and writable), which keeps the lookup's reference and takes an
+/// entire mapcount (`hugetlb_add_file_rmap`).
+pub fn hugetlb_fault(cpu: &Cpu, a: Uaddr, vma: VmaSlot, _write: bool) -> KResult<()> {
+    let mapped = cpu.step("hugetlb_fault", |m| {
+        if !m.pmd_alloc(a)? {
+            return Ok(true);
+        }
+        Ok(m.pmd(a) != PmdVal::None)
+    })?;
+    if mapped {
+        return Ok(());
+    }
+    let index = (a.pmd_base() - vma.start) / PMD_PAGES;
+    let cached = cpu.step("filemap_lock_hugetlb_folio", |m| {
+        let f = m.hugetlbfs.slot(index);
+        if let Some(f) = f {
+            folio_get(m, f)?;
+        }
+        Ok(f)
+    })?;
+    let folio = match cached {
+        Some(f) => f,
+        None => {
+            let Some(f) = alloc_hugetlb_folio_ref(cpu, 0)? else {
+                return Ok(());
+            };
+            let added = cpu.step("hugetlb_add_to_page_cache", |m| {
+                if m.hugetlbfs.slot(index).is_some() {
+                    ktrace!(m, "hugetlbfs index {index} added meanwhile");
+                    return Ok(false);
+                }
+                let nr = m.cfg.pages_per_huge_page() as i32;
+                folio_ref_add(m, f, nr)?;
+                m.page_mut(f)?.mapping = Mapping::Hugetlbfs { index };
+                m.hugetlbfs.set_slot(index, Some(f));
+                ktrace!(m, "hugetlbfs index {index} = pfn {f}");
+                Ok(true)
+            })?;
+            if !added {
+                return folio_put(cpu, f);
+            }
+            f
+        }
+    };
+    let mapped = cpu.step("set_huge_pte_at", |m| {
+        if m.pmd(a) != PmdVal::None {
+            return Ok(false);
+        }
+        m.set_pmd(
+            a,
+            PmdVal::Leaf(PmdLeaf {
+                pfn: folio,
+                write: true,
+            }),
+        );
+        m.page_mut(folio + 1)?.entire_mapcount += 1;
+        ktrace!(m, "{a}: PMD maps hugetlb folio pfn {folio}");
+        Ok(true)
+    })?;
+    if !mapped {
+        folio_put(cpu, folio)?;
+    }
+    Ok(())
 }
 
 /// The task drops its last hugetlb folio (`folio_put`).

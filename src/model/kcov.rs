@@ -17,25 +17,8 @@
 //!   that struct page last. A new pair is a new way for two kernel paths to
 //!   meet on the same memory, which is what a race needs.
 
-use super::machine::Pfn;
 use super::mm_types::StructPage;
-use std::panic::Location;
-
-/// One struct-page access, and how it reached its struct page.
-#[derive(Debug, Clone, Copy)]
-pub struct Access {
-    pub pfn: Pfn,
-    pub cpu: Option<u8>,
-    pub func: &'static str,
-    /// Where in the model the access is made.
-    pub site: &'static Location<'static>,
-    pub write: bool,
-    /// Through an HVO alias, not the pfn's own vmemmap frame.
-    pub aliased: bool,
-    /// Through a TLB entry the page table no longer holds.
-    pub stale: bool,
-    pub writable: bool,
-}
+use super::vmemmap::Access;
 
 /// The identity of a name (a kernel function, a source file): a hash of
 /// its text, so that features do not depend on where the build put the
@@ -66,6 +49,8 @@ impl NameIds {
 pub struct Coverage {
     funcs: NameIds,
     files: NameIds,
+    /// The CPU and function of the running step.
+    cur: (Option<u8>, u64),
     /// The CPU and function of the previous step.
     last_step: Option<(Option<u8>, u64)>,
     /// One hashed 2-gram per step.
@@ -82,6 +67,7 @@ impl Coverage {
         Coverage {
             funcs: NameIds::default(),
             files: NameIds::default(),
+            cur: (None, 0),
             last_step: None,
             pairs: Vec::new(),
             last: if conflicts {
@@ -93,9 +79,10 @@ impl Coverage {
         }
     }
 
-    /// A step of kernel function `func` ran on `cpu`.
-    pub fn record_step(&mut self, cpu: Option<u8>, func: &'static str) {
+    /// A step of kernel function `func` starts on `cpu`.
+    pub fn begin_step(&mut self, cpu: Option<u8>, func: &'static str) {
         let f = self.funcs.id(func);
+        self.cur = (cpu, f);
         if let Some((prev_cpu, prev)) = self.last_step {
             let switched = (prev_cpu != cpu) as u64;
             let h = prev.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ f.rotate_left(29) ^ switched;
@@ -125,12 +112,12 @@ impl Coverage {
 
     /// A struct-page access.
     pub fn record_access(&mut self, a: &Access, seen: &StructPage) {
-        let (pfn, cpu, func, site, write) = (a.pfn, a.cpu, a.func, a.site, a.write);
-        let f = self.funcs.id(func);
+        let (pfn, site, write) = (a.pfn, a.site, a.write);
+        let (cpu, f) = self.cur;
         let state = write as u64
             | (a.aliased as u64) << 1
             | (a.stale as u64) << 2
-            | (a.writable as u64) << 3
+            | (a.pte.writable as u64) << 3
             | ((seen.refcount == 0) as u64) << 4
             | (seen.tail_bit() as u64) << 5;
         // The access's source line tells apart two reads in one step (a

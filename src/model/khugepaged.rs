@@ -10,20 +10,33 @@
 //! off while GUP-fast runs.
 
 use super::KResult;
-use super::machine::{Content, Machine, Migrated, Pfn};
-use super::memory::anon_range;
+use super::config::{PMD_PAGES, PTRS_PER_PTE, VmaKind};
+use super::ledger::Migrated;
+use super::machine::{Content, Machine, Pfn};
 use super::mm_types::{Mapping, pg};
 use super::oracle::Violation;
 use super::page_flags::{compound_head, folio_nr_pages};
 use super::page_ref::{folio_put, folio_ref_sub_and_test};
-use super::pgtable::{HPAGE_PMD_ORDER, PTRS_PER_PTE, PmdVal, PteVal, Uaddr};
-use crate::exec::Cpu;
+use super::pgtable::{PmdLeaf, PmdVal, PteEntry, PteVal, Uaddr};
+
+/// `HPAGE_PMD_ORDER`: a PMD leaf maps a folio of `PMD_PAGES` pages.
+pub const HPAGE_PMD_ORDER: u8 = PMD_PAGES.trailing_zeros() as u8;
+use super::ctx::Cpu;
 use crate::ktrace;
 
 /// `collapse_huge_page` of process `mm`'s anonymous PMD range; the new
 /// folio comes from the free block holding `pfn_hint`.
 pub fn collapse_huge_page(cpu: &Cpu, mm: u8, pfn_hint: Pfn) -> KResult<()> {
-    let a = anon_range(mm);
+    let Some(vma) = cpu.cfg().vmas.first_of(VmaKind::AnonPrivate) else {
+        return Ok(());
+    };
+    if vma.pages < PMD_PAGES {
+        return Ok(());
+    }
+    let a = Uaddr {
+        mm,
+        page: vma.start,
+    };
     let me = cpu.index() as u8;
     let Some(new) = cpu.step("alloc_charge_folio", |m| {
         m.alloc_pages(HPAGE_PMD_ORDER, pfn_hint)
@@ -37,7 +50,7 @@ pub fn collapse_huge_page(cpu: &Cpu, mm: u8, pfn_hint: Pfn) -> KResult<()> {
     let table = cpu.step_when(
         "pmdp_collapse_flush",
         |m| {
-            let x = &m.pt.mms[mm as usize];
+            let x = &m.mms[mm as usize];
             x.mmap_lock.can_write() && x.anon_vma_lock.can_write()
         },
         |m| {
@@ -45,11 +58,12 @@ pub fn collapse_huge_page(cpu: &Cpu, mm: u8, pfn_hint: Pfn) -> KResult<()> {
                 ktrace!(m, "{a}: pmd {:?}: nothing to collapse", m.pmd(a));
                 return Ok(None);
             };
-            let x = &mut m.pt.mms[mm as usize];
+            let x = &mut m.mms[mm as usize];
             x.mmap_lock.writer = Some(me);
             x.anon_vma_lock.writer = Some(me);
             m.set_pmd(a, PmdVal::None);
-            ktrace!(m, "{a}: PMD cleared (PTE table {t} detached)");
+            m.flush_tlb_range(mm, a.pmd_base()..a.pmd_base() + PMD_PAGES);
+            ktrace!(m, "{a}: PMD cleared (PTE table in frame {t} detached)");
             Ok(Some(t))
         },
     )?;
@@ -58,11 +72,11 @@ pub fn collapse_huge_page(cpu: &Cpu, mm: u8, pfn_hint: Pfn) -> KResult<()> {
     };
     let isolated = cpu.step("__collapse_huge_page_isolate", |m| {
         let r = collapse_huge_page_isolate(m, a, table)?;
-        m.pt.mms[mm as usize].anon_vma_lock.writer = None;
+        m.mms[mm as usize].anon_vma_lock.writer = None;
         if r.is_none() {
             // pmd_populate(): put the table back; mmap_write_unlock.
             m.set_pmd(a, PmdVal::Table(table));
-            m.pt.mms[mm as usize].mmap_lock.writer = None;
+            m.mms[mm as usize].mmap_lock.writer = None;
         }
         Ok(r)
     })?;
@@ -86,14 +100,14 @@ pub fn collapse_huge_page(cpu: &Cpu, mm: u8, pfn_hint: Pfn) -> KResult<()> {
                 mm,
                 page: a.page + i,
             };
-            m.pt.tables[table as usize].ptes[x.pte_index()] = PteVal::None;
+            m.set_pte_in(table, x, PteVal::None);
             let p = m.page_mut(page)?;
             p.mapcount -= 1;
             p.flags &= !(pg::LOCKED | pg::ANON_EXCLUSIVE);
             // free_folio_and_swap_cache(): the mapping's reference.
             folio_ref_sub_and_test(m, page, 1)?;
             let cpu = m.cpu_index() as u8;
-            m.migrated.push(Migrated {
+            m.ledger.migrated.push(Migrated {
                 src: page,
                 dst: new + i,
                 cpu,
@@ -110,8 +124,16 @@ pub fn collapse_huge_page(cpu: &Cpu, mm: u8, pfn_hint: Pfn) -> KResult<()> {
         };
         p.flags |= pg::SWAPBACKED | pg::ANON_EXCLUSIVE | pg::LRU;
         m.page_mut(new + 1)?.entire_mapcount = 0;
-        m.set_pmd(a, PmdVal::Leaf(new));
-        m.pt.mms[mm as usize].mmap_lock.writer = None;
+        m.set_pmd(
+            a,
+            PmdVal::Leaf(PmdLeaf {
+                pfn: new,
+                write: true,
+            }),
+        );
+        // pgtable_trans_huge_deposit: the detached table waits for a split.
+        m.mms[mm as usize].deposit(a.pmd_base(), table);
+        m.mms[mm as usize].mmap_lock.writer = None;
         ktrace!(m, "{a}: PMD maps pfn {new}");
         Ok(())
     })?;
@@ -140,13 +162,13 @@ fn collapse_huge_page_isolate(
     let mut got: Vec<(u32, Pfn)> = Vec::new();
     let mut ok = true;
     for i in 0..PTRS_PER_PTE {
-        match m.pt.tables[table as usize].ptes[i as usize] {
+        match m.pte_in(table, a.with_page(a.page + i)) {
             PteVal::None => continue,
             PteVal::Migration { .. } => {
                 ktrace!(m, "page {i}: migration entry: SCAN_PTE_NON_PRESENT");
                 ok = false;
             }
-            PteVal::Present { pfn } => {
+            PteVal::Present(PteEntry { pfn, .. }) => {
                 let folio = compound_head(m, pfn)?;
                 let p = m.page(folio)?;
                 let mapcount = p.mapcount + 1;

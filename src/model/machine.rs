@@ -1,12 +1,17 @@
 //! The whole simulated machine: frames, vmemmap, per-CPU state, subsystems.
+//! Kernel state only; what the oracles remember is in [`Ledger`], and what
+//! an execution records (steps, the stamped trace, the first violation)
+//! stays with the executor.
 
 use super::config::{Config, STRUCT_PAGES_PER_VMEMMAP_PAGE};
+use super::ctx::CpuId;
 use super::filemap::AddressSpace;
 use super::hugetlb::Hstate;
-use super::mm_types::StructPage;
-use super::oracle::{Oracle, Violation};
+use super::kcov::Coverage;
+use super::ledger::Ledger;
+use super::mm_types::{StructPage, pg};
 use super::page_alloc::Buddy;
-use super::pgtable::PageTables;
+use super::pgtable::{Mm, PmdVal, PteVal, UserTlb};
 use super::rcu::RcuState;
 use super::vmemmap::{Pte, Vmemmap};
 
@@ -22,12 +27,14 @@ pub enum Owner {
     /// Holds struct pages for the vmemmap. `home` is the vmemmap page it
     /// privately backs; `None` for the shared tail page of the 2026 series.
     Memmap { home: Option<u32> },
+    /// A user page table (`pagetable_alloc`).
+    PageTable,
     /// Allocated: a folio's data, or a page someone holds.
     Allocated,
 }
 
 /// What a frame holds.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, PartialEq)]
 pub enum Content {
     /// Freed frames are poisoned.
     Poison,
@@ -35,12 +42,56 @@ pub enum Content {
     Data(u64),
     /// 64 struct pages.
     Memmap(Box<[StructPage; STRUCT_PAGES_PER_VMEMMAP_PAGE as usize]>),
+    /// A PTE table.
+    Ptes([PteVal; super::config::PTRS_PER_PTE as usize]),
+    /// A PMD table.
+    Pmds([PmdVal; super::config::PTRS_PER_PMD as usize]),
 }
 
-#[derive(Debug, Clone)]
+impl Clone for Content {
+    fn clone(&self) -> Self {
+        match self {
+            Content::Poison => Content::Poison,
+            Content::Data(v) => Content::Data(*v),
+            Content::Memmap(p) => Content::Memmap(p.clone()),
+            Content::Ptes(t) => Content::Ptes(*t),
+            Content::Pmds(t) => Content::Pmds(*t),
+        }
+    }
+
+    /// Copies struct pages in place when both hold them, so that resetting
+    /// a machine to its booted state allocates nothing.
+    fn clone_from(&mut self, source: &Self) {
+        match (self, source) {
+            (Content::Memmap(a), Content::Memmap(b)) => **a = **b,
+            (a, b) => *a = b.clone(),
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
 pub struct Frame {
     pub owner: Owner,
     pub content: Content,
+    /// Bumped at every allocation, so that a stale user TLB entry can tell
+    /// a reused frame from the one it cached.
+    pub generation: u32,
+}
+
+impl Clone for Frame {
+    fn clone(&self) -> Self {
+        Frame {
+            owner: self.owner,
+            content: self.content.clone(),
+            generation: self.generation,
+        }
+    }
+
+    fn clone_from(&mut self, source: &Self) {
+        self.owner = source.owner;
+        self.content.clone_from(&source.content);
+        self.generation = source.generation;
+    }
 }
 
 /// What a CPU holds across operations (a user's mapping, a pinned page).
@@ -65,48 +116,52 @@ impl Hold {
     }
 }
 
-/// A folio whose contents migration (or khugepaged) moved to another folio:
-/// from then on, a write to `src` is lost. Dropped when `src` is freed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Migrated {
-    pub src: Pfn,
-    pub dst: Pfn,
-    pub cpu: u8,
-}
-
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CpuState {
     /// Cached vmemmap translations; stale until a flush.
     pub tlb: Vec<Option<Pte>>,
+    /// Cached user translations; stale until a flush.
+    pub user_tlb: UserTlb,
+    /// What the task running on this CPU holds.
     pub holds: Vec<Hold>,
 }
 
-/// A folio frozen by `page_ref_freeze`, and the CPU that froze it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Frozen {
-    pub folio: Pfn,
-    pub cpu: u8,
+crate::clone_by_field!(CpuState {
+    tlb,
+    user_tlb,
+    holds
+});
+
+/// The lines a step traces (`trace_printk`), until the executor stamps
+/// them with the step's number, CPU and function.
+#[derive(Debug, Default)]
+pub struct TraceBuf {
+    lines: Option<Vec<String>>,
 }
 
-/// One line of the step-by-step trace.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TraceEvent {
-    pub step: u32,
-    /// `None` for setup, which runs before the CPUs start.
-    pub cpu: Option<u8>,
-    pub func: &'static str,
-    pub text: String,
+crate::clone_by_field!(TraceBuf { lines });
+
+impl TraceBuf {
+    pub fn set_enabled(&mut self, on: bool) {
+        self.lines = on.then(Vec::new);
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.lines.is_some()
+    }
+
+    pub fn push(&mut self, line: String) {
+        if let Some(l) = self.lines.as_mut() {
+            l.push(line);
+        }
+    }
+
+    pub fn drain(&mut self) -> std::vec::Drain<'_, String> {
+        self.lines.get_or_insert_with(Vec::new).drain(..)
+    }
 }
 
-/// Where a violation was detected.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Detected {
-    pub violation: Violation,
-    pub step: u32,
-    pub cpu: Option<u8>,
-    pub func: &'static str,
-}
-
+#[derive(Debug)]
 pub struct Machine {
     pub cfg: Config,
     pub frames: Vec<Frame>,
@@ -114,38 +169,56 @@ pub struct Machine {
     pub vmemmap: Vmemmap,
     pub cpus: Vec<CpuState>,
     pub rcu: RcuState,
+    /// The page cache of the model's one regular file.
     pub mapping: AddressSpace,
-    /// User page tables of every process.
-    pub pt: PageTables,
-    /// Folios whose contents moved elsewhere, until they are freed.
-    pub migrated: Vec<Migrated>,
-    /// Values written through pins are `write_seq`, counting up.
-    pub write_seq: u64,
+    /// The page cache of the hugetlbfs file hugetlb VMAs map: one slot per
+    /// huge page.
+    pub hugetlbfs: AddressSpace,
+    /// Every process: its page-table root and its locks.
+    pub mms: Vec<Mm>,
     pub hstate: Hstate,
     /// `hugetlb_optimize_vmemmap_key`.
     pub hugetlb_optimize_vmemmap_key: u32,
     /// Fault injection: this many next page allocations fail.
     pub fail_next_allocs: u32,
-    /// Folios frozen at refcount 0, for the freeze oracle.
-    pub frozen: Vec<Frozen>,
-    /// The CPU running the current step (`None` during setup).
-    pub cur_cpu: Option<u8>,
-    pub cur_func: &'static str,
-    pub step: u32,
-    pub trace: Option<Vec<TraceEvent>>,
-    pub detected: Option<Detected>,
+    /// What the oracles remember.
+    pub ledger: Ledger,
+    /// `smp_processor_id()` of the running step.
+    pub this_cpu: CpuId,
+    pub trace: TraceBuf,
     /// Step and struct-page access coverage, when a guided search asks.
-    pub coverage: Option<super::kcov::Coverage>,
-    /// CPUs blocked until the machine changes (see `exec::Cpu::step_when`).
-    pub waiters: u32,
+    pub kcov: Option<Coverage>,
+    /// The reachability properties this execution got to (bits of
+    /// `oracle::REACHABLE`), when asked.
+    pub reached: Option<u64>,
 }
+
+crate::clone_by_field!(Machine {
+    cfg,
+    frames,
+    buddy,
+    vmemmap,
+    cpus,
+    rcu,
+    mapping,
+    hugetlbfs,
+    mms,
+    hstate,
+    hugetlb_optimize_vmemmap_key,
+    fail_next_allocs,
+    ledger,
+    this_cpu,
+    trace,
+    kcov,
+    reached
+});
 
 /// Number of slots in the model's single file mapping.
 pub const PAGE_CACHE_SLOTS: u32 = 8;
 
 impl Machine {
     /// Boot: lay out the memmap in block 0, free everything else.
-    pub fn new(cfg: Config, nr_cpus: usize, tracing: bool) -> Machine {
+    pub fn new(cfg: Config, nr_cpus: usize) -> Machine {
         let nr_pfns = cfg.nr_pfns();
         let nr_vmemmap = nr_pfns / STRUCT_PAGES_PER_VMEMMAP_PAGE;
         let mut frames = Vec::with_capacity(nr_pfns as usize);
@@ -156,21 +229,24 @@ impl Machine {
                 // The memmap frames themselves are memblock-reserved.
                 for (slot, p) in pages.iter_mut().enumerate() {
                     if (pfn * STRUCT_PAGES_PER_VMEMMAP_PAGE + slot as u32) < nr_vmemmap {
-                        p.flags |= super::mm_types::pg::RESERVED;
+                        p.flags |= pg::RESERVED;
                         p.refcount = 1;
                     }
                 }
                 frames.push(Frame {
                     owner: Owner::Memmap { home: Some(pfn) },
                     content: Content::Memmap(pages),
+                    generation: 0,
                 });
             } else {
                 frames.push(Frame {
                     owner: Owner::Free,
                     content: Content::Poison,
+                    generation: 0,
                 });
             }
         }
+        let nr_cpus = nr_cpus.max(1);
         let mut m = Machine {
             cfg,
             frames,
@@ -179,30 +255,27 @@ impl Machine {
             cpus: vec![
                 CpuState {
                     tlb: vec![None; nr_vmemmap as usize],
+                    user_tlb: UserTlb::default(),
                     holds: Vec::new(),
                 };
-                nr_cpus.max(1)
+                nr_cpus
             ],
-            rcu: RcuState::new(nr_cpus.max(1)),
+            rcu: RcuState::new(nr_cpus),
             mapping: AddressSpace::new(PAGE_CACHE_SLOTS),
-            pt: PageTables::new(),
-            migrated: Vec::new(),
-            write_seq: 0,
+            hugetlbfs: AddressSpace::new(super::config::MAX_USER_PAGES),
+            mms: (0..cfg.mms).map(|_| Mm::default()).collect(),
             hstate: Hstate::default(),
             hugetlb_optimize_vmemmap_key: 0,
             fail_next_allocs: 0,
-            frozen: Vec::new(),
-            cur_cpu: None,
-            cur_func: "boot",
-            step: 0,
-            trace: tracing.then(Vec::new),
-            detected: None,
-            coverage: None,
-            waiters: 0,
+            ledger: Ledger::default(),
+            this_cpu: CpuId::SETUP,
+            trace: TraceBuf::default(),
+            kcov: None,
+            reached: None,
         };
         m.buddy.boot_free_range(nr_vmemmap, nr_pfns);
         for (pfn, order) in m.buddy.free_blocks() {
-            m.peek_mut(pfn).flags = super::mm_types::pg::BUDDY;
+            m.peek_mut(pfn).flags = pg::BUDDY;
             m.peek_mut(pfn).private = order as u32;
         }
         m
@@ -212,57 +285,27 @@ impl Machine {
         self.frames.len() as u32
     }
 
-    /// The CPU index used for per-CPU state; setup runs as CPU 0.
+    /// The per-CPU state index of the running step.
     pub fn cpu_index(&self) -> usize {
-        self.cur_cpu.unwrap_or(0) as usize
-    }
-
-    pub fn halted(&self) -> bool {
-        self.detected.is_some()
-    }
-
-    /// Record the first violation; later ones are consequences.
-    pub fn detect(&mut self, violation: Violation) {
-        if self.detected.is_none() {
-            if let Some(t) = self.trace.as_mut() {
-                t.push(TraceEvent {
-                    step: self.step,
-                    cpu: self.cur_cpu,
-                    func: self.cur_func,
-                    text: format!(
-                        "VIOLATION {}: {}",
-                        violation.oracle.name(),
-                        violation.detail
-                    ),
-                });
-            }
-            self.detected = Some(Detected {
-                violation,
-                step: self.step,
-                cpu: self.cur_cpu,
-                func: self.cur_func,
-            });
-        }
+        self.this_cpu.index()
     }
 
     pub fn tracing(&self) -> bool {
-        self.trace.is_some()
+        self.trace.enabled()
     }
 
     pub fn log(&mut self, text: String) {
-        let (step, cpu, func) = (self.step, self.cur_cpu, self.cur_func);
-        if let Some(t) = self.trace.as_mut() {
-            t.push(TraceEvent {
-                step,
-                cpu,
-                func,
-                text,
-            });
-        }
+        self.trace.push(text);
     }
 
-    pub fn violation(&self, oracle: Oracle, detail: String) -> Violation {
-        Violation { oracle, detail }
+    /// What the kernel does at the end of every step on its own: RCU
+    /// callbacks whose grace period has elapsed run (`rcu_do_batch`, as
+    /// RCU_SOFTIRQ would on this CPU).
+    pub fn end_step(&mut self) -> Result<(), super::oracle::Violation> {
+        if self.rcu.has_callbacks() {
+            self.rcu_do_batch()?;
+        }
+        Ok(())
     }
 }
 

@@ -1,26 +1,29 @@
-//! Page faults and unmapping of user memory (mm/memory.c).
+//! Page faults, zapping, and user loads and stores (mm/memory.c).
 //!
 //! A fault, a zap and the GUP slow path hold `mmap_lock` for read;
-//! khugepaged holds it for write. Each PTE-lock section is one step.
+//! khugepaged holds it for write. Each PTE-lock section is one step. A user
+//! access goes through the CPU's user TLB; on a miss the hardware walks the
+//! page tables, and a missing or read-only mapping enters the fault path.
 
 use super::KResult;
+use super::config::VmaKind;
+use super::ctx::Cpu;
 use super::filemap::{filemap_add_folio, filemap_get_entry, folio_lock_then, folio_unlock};
-use super::machine::{Machine, Pfn};
+use super::machine::{Content, Machine, Pfn};
 use super::mm_types::{Mapping, pg};
-use super::oracle::Violation;
+use super::oracle::{self, Violation};
 use super::page_flags::compound_head;
 use super::page_ref::{folio_put, folio_put_refs};
-use super::pgtable::{ANON_BASE, PmdVal, PteVal, Uaddr};
-use crate::exec::Cpu;
+use super::pgtable::{PmdVal, PteEntry, PteVal, Uaddr, UserTlbEntry};
 use crate::ktrace;
 
 /// `mmap_read_lock(mm)`.
 pub fn mmap_read_lock(cpu: &Cpu, mm: u8) -> KResult<()> {
     cpu.step_when(
         "mmap_read_lock",
-        |m| m.pt.mms[mm as usize].mmap_lock.can_read(),
+        |m| m.mms[mm as usize].mmap_lock.can_read(),
         |m| {
-            m.pt.mms[mm as usize].mmap_lock.readers += 1;
+            m.mms[mm as usize].mmap_lock.readers += 1;
             Ok(())
         },
     )
@@ -29,7 +32,7 @@ pub fn mmap_read_lock(cpu: &Cpu, mm: u8) -> KResult<()> {
 /// `mmap_read_unlock(mm)`.
 pub fn mmap_read_unlock(cpu: &Cpu, mm: u8) -> KResult<()> {
     cpu.step("mmap_read_unlock", |m| {
-        m.pt.mms[mm as usize].mmap_lock.readers -= 1;
+        m.mms[mm as usize].mmap_lock.readers -= 1;
         Ok(())
     })
 }
@@ -44,27 +47,56 @@ const FAULT_RETRIES: u32 = 3;
 /// retry. `order` > 0 asks for an mTHP on an anonymous fault.
 pub fn handle_mm_fault(cpu: &Cpu, a: Uaddr, pfn_hint: Pfn, order: u8) -> KResult<()> {
     mmap_read_lock(cpu, a.mm)?;
-    handle_mm_fault_locked(cpu, a, pfn_hint, order)?;
+    handle_mm_fault_locked(cpu, a, pfn_hint, order, false)?;
     mmap_read_unlock(cpu, a.mm)
 }
 
-/// `handle_mm_fault` with `mmap_lock` already held.
-pub fn handle_mm_fault_locked(cpu: &Cpu, a: Uaddr, pfn_hint: Pfn, order: u8) -> KResult<()> {
+/// `handle_mm_fault` with `mmap_lock` already held; `write` is
+/// `FAULT_FLAG_WRITE`.
+pub fn handle_mm_fault_locked(
+    cpu: &Cpu,
+    a: Uaddr,
+    pfn_hint: Pfn,
+    order: u8,
+    write: bool,
+) -> KResult<()> {
+    let Some(vma) = cpu.cfg().vmas.find(a.page) else {
+        return Ok(());
+    };
+    if vma.kind == VmaKind::HugetlbShared {
+        return super::hugetlb::hugetlb_fault(cpu, a, vma, write);
+    }
     for _ in 0..FAULT_RETRIES {
+        // __handle_mm_fault: pud_alloc, pmd_alloc and (for a PTE fault)
+        // pte_alloc before handle_pte_fault looks at the entry.
         let pte = cpu.step("handle_pte_fault", |m| {
+            if !m.pte_alloc(a)? {
+                ktrace!(m, "{a}: no page table: VM_FAULT_OOM or a PMD leaf");
+                return Ok(None);
+            }
             let pte = m.pte(a);
             ktrace!(m, "{a}: pmd {:?}, pte {pte:?}", m.pmd(a));
             Ok(pte)
         })?;
-        match pte {
-            Some(PteVal::None) if a.is_anon() => return do_anonymous_page(cpu, a, pfn_hint, order),
-            Some(PteVal::None) => {
-                if do_read_fault(cpu, a, pfn_hint)? {
+        let Some(pte) = pte else {
+            return Ok(());
+        };
+        match (pte, vma.kind) {
+            (PteVal::None, VmaKind::AnonPrivate) => {
+                return do_anonymous_page(cpu, a, pfn_hint, order);
+            }
+            (PteVal::None, VmaKind::FileShared) => {
+                if do_read_fault(cpu, a, pfn_hint, write)? {
                     return Ok(());
                 }
             }
-            Some(PteVal::Migration { pfn, .. }) => migration_entry_wait(cpu, a, pfn)?,
-            // Mapped already, or a PMD leaf.
+            (PteVal::Migration { pfn, .. }, _) => migration_entry_wait(cpu, a, pfn)?,
+            (PteVal::Present(e), _) if write && !e.write => {
+                if do_wp_page(cpu, a, e, vma.kind, pfn_hint)? {
+                    return Ok(());
+                }
+            }
+            // Mapped already.
             _ => return Ok(()),
         }
     }
@@ -86,19 +118,21 @@ pub fn migration_entry_wait(cpu: &Cpu, a: Uaddr, pfn: Pfn) -> KResult<()> {
     )
 }
 
+/// The pages of `a`'s anonymous VMA an order-`order` folio at `a` covers.
+fn anon_range(a: Uaddr, order: u8) -> Vec<Uaddr> {
+    let base = if order > 0 { a.pmd_base() } else { a.page };
+    (base..base + (1 << order))
+        .map(|page| a.with_page(page))
+        .collect()
+}
+
 /// `do_anonymous_page`: allocate a zeroed folio (`alloc_anon_folio`: an
-/// mTHP of `order` if its whole range is still none) and map it under the
-/// PTE lock; a racing fault that got there first wins.
+/// mTHP of `order` if its whole range is still none) and map it writable
+/// under the PTE lock; a racing fault that got there first wins.
 fn do_anonymous_page(cpu: &Cpu, a: Uaddr, pfn_hint: Pfn, order: u8) -> KResult<()> {
-    let range = |order: u8| -> Vec<Uaddr> {
-        let base = if order > 0 { a.pmd_base() } else { a.page };
-        (base..base + (1 << order))
-            .map(|page| Uaddr { mm: a.mm, page })
-            .collect()
-    };
     let all_none = |m: &Machine, r: &[Uaddr]| r.iter().all(|&x| m.pte(x) == Some(PteVal::None));
     let Some((folio, pages)) = cpu.step("alloc_anon_folio", |m| {
-        let order = if order > 0 && all_none(m, &range(1)) {
+        let order = if order > 0 && all_none(m, &anon_range(a, 1)) {
             1
         } else {
             0
@@ -106,7 +140,7 @@ fn do_anonymous_page(cpu: &Cpu, a: Uaddr, pfn_hint: Pfn, order: u8) -> KResult<(
         let Some(folio) = m.alloc_pages(order, pfn_hint)? else {
             return Ok(None);
         };
-        let pages = range(order);
+        let pages = anon_range(a, order);
         let p = m.page_mut(folio)?;
         p.flags |= pg::SWAPBACKED;
         p.mapping = Mapping::Anon {
@@ -130,7 +164,7 @@ fn do_anonymous_page(cpu: &Cpu, a: Uaddr, pfn_hint: Pfn, order: u8) -> KResult<(
             let p = m.page_mut(page)?;
             p.mapcount = 0;
             p.flags |= pg::ANON_EXCLUSIVE;
-            m.set_pte(x, PteVal::Present { pfn: page });
+            m.set_pte(x, PteVal::Present(PteEntry::new(page, true)));
         }
         let head = m.page_mut(folio)?;
         head.flags |= pg::LRU;
@@ -149,12 +183,15 @@ fn do_anonymous_page(cpu: &Cpu, a: Uaddr, pfn_hint: Pfn, order: u8) -> KResult<(
     Ok(())
 }
 
-/// `do_read_fault` on the file mapping: `filemap_fault` finds (or reads
-/// in) the page-cache folio and locks it, `finish_fault` maps it under the
-/// PTE lock, keeping the lookup's reference for the mapping. Returns false
-/// to retry the fault.
-fn do_read_fault(cpu: &Cpu, a: Uaddr, pfn_hint: Pfn) -> KResult<bool> {
-    let index = a.page;
+/// `do_read_fault` / `do_shared_fault` on the file mapping: `filemap_fault`
+/// finds (or reads in) the page-cache folio and locks it, `finish_fault`
+/// maps it under the PTE lock (writable only for a write fault: a shared
+/// mapping tracks dirtying), keeping the lookup's reference for the
+/// mapping. Returns false to retry the fault.
+fn do_read_fault(cpu: &Cpu, a: Uaddr, pfn_hint: Pfn, write: bool) -> KResult<bool> {
+    let Some(index) = file_index(cpu, a) else {
+        return Ok(true);
+    };
     let folio = match filemap_get_entry(cpu, index)? {
         Some(f) => f,
         None => {
@@ -184,7 +221,7 @@ fn do_read_fault(cpu: &Cpu, a: Uaddr, pfn_hint: Pfn) -> KResult<bool> {
             ktrace!(m, "{a}: PTE populated meanwhile");
             return Ok(false);
         }
-        m.set_pte(a, PteVal::Present { pfn: folio });
+        m.set_pte(a, PteVal::Present(PteEntry::new(folio, write)));
         m.page_mut(folio)?.mapcount += 1;
         ktrace!(m, "{a}: mapped page-cache pfn {folio}");
         Ok(true)
@@ -196,14 +233,97 @@ fn do_read_fault(cpu: &Cpu, a: Uaddr, pfn_hint: Pfn) -> KResult<bool> {
     Ok(true)
 }
 
+/// The file index a page of the file VMA maps (`linear_page_index`).
+fn file_index(cpu: &Cpu, a: Uaddr) -> Option<u32> {
+    let vma = cpu.cfg().vmas.find(a.page)?;
+    (vma.kind == VmaKind::FileShared).then(|| a.page - vma.start)
+}
+
+/// `do_wp_page`: a write to a present, read-only PTE. A shared mapping is
+/// made writable (`wp_page_shared`); a private anonymous page is reused
+/// when it is exclusive (`wp_can_reuse_anon_folio`), else copied
+/// (`wp_page_copy`). Returns false to retry the fault.
+fn do_wp_page(cpu: &Cpu, a: Uaddr, orig: PteEntry, kind: VmaKind, pfn_hint: Pfn) -> KResult<bool> {
+    let reuse = cpu.step("do_wp_page", |m| {
+        if m.pte(a) != Some(PteVal::Present(orig)) {
+            ktrace!(m, "{a}: PTE changed meanwhile: retry");
+            return Ok(None);
+        }
+        let exclusive = m.page(orig.pfn)?.test(pg::ANON_EXCLUSIVE);
+        if kind == VmaKind::FileShared || exclusive {
+            // wp_page_reuse: make it writable and dirty in place.
+            m.set_pte(
+                a,
+                PteVal::Present(PteEntry {
+                    write: true,
+                    dirty: true,
+                    cow: false,
+                    ..orig
+                }),
+            );
+            ktrace!(m, "{a}: write fault reuses pfn {}", orig.pfn);
+            return Ok(Some(true));
+        }
+        Ok(Some(false))
+    })?;
+    match reuse {
+        None => Ok(false),
+        Some(true) => Ok(true),
+        Some(false) => wp_page_copy(cpu, a, orig, pfn_hint),
+    }
+}
+
+/// `wp_page_copy`: copy the page into a new exclusive anonymous folio and
+/// map that instead, flushing the old translation, then drop the old
+/// mapping's reference.
+fn wp_page_copy(cpu: &Cpu, a: Uaddr, orig: PteEntry, pfn_hint: Pfn) -> KResult<bool> {
+    let Some(new) = cpu.step("wp_page_copy", |m| {
+        let Some(new) = m.alloc_pages(0, pfn_hint)? else {
+            return Ok(None);
+        };
+        let data = m.frames[orig.pfn as usize].content.clone();
+        m.frames[new as usize].content = data;
+        let p = m.page_mut(new)?;
+        p.flags |= pg::SWAPBACKED;
+        p.mapping = Mapping::Anon {
+            anon_vma: a.mm,
+            index: a.page,
+        };
+        Ok(Some(new))
+    })?
+    else {
+        return Ok(true);
+    };
+    let old = cpu.step("wp_page_copy", |m| {
+        if m.pte(a) != Some(PteVal::Present(orig)) {
+            ktrace!(m, "{a}: PTE changed meanwhile");
+            return Ok(None);
+        }
+        let p = m.page_mut(new)?;
+        p.mapcount = 0;
+        p.flags |= pg::ANON_EXCLUSIVE | pg::LRU;
+        // ptep_clear_flush, then set_pte_at.
+        m.flush_tlb_range(a.mm, a.page..a.page + 1);
+        m.set_pte(a, PteVal::Present(PteEntry::new(new, true)));
+        m.page_mut(orig.pfn)?.mapcount -= 1;
+        ktrace!(m, "{a}: pfn {} copied to pfn {new}", orig.pfn);
+        Ok(Some(compound_head(m, orig.pfn)?))
+    })?;
+    match old {
+        Some(folio) => folio_put(cpu, folio)?,
+        None => folio_put(cpu, new)?,
+    }
+    Ok(old.is_some())
+}
+
 /// `zap_pte_range` (MADV_DONTNEED of one page): clear the PTE under the
 /// PTE lock and drop the mapping's reference after the TLB flush
 /// (`tlb_finish_mmu`). A migration entry is simply cleared. A PMD leaf is
-/// zapped whole (`zap_huge_pmd`); its deposited table goes back in the PMD.
+/// zapped whole (`zap_huge_pmd`), and its deposited PTE table freed.
 pub fn zap_pte_range(cpu: &Cpu, a: Uaddr) -> KResult<()> {
     let folio = cpu.step_when(
         "zap_pte_range",
-        |m| m.pt.mms[a.mm as usize].mmap_lock.can_read(),
+        |m| m.mms[a.mm as usize].mmap_lock.can_read(),
         |m| zap_locked(m, a),
     )?;
     if let Some(folio) = folio {
@@ -214,20 +334,29 @@ pub fn zap_pte_range(cpu: &Cpu, a: Uaddr) -> KResult<()> {
 
 fn zap_locked(m: &mut Machine, a: Uaddr) -> Result<Option<Pfn>, Violation> {
     match m.pmd(a) {
-        PmdVal::Leaf(folio) => {
-            let t = m.pt.alloc_table();
-            m.set_pmd(a, PmdVal::Table(t));
-            m.page_mut(folio + 1)?.entire_mapcount -= 1;
-            ktrace!(m, "{a}: zap_huge_pmd: PMD mapping of pfn {folio} cleared");
-            Ok(Some(folio))
+        PmdVal::Leaf(leaf) => {
+            m.set_pmd(a, PmdVal::None);
+            m.flush_tlb_range(a.mm, a.pmd_base()..a.pmd_base() + super::config::PMD_PAGES);
+            m.page_mut(leaf.pfn + 1)?.entire_mapcount -= 1;
+            if let Some(t) = m.mms[a.mm as usize].withdraw(a.pmd_base()) {
+                // zap_deposited_table: GUP-fast may still walk it.
+                m.tlb_remove_table(t);
+            }
+            ktrace!(
+                m,
+                "{a}: zap_huge_pmd: PMD mapping of pfn {} cleared",
+                leaf.pfn
+            );
+            Ok(Some(leaf.pfn))
         }
         PmdVal::None => Ok(None),
         PmdVal::Table(_) => match m.pte(a) {
-            Some(PteVal::Present { pfn }) => {
+            Some(PteVal::Present(e)) => {
                 m.set_pte(a, PteVal::None);
-                m.page_mut(pfn)?.mapcount -= 1;
-                let folio = compound_head(m, pfn)?;
-                ktrace!(m, "{a}: PTE for pfn {pfn} cleared");
+                m.page_mut(e.pfn)?.mapcount -= 1;
+                m.flush_tlb_range(a.mm, a.page..a.page + 1);
+                let folio = compound_head(m, e.pfn)?;
+                ktrace!(m, "{a}: PTE for pfn {} cleared", e.pfn);
                 Ok(Some(folio))
             }
             Some(PteVal::Migration { pfn, .. }) => {
@@ -240,10 +369,75 @@ fn zap_locked(m: &mut Machine, a: Uaddr) -> Result<Option<Pfn>, Violation> {
     }
 }
 
-/// The anonymous range of a process, for khugepaged.
-pub fn anon_range(mm: u8) -> Uaddr {
-    Uaddr {
-        mm,
-        page: ANON_BASE,
+/// What a user access found on its way to memory.
+enum Translation {
+    /// The access went through.
+    Done,
+    /// No usable mapping: fault (`write` for a write fault).
+    Fault,
+}
+
+/// A user load or store at `a`, as the CPU performs it: the TLB, the
+/// hardware page-table walk on a miss, the access itself, and the fault
+/// path when the mapping is missing or read-only.
+pub fn user_access(cpu: &Cpu, a: Uaddr, write: bool) -> KResult<()> {
+    let func = if write { "user_store" } else { "user_load" };
+    for _ in 0..FAULT_RETRIES {
+        let t = cpu.step(func, |m| access_through_tlb(m, a, write))?;
+        match t {
+            Translation::Done => return Ok(()),
+            Translation::Fault => {
+                mmap_read_lock(cpu, a.mm)?;
+                handle_mm_fault_locked(cpu, a, 0, 0, write)?;
+                mmap_read_unlock(cpu, a.mm)?;
+            }
+        }
     }
+    Ok(())
+}
+
+/// One access: a TLB hit, or a walk that fills the TLB, then the load or
+/// store.
+fn access_through_tlb(m: &mut Machine, a: Uaddr, write: bool) -> Result<Translation, Violation> {
+    let c = m.cpu_index();
+    let entry = match m.cpus[c].user_tlb.lookup(a.mm, a.page) {
+        Some(e) if !write || e.write => e,
+        _ => {
+            // The hardware walker: PUD, PMD, PTE.
+            let (pfn, pte_write) = match m.pmd(a) {
+                PmdVal::Leaf(l) => (l.pfn + a.pmd_offset(), l.write),
+                PmdVal::Table(t) => match m.pte_in(t, a) {
+                    PteVal::Present(e) => (e.pfn, e.write),
+                    _ => return Ok(Translation::Fault),
+                },
+                PmdVal::None => return Ok(Translation::Fault),
+            };
+            if write && !pte_write {
+                return Ok(Translation::Fault);
+            }
+            let e = UserTlbEntry {
+                mm: a.mm,
+                page: a.page,
+                pfn,
+                write: pte_write,
+                generation: m.frames[pfn as usize].generation,
+            };
+            m.cpus[c].user_tlb.fill(e);
+            e
+        }
+    };
+    oracle::user_tlb_entry_current(m, &entry)?;
+    if write {
+        let v = m.ledger.next_value();
+        m.frames[entry.pfn as usize].content = Content::Data(v);
+        ktrace!(m, "{a}: store {v} to pfn {}", entry.pfn);
+    } else {
+        ktrace!(
+            m,
+            "{a}: load {:?} from pfn {}",
+            m.frames[entry.pfn as usize].content,
+            entry.pfn
+        );
+    }
+    Ok(Translation::Done)
 }

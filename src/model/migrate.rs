@@ -9,9 +9,10 @@
 //! `-EAGAIN`, retried up to `NR_MAX_MIGRATE_PAGES_RETRY` times.
 
 use super::KResult;
-use super::config::Variant;
+use super::ctx::Cpu;
 use super::filemap::{folio_lock_then, folio_unlock};
-use super::machine::{Frozen, Machine, Migrated, Pfn};
+use super::ledger::Migrated;
+use super::machine::{Machine, Pfn};
 use super::mm_types::{Mapping, pg};
 use super::oracle::{self, Violation};
 use super::page_flags::folio_nr_pages;
@@ -19,9 +20,9 @@ use super::page_ref::{
     folio_get, folio_put, folio_ref_add, folio_ref_freeze, folio_ref_sub_and_test,
     folio_ref_unfreeze,
 };
-use super::pgtable::{PmdVal, PteVal, Uaddr};
+use super::pgtable::{PmdVal, PteEntry, PteVal, Uaddr};
 use super::rmap::{RmapSection, folio_mapcount, remove_migration_ptes, try_to_migrate};
-use crate::exec::Cpu;
+use super::variant::Variant;
 use crate::ktrace;
 
 /// `NR_MAX_MIGRATE_PAGES_RETRY`: passes over a folio that keeps failing
@@ -62,7 +63,7 @@ struct Migration {
 pub fn migrate_pages(cpu: &Cpu, a: Uaddr, pfn_hint: Pfn) -> KResult<()> {
     let Some((src, order, mapping)) = cpu.step_when(
         "add_folio_for_migration",
-        |m| m.pt.mms[a.mm as usize].mmap_lock.can_read(),
+        |m| m.mms[a.mm as usize].mmap_lock.can_read(),
         |m| add_folio_for_migration(m, a),
     )?
     else {
@@ -83,11 +84,11 @@ fn add_folio_for_migration(
     m: &mut Machine,
     a: Uaddr,
 ) -> Result<Option<(Pfn, u8, Mapping)>, Violation> {
-    let Some(PteVal::Present { pfn }) = m.pte(a) else {
+    let Some(PteVal::Present(PteEntry { pfn, .. })) = m.pte(a) else {
         // Nothing mapped, a migration entry, or a PMD leaf (THP migration
         // is not modelled).
         if let PmdVal::Leaf(f) = m.pmd(a) {
-            ktrace!(m, "{a}: PMD-mapped pfn {f}: not migrated");
+            ktrace!(m, "{a}: PMD-mapped pfn {}: not migrated", f.pfn);
         }
         return Ok(None);
     };
@@ -287,10 +288,7 @@ fn freeze(cpu: &Cpu, mig: &mut Migration, expected: i32, xa_lock: bool) -> KResu
             let count = m.page(src)?.refcount;
             oracle::migration_refcount_exact(m, src, count, "the plain store of 0")?;
             m.page_mut(src)?.refcount = 0;
-            m.frozen.push(Frozen {
-                folio: src,
-                cpu: me,
-            });
+            m.ledger.freeze(src, me);
             ktrace!(m, "pfn {src}: refcount {count} -> 0 (plain store)");
             Ok(())
         })?;
@@ -334,7 +332,7 @@ fn __folio_migrate_mapping(
         }
         oracle::migration_carries_data(m, src, dst)?;
         let cpu = m.cpu_index() as u8;
-        m.migrated.push(Migrated { src, dst, cpu });
+        m.ledger.migrated.push(Migrated { src, dst, cpu });
         // folio_attach_private(dst, folio_detach_private(src)).
         if p.test(pg::PRIVATE) {
             m.page_mut(src)?.flags &= !pg::PRIVATE;
@@ -377,86 +375,4 @@ fn folio_putback_lru(cpu: &Cpu, mig: &Migration, retried: bool) -> KResult<()> {
         Ok(())
     })?;
     folio_put(cpu, src)
-}
-
-#[cfg(test)]
-mod tests {
-    //! Seed 003 (Matthew Wilcox to Baolin Wang, August 2021), by hand:
-    //! CPU 0's GUP-fast reads the PTE, CPU 1 unmaps the folio to a
-    //! migration entry and checks its refcount, then CPU 0 takes its
-    //! speculative reference. The cmpxchg freeze fails on it (and CPU 0
-    //! backs off); a check followed by a plain store wipes it.
-
-    use crate::exec::{Verdict, run_input};
-    use crate::model::Oracle;
-    use crate::scenario::Scenario;
-
-    fn seed003(variants: &str) -> Scenario {
-        let text = format!(
-            r#"{{
-              "format": "mmharness-scenario", "version": 1,
-              "config": {{"hvo_mode": "keep-1", "hugetlb_order": 9, "memory_blocks": 2,
-                          "variants": [{variants}]}},
-              "setup": [{{"op": "handle_mm_fault", "mm": 0, "addr": 0, "pfn_hint": 600}}],
-              "cpus": [
-                [{{"op": "get_user_pages_fast", "mm": 0, "addr": 0}}],
-                [{{"op": "migrate_pages", "mm": 0, "addr": 0, "pfn_hint": 700}}]
-              ],
-              "schedule": [0, 1, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1]
-            }}"#
-        );
-        Scenario::from_json(&text, "seed003").unwrap()
-    }
-
-    /// The CPUs' (traced) steps, one entry per step.
-    fn race(o: &crate::exec::Outcome) -> Vec<(Option<u8>, &'static str)> {
-        let mut steps: Vec<_> = o
-            .trace
-            .iter()
-            .filter(|e| e.cpu.is_some())
-            .map(|e| (e.step, e.cpu, e.func))
-            .collect();
-        steps.dedup_by_key(|s| s.0);
-        steps.into_iter().map(|(_, c, f)| (c, f)).collect()
-    }
-
-    /// Steps the CPUs ran, up to and including the failing one: the
-    /// failing step less the setup's steps.
-    fn race_len(s: &Scenario, failed_at: u32) -> u32 {
-        let mut setup_only = s.clone();
-        setup_only.cpus.iter_mut().for_each(Vec::clear);
-        failed_at - run_input(&setup_only, false).steps
-    }
-
-    #[test]
-    fn seed003_fixed_freeze_refuses_the_speculative_reference() {
-        let o = run_input(&seed003(""), true);
-        assert_eq!(o.verdict, Verdict::Clean, "{:?}", o.verdict);
-        let texts: Vec<&str> = o.trace.iter().map(|e| e.text.as_str()).collect();
-        // The freeze won the race: GUP-fast found the count frozen, took
-        // the slow path, waited out the migration entry and got the new
-        // folio.
-        assert!(texts.contains(&"folio_ref_freeze(pfn 600, 2): frozen at 0"));
-        assert!(texts.contains(&"atomic_add_unless(pfn 600): refcount is 0, refused"));
-        assert!(texts.contains(&"pfn 600 migrated to pfn 700"));
-        assert!(texts.contains(&"mm0:0: grabbed pfn 700 (Get)"));
-    }
-
-    #[test]
-    fn seed003_nonatomic_freeze_wipes_the_gup_fast_reference() {
-        let s = seed003("\"migrate-nonatomic-freeze\"");
-        let o = run_input(&s, true);
-        let d = o.violation().expect("the plain store loses a reference");
-        assert_eq!(d.violation.oracle, Oracle::MigrationRefcount);
-        assert_eq!(d.func, "folio_ref_freeze");
-        assert_eq!(d.cpu, Some(1));
-        // CPU 0: the PTE read and the three steps of folio_try_get; CPU 1:
-        // isolate, allocate, lock, unmap, check, copy, check, store. The
-        // seed's CPU 0 / CPU 1 sequence has 11 + 5 = 16 lines.
-        assert_eq!(race_len(&s, d.step), 12);
-        let r = race(&o);
-        assert_eq!(r.iter().filter(|s| s.0 == Some(1)).count(), 8, "{r:?}");
-        assert_eq!(r[0], (Some(0), "gup_fast_pte_range"));
-        assert_eq!(r.last(), Some(&(Some(1), "folio_ref_freeze")));
-    }
 }

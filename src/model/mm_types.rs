@@ -18,6 +18,8 @@ pub mod pg {
     pub const VMEMMAP_OPTIMIZED: u32 = 1 << 7;
     pub const ANON_EXCLUSIVE: u32 = 1 << 8;
     pub const SWAPBACKED: u32 = 1 << 9;
+    /// Page type `PGTY_table` (`PageTable`): a page-table page.
+    pub const TABLE: u32 = 1 << 10;
 }
 
 /// `page->compound_head` (called `compound_info` in the 2026 series).
@@ -38,6 +40,10 @@ pub enum Mapping {
     None,
     /// A file's page cache, at a page index.
     File {
+        index: u32,
+    },
+    /// The hugetlbfs file's page cache, at a huge page index.
+    Hugetlbfs {
         index: u32,
     },
     /// An anon_vma (one per process in the model), at a linear page index.

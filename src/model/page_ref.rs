@@ -1,12 +1,13 @@
 //! Reference counting (include/linux/page_ref.h, include/linux/mm.h).
 
-use super::config::{Config, Variant};
-use super::machine::{Frozen, Machine, Pfn};
+use super::config::Config;
+use super::ctx::Cpu;
+use super::machine::{Machine, Pfn};
 use super::mm_types::pg;
-use super::oracle::{self, Violation};
+use super::oracle::{self, RefKind, RefUpdate, Violation};
 use super::page_flags::{folio_order, page_fixed_fake_head};
+use super::variant::Variant;
 use super::{KResult, hugetlb};
-use crate::exec::Cpu;
 use crate::ktrace;
 
 /// The first half of `atomic_add_unless` (`atomic_fetch_add_unless`):
@@ -32,23 +33,13 @@ fn add_unless_cmpxchg(
     nr: i32,
     u: i32,
 ) -> Result<Result<bool, i32>, Violation> {
-    let r = m.resolve(page);
-    if !r.pte.writable {
+    let pte = m.resolve(page);
+    let aliased = m.resolves_aliased(page);
+    if !pte.writable {
         let seen = m.page(page)?;
-        let what = if seen.tail_bit() {
-            "a tail page"
-        } else if r.aliased {
-            "a fake head"
-        } else {
-            "a read-only struct page"
-        };
-        return Err(Violation {
-            oracle: super::Oracle::RoVmemmapWrite,
-            detail: format!(
-                "cmpxchg on the refcount of pfn {page} ({what}, read as {c} before) through the read-only vmemmap mapping of frame {}",
-                r.pte.frame
-            ),
-        });
+        return Err(oracle::cmpxchg_through_ro_vmemmap(
+            page, pte, aliased, &seen, c,
+        ));
     }
     let seen = m.page(page)?;
     if seen.refcount != c {
@@ -56,7 +47,14 @@ fn add_unless_cmpxchg(
         ktrace!(m, "cmpxchg(pfn {page}) fails: refcount is {now}, not {c}");
         return Ok(if now == u { Ok(false) } else { Err(now) });
     }
-    oracle::ref_target_is_genuine(page, &seen, r.aliased)?;
+    oracle::at_ref_update(&RefUpdate {
+        pfn: page,
+        old: c,
+        kind: RefKind::Speculative {
+            page: seen,
+            aliased,
+        },
+    })?;
     m.page_mut(page)?.refcount = c + nr;
     ktrace!(
         m,
@@ -187,7 +185,12 @@ pub fn folio_try_get(cpu: &Cpu, folio: Pfn) -> KResult<bool> {
 pub fn folio_get(m: &mut Machine, folio: Pfn) -> Result<(), Violation> {
     let p = m.page_mut(folio)?;
     let old = p.refcount;
-    oracle::no_increment_from_zero(folio, old)?;
+    let update = RefUpdate {
+        pfn: folio,
+        old,
+        kind: RefKind::Add { nr: 1 },
+    };
+    oracle::at_ref_update(&update)?;
     p.refcount += 1;
     ktrace!(m, "folio_get(pfn {folio}): refcount {old} -> {}", old + 1);
     Ok(())
@@ -198,7 +201,12 @@ pub fn folio_get(m: &mut Machine, folio: Pfn) -> Result<(), Violation> {
 pub fn folio_ref_add(m: &mut Machine, folio: Pfn, nr: i32) -> Result<(), Violation> {
     let p = m.page_mut(folio)?;
     let old = p.refcount;
-    oracle::no_increment_from_zero(folio, old)?;
+    let update = RefUpdate {
+        pfn: folio,
+        old,
+        kind: RefKind::Add { nr },
+    };
+    oracle::at_ref_update(&update)?;
     p.refcount += nr;
     ktrace!(
         m,
@@ -212,7 +220,12 @@ pub fn folio_ref_add(m: &mut Machine, folio: Pfn, nr: i32) -> Result<(), Violati
 pub fn folio_ref_sub_and_test(m: &mut Machine, folio: Pfn, nr: i32) -> Result<bool, Violation> {
     let p = m.page_mut(folio)?;
     let old = p.refcount;
-    oracle::no_underflow(folio, old, nr)?;
+    let update = RefUpdate {
+        pfn: folio,
+        old,
+        kind: RefKind::Put { nr },
+    };
+    oracle::at_ref_update(&update)?;
     p.refcount -= nr;
     ktrace!(
         m,
@@ -247,8 +260,7 @@ pub fn __folio_put(cpu: &Cpu, folio: Pfn) -> KResult<()> {
 /// Free a folio whose refcount is already 0 (`free_unref_folios`).
 pub fn free_frozen_folio(m: &mut Machine, folio: Pfn) -> Result<(), Violation> {
     let order = folio_order(m, folio)?;
-    m.frozen.retain(|f| f.folio != folio);
-    m.migrated.retain(|x| x.src != folio);
+    m.ledger.forget(folio);
     m.free_pages(folio, order)
 }
 
@@ -265,25 +277,279 @@ pub fn folio_ref_freeze(m: &mut Machine, folio: Pfn, count: i32) -> Result<bool,
     }
     m.page_mut(folio)?.refcount = 0;
     let cpu = m.cpu_index() as u8;
-    m.frozen.push(Frozen { folio, cpu });
+    m.ledger.freeze(folio, cpu);
     ktrace!(m, "folio_ref_freeze(pfn {folio}, {count}): frozen at 0");
     Ok(true)
 }
 
 /// `page_ref_unfreeze(folio, count)`: store `count` with release.
 pub fn folio_ref_unfreeze(m: &mut Machine, folio: Pfn, count: i32) -> Result<(), Violation> {
-    m.frozen.retain(|f| f.folio != folio);
+    m.ledger.unfreeze(folio);
     let p = m.page_mut(folio)?;
-    if p.refcount != 0 {
-        return Err(Violation {
-            oracle: super::Oracle::FrozenChanged,
-            detail: format!(
-                "folio_ref_unfreeze(pfn {folio}) found refcount {}",
-                p.refcount
-            ),
-        });
-    }
+    oracle::unfreeze_from_zero(folio, p.refcount)?;
     p.refcount = count;
     ktrace!(m, "folio_ref_unfreeze(pfn {folio}, {count})");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::HvoMode;
+    use crate::model::machine::Owner;
+    use crate::model::oracle::Oracle;
+    use crate::model::testing::{Builder, Kernel};
+
+    /// The head of the hugetlb folio at 512 after HVO, and one of its fake
+    /// heads. The folio's 512 struct pages fill vmemmap pages 8..16; with
+    /// keep-1 every one of them maps the copy of page 8, so the first
+    /// struct page of each tail vmemmap page reads the head's:
+    ///
+    /// ```text
+    /// vmemmap page   8       9       10     ...   15
+    /// struct pages   512..   576..   640..        960..
+    ///                  |RW     |RO     |RO          |RO
+    ///                  v       v       v            v
+    ///                  +-------+-------+------------+-- frame 16: head, page[1], tails
+    /// ```
+    const HEAD: Pfn = 512;
+    const FAKE_HEAD: Pfn = HEAD + 64;
+
+    /// A keep-1 machine whose CPU 0 holds the HVO-optimized hugetlb folio
+    /// at 512 (refcount 1).
+    fn held_hugetlb_folio(b: Builder) -> Kernel {
+        let mut k = b.boot();
+        let folio = k.pool_huge_folio(HEAD);
+        assert_eq!(folio, HEAD);
+        k.on(0, |cpu| hugetlb::alloc_hugetlb_folio(cpu, 0)).unwrap();
+        assert_eq!(k.m.peek(HEAD).refcount, 1);
+        k
+    }
+
+    #[test]
+    fn keep1_hvo_leaves_fake_heads_at_each_tail_vmemmap_page() {
+        let mut k = held_hugetlb_folio(Kernel::builder());
+        for i in 1..8 {
+            let fake = HEAD + 64 * i;
+            let p = k.m.peek(fake);
+            assert!(p.test(pg::HEAD), "pfn {fake} reads the head's flags");
+            assert_eq!(p.refcount, 1, "pfn {fake} reads the head's refcount");
+            assert!(k.m.peek_aliased(fake));
+            let head = k.step(1, |m| page_fixed_fake_head(m, fake)).unwrap();
+            assert_eq!(head, HEAD, "page_fixed_fake_head(pfn {fake})");
+        }
+        assert_eq!(k.step(1, |m| page_fixed_fake_head(m, HEAD)).unwrap(), HEAD);
+    }
+
+    #[test]
+    fn page_ref_add_unless_refuses_a_fake_head() {
+        let mut k = held_hugetlb_folio(Kernel::builder());
+
+        let got = k.on(1, |cpu| get_page_unless_zero(cpu, FAKE_HEAD)).unwrap();
+
+        assert!(!got, "page_count_writable() is false for a fake head");
+        assert_eq!(k.m.peek(HEAD).refcount, 1);
+        assert!(
+            !k.m.rcu.in_read_section(1),
+            "the refusal left the read section"
+        );
+    }
+
+    #[test]
+    fn page_ref_add_unless_refuses_a_zero_count() {
+        let mut k = Kernel::boot();
+        // The pool folio is frozen at 0.
+        let folio = k.pool_huge_folio(HEAD);
+
+        assert!(!k.on(1, |cpu| get_page_unless_zero(cpu, folio)).unwrap());
+        assert!(!k.on(1, |cpu| get_page_unless_zero(cpu, FAKE_HEAD)).unwrap());
+
+        assert_eq!(k.m.peek(folio).refcount, 0);
+        assert!(!k.m.rcu.in_read_section(1));
+    }
+
+    #[test]
+    fn page_ref_add_unless_takes_a_reference_on_a_genuine_head() {
+        let mut k = held_hugetlb_folio(Kernel::builder());
+
+        assert!(k.on(1, |cpu| folio_try_get(cpu, HEAD)).unwrap());
+
+        assert_eq!(k.m.peek(HEAD).refcount, 2);
+        assert!(!k.m.rcu.in_read_section(1));
+    }
+
+    #[test]
+    fn page_ref_add_unless_reads_the_count_before_the_fake_head_check() {
+        let mut k = held_hugetlb_folio(Kernel::builder());
+        k.trace_on();
+
+        assert!(!k.on(1, |cpu| get_page_unless_zero(cpu, FAKE_HEAD)).unwrap());
+
+        let trace = k.take_trace();
+        let count = trace
+            .iter()
+            .position(|l| l.starts_with("atomic_read_acquire(pfn 576)"));
+        let fake = trace
+            .iter()
+            .position(|l| l.starts_with("page_fixed_fake_head(pfn 576): fake head"));
+        assert!(count.unwrap() < fake.unwrap(), "{trace:#?}");
+    }
+
+    #[test]
+    fn ref_fake_head_before_count_checks_the_fake_head_first() {
+        let b = Kernel::builder().variant(Variant::RefFakeHeadBeforeCount);
+        let mut k = held_hugetlb_folio(b);
+        k.trace_on();
+
+        // Sequentially it refuses the fake head all the same; only a remap
+        // between the two checks tells the orders apart.
+        assert!(!k.on(1, |cpu| get_page_unless_zero(cpu, FAKE_HEAD)).unwrap());
+
+        let trace = k.take_trace();
+        let fake = trace
+            .iter()
+            .position(|l| l.starts_with("page_fixed_fake_head(pfn 576): fake head"));
+        assert!(fake.is_some(), "{trace:#?}");
+        assert!(
+            !trace.iter().any(|l| l.starts_with("atomic_read_acquire")),
+            "the fake head is refused before the count is read: {trace:#?}"
+        );
+        assert_eq!(k.m.peek(HEAD).refcount, 1);
+    }
+
+    #[test]
+    fn ref_fake_head_before_count_refuses_a_zero_count_after_a_genuine_head() {
+        let mut k = Kernel::builder()
+            .variant(Variant::RefFakeHeadBeforeCount)
+            .boot();
+        let folio = k.pool_huge_folio(HEAD);
+        k.trace_on();
+
+        assert!(!k.on(1, |cpu| folio_try_get(cpu, folio)).unwrap());
+
+        let trace = k.take_trace();
+        let genuine = trace
+            .iter()
+            .position(|l| l.starts_with("page_fixed_fake_head(pfn 512): genuine"));
+        let count = trace
+            .iter()
+            .position(|l| l == "atomic_read_acquire(pfn 512) = 0");
+        assert!(genuine.unwrap() < count.unwrap(), "{trace:#?}");
+        assert!(!k.m.rcu.in_read_section(1));
+    }
+
+    #[test]
+    fn ref_no_fake_head_check_writes_the_fake_heads_read_only_alias() {
+        let b = Kernel::builder().variant(Variant::RefNoFakeHeadCheck);
+        let mut k = held_hugetlb_folio(b);
+
+        let err = k
+            .on(1, |cpu| get_page_unless_zero(cpu, FAKE_HEAD))
+            .unwrap_err();
+
+        // atomic_add_unless reads the head's count (1) through the alias
+        // and its cmpxchg needs write permission on the RO vmemmap page.
+        assert_eq!(err.oracle, Oracle::RoVmemmapWrite, "{}", err.detail);
+        assert!(err.detail.contains("a fake head"), "{}", err.detail);
+        assert_eq!(k.m.peek(HEAD).refcount, 1);
+    }
+
+    #[test]
+    fn shared_tail_page_ref_add_unless_has_no_writable_check() {
+        let mut k = Kernel::builder().hvo(HvoMode::SharedTail).boot();
+        k.pool_huge_folio(HEAD);
+        k.on(0, |cpu| hugetlb::alloc_hugetlb_folio(cpu, 0)).unwrap();
+        assert_eq!(k.m.hugetlb_optimize_vmemmap_key, 0);
+        k.trace_on();
+
+        // Struct page 576 is a tail in the shared RO page: count 0, no
+        // fake head to check for.
+        assert!(!k.on(1, |cpu| get_page_unless_zero(cpu, FAKE_HEAD)).unwrap());
+        assert!(k.on(1, |cpu| folio_try_get(cpu, HEAD)).unwrap());
+
+        let trace = k.take_trace();
+        assert_eq!(
+            trace,
+            [
+                "atomic_add_unless(pfn 576): refcount is 0, refused",
+                "atomic_add_unless(pfn 512): refcount 1 -> 2",
+            ]
+        );
+        assert_eq!(k.m.peek(HEAD).refcount, 2);
+    }
+
+    #[test]
+    fn folio_ref_freeze_fails_on_the_wrong_count() {
+        let mut k = Kernel::boot();
+        let folio = k.step(0, |m| m.alloc_pages(0, 600)).unwrap().unwrap();
+        k.step(0, |m| folio_get(m, folio)).unwrap();
+
+        assert!(!k.step(0, |m| folio_ref_freeze(m, folio, 1)).unwrap());
+        assert_eq!(k.m.peek(folio).refcount, 2);
+        assert!(!k.m.ledger.is_frozen(folio));
+
+        assert!(k.step(0, |m| folio_ref_freeze(m, folio, 2)).unwrap());
+        assert_eq!(k.m.peek(folio).refcount, 0);
+        assert!(k.m.ledger.is_frozen(folio));
+
+        k.step(0, |m| folio_ref_unfreeze(m, folio, 2)).unwrap();
+        assert_eq!(k.m.peek(folio).refcount, 2);
+        assert!(!k.m.ledger.is_frozen(folio));
+    }
+
+    #[test]
+    fn folio_ref_unfreeze_of_a_non_zero_count_is_frozen_changed() {
+        let mut k = Kernel::boot();
+        let folio = k.step(0, |m| m.alloc_pages(0, 600)).unwrap().unwrap();
+
+        let err = k.step(0, |m| folio_ref_unfreeze(m, folio, 1)).unwrap_err();
+
+        assert_eq!(err.oracle, Oracle::FrozenChanged);
+    }
+
+    #[test]
+    fn a_frozen_count_that_changes_under_its_freezer_is_frozen_changed() {
+        let mut k = Kernel::boot();
+        let folio = k.step(0, |m| m.alloc_pages(0, 600)).unwrap().unwrap();
+        assert!(k.step(0, |m| folio_ref_freeze(m, folio, 1)).unwrap());
+
+        // A plain store behind the freezer's back (what a non-atomic
+        // freeze would race with), checked after the step.
+        let err = k
+            .step(1, |m| {
+                m.page_mut(folio)?.refcount = 1;
+                Ok(())
+            })
+            .unwrap_err();
+
+        assert_eq!(err.oracle, Oracle::FrozenChanged);
+    }
+
+    #[test]
+    fn folio_get_on_a_zero_count_is_inc_from_zero() {
+        let mut k = Kernel::boot();
+        let folio = k.step(0, |m| m.alloc_pages(0, 600)).unwrap().unwrap();
+        assert!(k.step(0, |m| folio_ref_freeze(m, folio, 1)).unwrap());
+
+        let err = k.step(0, |m| folio_get(m, folio)).unwrap_err();
+
+        assert_eq!(err.oracle, Oracle::IncFromZero);
+        assert_eq!(k.m.peek(folio).refcount, 0, "the get did not happen");
+    }
+
+    #[test]
+    fn folio_put_of_the_last_reference_frees_and_one_more_underflows() {
+        let mut k = Kernel::boot();
+        let folio = k.step(0, |m| m.alloc_pages(0, 600)).unwrap().unwrap();
+
+        k.on(0, |cpu| folio_put(cpu, folio)).unwrap();
+        assert_eq!(k.m.frames[folio as usize].owner, Owner::Free);
+        assert!(
+            k.m.buddy.free_blocks().contains(&(512, 9)),
+            "600 merged back"
+        );
+
+        let err = k.on(0, |cpu| folio_put(cpu, folio)).unwrap_err();
+        assert_eq!(err.oracle, Oracle::RefcountUnderflow);
+    }
 }

@@ -5,24 +5,23 @@
 //! speculative PFN walkers").
 
 use super::KResult;
+use super::ctx::Cpu;
 use super::machine::Pfn;
 use super::mm_types::pg;
 use super::page_flags::compound_head;
 use super::page_ref::{folio_put, get_page_unless_zero};
-use crate::exec::Cpu;
 use crate::ktrace;
 
 /// Visit `pfn`: skip it unless `PageLRU`, then `folio_get_nontail_page`
 /// (`get_page_unless_zero`, then `page_folio`), recheck `folio_test_lru`,
 /// and put the folio back.
 pub fn pfn_walk(cpu: &Cpu, pfn: Pfn) -> KResult<()> {
-    let (pfn, lru) = cpu.step("isolate_migratepages_block", |m| {
-        let pfn = pfn % m.nr_pfns();
+    let lru = cpu.step("isolate_migratepages_block", |m| {
         // PageLRU is PF_HEAD: it reads the flags of compound_head(page).
         let head = compound_head(m, pfn)?;
         let lru = m.page(head)?.test(pg::LRU);
         ktrace!(m, "page = pfn_to_page({pfn}); PageLRU = {lru}");
-        Ok((pfn, lru))
+        Ok(lru)
     })?;
     if !lru || !get_page_unless_zero(cpu, pfn)? {
         return Ok(());

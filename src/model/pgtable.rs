@@ -1,59 +1,100 @@
-//! User page tables (include/linux/pgtable.h, include/linux/mm_types.h).
+//! User page tables (include/linux/pgtable.h, mm/pgtable-generic.c) and the
+//! per-CPU user TLBs.
 //!
-//! Each process (`mm_struct`) has a fixed layout: user pages
-//! `0..FILE_PAGES` are a shared mapping of the model's one file (page `a`
-//! maps file index `a`), pages `ANON_BASE..USER_PAGES` are an anonymous VMA.
-//! Every PMD covers `PTRS_PER_PTE` pages and points at a PTE table, or is a
-//! leaf mapping a PMD-sized folio. PTE tables are never reused: a table
-//! detached from its PMD stays readable, as an RCU-freed table is to
-//! GUP-fast.
+//! A process's PUD entries sit in its `mm_struct` (the levels above are
+//! folded); a PUD entry points at a PMD table and a PMD entry at a PTE table
+//! or, as a leaf, maps a THP or a hugetlb folio. PMD and PTE tables are
+//! frames from the buddy allocator (`pagetable_alloc`), with their struct
+//! page, so a freed table is reused like any other frame. A table that
+//! lockless walkers (GUP-fast) may still be reading is freed through
+//! `tlb_remove_table`, after an RCU grace period
+//! (`MMU_GATHER_RCU_TABLE_FREE`): until then it stays readable.
 
-use super::machine::{Machine, Pfn};
-use super::mm_types::Mapping;
+use super::config::{
+    Config, PMD_PAGES, PTRS_PER_PMD, PTRS_PER_PTE, PUD_PAGES, PUDS, VmaKind, VmaSlot,
+};
+use super::machine::{Content, Machine, Owner, Pfn};
+use super::mm_types::{Mapping, pg};
+use super::oracle::Violation;
+use crate::ktrace;
 
-/// Processes in the model.
-pub const NR_MMS: usize = 2;
-/// User pages per process.
-pub const USER_PAGES: u32 = 4;
-/// Pages `0..FILE_PAGES` map the file at the same index.
-pub const FILE_PAGES: u32 = 2;
-/// First page of the anonymous VMA.
-pub const ANON_BASE: u32 = 2;
-/// Pages one PTE table maps (`PTRS_PER_PTE`); a PMD leaf maps a folio of
-/// this many pages (`HPAGE_PMD_ORDER` below).
-pub const PTRS_PER_PTE: u32 = 2;
-pub const HPAGE_PMD_ORDER: u8 = PTRS_PER_PTE.trailing_zeros() as u8;
-const NR_PMDS: usize = (USER_PAGES / PTRS_PER_PTE) as usize;
+/// A present user PTE: the page it maps and its permission bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PteEntry {
+    pub pfn: Pfn,
+    /// `pte_write`.
+    pub write: bool,
+    /// `pte_dirty`.
+    pub dirty: bool,
+    /// Write-protected for copy-on-write: a private page mapped read-only
+    /// in a writable VMA, as `fork` leaves it (x86 keeps such a PTE's dirty
+    /// bit as `_PAGE_SAVED_DIRTY`, first named `_PAGE_COW`).
+    pub cow: bool,
+}
+
+impl PteEntry {
+    /// A fresh mapping, as `mk_pte` + `maybe_mkwrite` make it.
+    pub fn new(pfn: Pfn, write: bool) -> PteEntry {
+        PteEntry {
+            pfn,
+            write,
+            dirty: write,
+            cow: false,
+        }
+    }
+}
 
 /// A user PTE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PteVal {
     None,
-    /// Maps the page `pfn`; the mapping holds a reference on its folio.
-    Present {
-        pfn: Pfn,
-    },
+    /// Maps a page; the mapping holds a reference on its folio.
+    Present(PteEntry),
     /// A migration entry for page `pfn` (`make_*_migration_entry`); holds
-    /// no reference. `exclusive` remembers PageAnonExclusive.
+    /// no reference. `exclusive` remembers PageAnonExclusive, `write` the
+    /// write permission.
     Migration {
         pfn: Pfn,
         exclusive: bool,
+        write: bool,
     },
+}
+
+impl PteVal {
+    /// The page a present PTE maps.
+    pub fn present_pfn(self) -> Option<Pfn> {
+        match self {
+            PteVal::Present(e) => Some(e.pfn),
+            _ => None,
+        }
+    }
+}
+
+/// A PMD leaf: a THP or a hugetlb folio mapped whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PmdLeaf {
+    /// The folio's head.
+    pub pfn: Pfn,
+    pub write: bool,
 }
 
 /// A PMD entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PmdVal {
     None,
-    /// Points at PTE table `id`.
-    Table(u32),
-    /// Maps the PMD-sized folio `pfn` (`pmd_trans_huge`).
-    Leaf(Pfn),
+    /// Points at the PTE table in frame `pfn`.
+    Table(Pfn),
+    /// Maps a PMD-sized folio (`pmd_trans_huge`, or a hugetlb PMD).
+    Leaf(PmdLeaf),
 }
 
-#[derive(Debug, Clone)]
-pub struct PteTable {
-    pub ptes: [PteVal; PTRS_PER_PTE as usize],
+/// A PUD entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PudVal {
+    #[default]
+    None,
+    /// Points at the PMD table in frame `pfn`.
+    Table(Pfn),
 }
 
 /// A reader-writer semaphore held across steps (`mmap_lock`, the anon_vma
@@ -74,50 +115,35 @@ impl RwSem {
     }
 }
 
-#[derive(Debug, Clone)]
+/// A process: its page-table root and its locks.
+#[derive(Debug, Default)]
 pub struct Mm {
-    pub pmds: [PmdVal; NR_PMDS],
+    pub pud: [PudVal; PUDS as usize],
     pub mmap_lock: RwSem,
     /// The lock of this process's anon_vma (`anon_vma_lock_write`).
     pub anon_vma_lock: RwSem,
+    /// PTE tables deposited for PMD leaves (`pgtable_trans_huge_deposit`),
+    /// by the first page of the PMD range.
+    pub deposited: Vec<(u32, Pfn)>,
 }
 
-#[derive(Debug, Clone)]
-pub struct PageTables {
-    pub mms: Vec<Mm>,
-    pub tables: Vec<PteTable>,
-}
+crate::clone_by_field!(Mm {
+    pud,
+    mmap_lock,
+    anon_vma_lock,
+    deposited
+});
 
-impl PageTables {
-    pub fn new() -> Self {
-        let mut tables = Vec::new();
-        let mms = (0..NR_MMS)
-            .map(|_| Mm {
-                pmds: std::array::from_fn(|_| {
-                    tables.push(PteTable {
-                        ptes: [PteVal::None; PTRS_PER_PTE as usize],
-                    });
-                    PmdVal::Table(tables.len() as u32 - 1)
-                }),
-                mmap_lock: RwSem::default(),
-                anon_vma_lock: RwSem::default(),
-            })
-            .collect();
-        PageTables { mms, tables }
+impl Mm {
+    /// `pgtable_trans_huge_deposit`.
+    pub fn deposit(&mut self, pmd_base: u32, table: Pfn) {
+        self.deposited.push((pmd_base, table));
     }
 
-    /// A fresh PTE table (`pte_alloc_one`).
-    pub fn alloc_table(&mut self) -> u32 {
-        self.tables.push(PteTable {
-            ptes: [PteVal::None; PTRS_PER_PTE as usize],
-        });
-        self.tables.len() as u32 - 1
-    }
-}
-
-impl Default for PageTables {
-    fn default() -> Self {
-        Self::new()
+    /// `pgtable_trans_huge_withdraw`.
+    pub fn withdraw(&mut self, pmd_base: u32) -> Option<Pfn> {
+        let i = self.deposited.iter().position(|&(b, _)| b == pmd_base)?;
+        Some(self.deposited.remove(i).1)
     }
 }
 
@@ -129,29 +155,40 @@ pub struct Uaddr {
 }
 
 impl Uaddr {
-    /// Scenario ops name any byte; fold it onto the layout.
+    /// An address; scenario loading has checked that it exists.
     pub fn new(mm: u8, page: u8) -> Uaddr {
         Uaddr {
-            mm: mm % NR_MMS as u8,
-            page: page as u32 % USER_PAGES,
+            mm,
+            page: page as u32,
         }
     }
 
-    pub fn is_anon(self) -> bool {
-        self.page >= ANON_BASE
+    pub fn pud_index(self) -> usize {
+        (self.page / PUD_PAGES) as usize
     }
 
+    /// The entry in the PMD table.
     pub fn pmd_index(self) -> usize {
-        (self.page / PTRS_PER_PTE) as usize
+        ((self.page / PMD_PAGES) % PTRS_PER_PMD) as usize
     }
 
+    /// The entry in the PTE table.
     pub fn pte_index(self) -> usize {
         (self.page % PTRS_PER_PTE) as usize
     }
 
     /// The first page of the PMD range.
     pub fn pmd_base(self) -> u32 {
-        self.page & !(PTRS_PER_PTE - 1)
+        self.page & !(PMD_PAGES - 1)
+    }
+
+    /// The page's offset inside a PMD leaf.
+    pub fn pmd_offset(self) -> u32 {
+        self.page - self.pmd_base()
+    }
+
+    pub fn with_page(self, page: u32) -> Uaddr {
+        Uaddr { mm: self.mm, page }
     }
 }
 
@@ -161,19 +198,146 @@ impl std::fmt::Display for Uaddr {
     }
 }
 
+/// A cached user translation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserTlbEntry {
+    pub mm: u8,
+    pub page: u32,
+    pub pfn: Pfn,
+    pub write: bool,
+    /// The frame's generation when the entry was filled.
+    pub generation: u32,
+}
+
+/// One CPU's user TLB: entries stay until a flush, whatever the page
+/// tables say meanwhile.
+#[derive(Debug, Default)]
+pub struct UserTlb {
+    entries: Vec<UserTlbEntry>,
+}
+
+crate::clone_by_field!(UserTlb { entries });
+
+impl UserTlb {
+    pub fn lookup(&self, mm: u8, page: u32) -> Option<UserTlbEntry> {
+        self.entries
+            .iter()
+            .copied()
+            .find(|e| e.mm == mm && e.page == page)
+    }
+
+    pub fn fill(&mut self, e: UserTlbEntry) {
+        self.entries.retain(|x| !(x.mm == e.mm && x.page == e.page));
+        self.entries.push(e);
+    }
+
+    fn flush(&mut self, mm: u8, pages: std::ops::Range<u32>) {
+        self.entries
+            .retain(|e| !(e.mm == mm && pages.contains(&e.page)));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn entries(&self) -> &[UserTlbEntry] {
+        &self.entries
+    }
+}
+
+/// A page-table page: which level it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Pmd,
+    Pte,
+}
+
 impl Machine {
-    /// `pmdp_get_lockless`.
+    /// The VMA of every process at `page`.
+    pub fn vma(&self, page: u32) -> Option<VmaSlot> {
+        self.cfg.vmas.find(page)
+    }
+
+    pub fn pud(&self, a: Uaddr) -> PudVal {
+        self.mms[a.mm as usize].pud[a.pud_index()]
+    }
+
+    /// The PMD table `a` walks through.
+    pub fn pmd_table(&self, a: Uaddr) -> Option<Pfn> {
+        match self.pud(a) {
+            PudVal::Table(t) => Some(t),
+            PudVal::None => None,
+        }
+    }
+
+    /// The entries of the PMD table in frame `table`.
+    pub fn pmds(&self, table: Pfn) -> &[PmdVal; PTRS_PER_PMD as usize] {
+        match &self.frames[table as usize].content {
+            Content::Pmds(t) => t,
+            c => unreachable!("frame {table} is not a PMD table: {c:?}"),
+        }
+    }
+
+    fn pmds_mut(&mut self, table: Pfn) -> &mut [PmdVal; PTRS_PER_PMD as usize] {
+        match &mut self.frames[table as usize].content {
+            Content::Pmds(t) => t,
+            c => unreachable!("frame {table} is not a PMD table: {c:?}"),
+        }
+    }
+
+    /// The entries of the PTE table in frame `table`.
+    pub fn ptes(&self, table: Pfn) -> &[PteVal; PTRS_PER_PTE as usize] {
+        match &self.frames[table as usize].content {
+            Content::Ptes(t) => t,
+            c => unreachable!("frame {table} is not a PTE table: {c:?}"),
+        }
+    }
+
+    fn ptes_mut(&mut self, table: Pfn) -> &mut [PteVal; PTRS_PER_PTE as usize] {
+        match &mut self.frames[table as usize].content {
+            Content::Ptes(t) => t,
+            c => unreachable!("frame {table} is not a PTE table: {c:?}"),
+        }
+    }
+
+    /// `pmdp_get_lockless`: none when there is no PMD table.
     pub fn pmd(&self, a: Uaddr) -> PmdVal {
-        self.pt.mms[a.mm as usize].pmds[a.pmd_index()]
+        match self.pmd_table(a) {
+            Some(t) => self.pmds(t)[a.pmd_index()],
+            None => PmdVal::None,
+        }
     }
 
+    /// `set_pmd_at`; the PUD must point at a PMD table.
     pub fn set_pmd(&mut self, a: Uaddr, v: PmdVal) {
-        self.pt.mms[a.mm as usize].pmds[a.pmd_index()] = v;
+        let t = self
+            .pmd_table(a)
+            .unwrap_or_else(|| unreachable!("set_pmd at {a} without a PMD table"));
+        self.pmds_mut(t)[a.pmd_index()] = v;
     }
 
-    /// The PTE at `a` in table `table`.
-    pub fn pte_in(&self, table: u32, a: Uaddr) -> PteVal {
-        self.pt.tables[table as usize].ptes[a.pte_index()]
+    /// The PTE at `a` in the PTE table in frame `table`.
+    pub fn pte_in(&self, table: Pfn, a: Uaddr) -> PteVal {
+        self.ptes(table)[a.pte_index()]
+    }
+
+    pub fn set_pte_in(&mut self, table: Pfn, a: Uaddr, v: PteVal) {
+        self.ptes_mut(table)[a.pte_index()] = v;
+    }
+
+    /// A lockless walker's read of the PTE at `a` in the table it read from
+    /// a PMD earlier: the frame must still be a page table.
+    pub fn walk_pte(&self, table: Pfn, a: Uaddr) -> Result<PteVal, Violation> {
+        match &self.frames[table as usize].content {
+            Content::Ptes(t) if self.frames[table as usize].owner == Owner::PageTable => {
+                Ok(t[a.pte_index()])
+            }
+            _ => Err(super::oracle::walked_freed_table(
+                table,
+                a,
+                self.frames[table as usize].owner,
+            )),
+        }
     }
 
     /// `ptep_get` through the current PMD; `None` when the PMD maps no table.
@@ -189,24 +353,464 @@ impl Machine {
         let PmdVal::Table(t) = self.pmd(a) else {
             unreachable!("set_pte at {a} without a PTE table");
         };
-        self.pt.tables[t as usize].ptes[a.pte_index()] = v;
+        self.set_pte_in(t, a, v);
+    }
+
+    /// `pagetable_alloc`: a zeroed table page, `PG_table`, one reference.
+    /// `None` when the allocation fails.
+    pub fn pagetable_alloc(&mut self, level: Level) -> Result<Option<Pfn>, Violation> {
+        let Some(pfn) = self.alloc_pages(0, 0)? else {
+            return Ok(None);
+        };
+        let frame = &mut self.frames[pfn as usize];
+        frame.owner = Owner::PageTable;
+        frame.content = match level {
+            Level::Pmd => Content::Pmds([PmdVal::None; PTRS_PER_PMD as usize]),
+            Level::Pte => Content::Ptes([PteVal::None; PTRS_PER_PTE as usize]),
+        };
+        self.page_mut(pfn)?.flags |= pg::TABLE;
+        ktrace!(self, "pagetable_alloc: {level:?} table in frame {pfn}");
+        Ok(Some(pfn))
+    }
+
+    /// `pagetable_free`: the table page goes back to the buddy allocator
+    /// now; nobody may be walking it.
+    pub fn pagetable_free(&mut self, table: Pfn) -> Result<(), Violation> {
+        let p = self.page_mut(table)?;
+        p.flags &= !pg::TABLE;
+        p.refcount -= 1;
+        self.frames[table as usize].owner = Owner::Allocated;
+        self.ledger.tables_freed += 1;
+        ktrace!(self, "pagetable_free: frame {table}");
+        self.free_pages(table, 0)
+    }
+
+    /// `tlb_remove_table` with `MMU_GATHER_RCU_TABLE_FREE`: free the table
+    /// once every lockless walker that may hold it (GUP-fast, inside an RCU
+    /// read section or with interrupts off) is done.
+    pub fn tlb_remove_table(&mut self, table: Pfn) {
+        self.rcu.call_rcu(super::rcu::Callback::FreeTable(table));
+        ktrace!(
+            self,
+            "tlb_remove_table: frame {table} freed after a grace period"
+        );
+    }
+
+    /// `__pmd_alloc`: give `a`'s PUD a PMD table if it has none. False when
+    /// the allocation fails.
+    pub fn pmd_alloc(&mut self, a: Uaddr) -> Result<bool, Violation> {
+        if self.pmd_table(a).is_some() {
+            return Ok(true);
+        }
+        let Some(t) = self.pagetable_alloc(Level::Pmd)? else {
+            return Ok(false);
+        };
+        self.mms[a.mm as usize].pud[a.pud_index()] = PudVal::Table(t);
+        Ok(true)
+    }
+
+    /// `__pte_alloc`: give `a`'s PMD a PTE table if it is none. False when
+    /// an allocation fails or the PMD is a leaf.
+    pub fn pte_alloc(&mut self, a: Uaddr) -> Result<bool, Violation> {
+        if !self.pmd_alloc(a)? {
+            return Ok(false);
+        }
+        match self.pmd(a) {
+            PmdVal::Table(_) => Ok(true),
+            PmdVal::Leaf(_) => Ok(false),
+            PmdVal::None => {
+                let Some(t) = self.pagetable_alloc(Level::Pte)? else {
+                    return Ok(false);
+                };
+                self.set_pmd(a, PmdVal::Table(t));
+                Ok(true)
+            }
+        }
+    }
+
+    /// `flush_tlb_range(vma, start, end)` on every CPU.
+    pub fn flush_tlb_range(&mut self, mm: u8, pages: std::ops::Range<u32>) {
+        for c in &mut self.cpus {
+            c.user_tlb.flush(mm, pages.clone());
+        }
+    }
+
+    /// `flush_tlb_mm`.
+    pub fn flush_tlb_mm(&mut self, mm: u8) {
+        self.flush_tlb_range(mm, 0..u32::MAX);
+    }
+
+    /// Visit every present mapping in the page tables: its address, the
+    /// page it maps (a PMD leaf's head), and whether it is a PMD leaf.
+    pub fn for_each_mapping(&self, mut f: impl FnMut(Uaddr, Pfn, bool)) {
+        for mm in 0..self.mms.len() as u8 {
+            for pud in 0..PUDS {
+                let base = pud * PUD_PAGES;
+                let Some(t) = self.pmd_table(Uaddr { mm, page: base }) else {
+                    continue;
+                };
+                for i in 0..PTRS_PER_PMD {
+                    let a = Uaddr {
+                        mm,
+                        page: base + i * PMD_PAGES,
+                    };
+                    match self.pmds(t)[i as usize] {
+                        PmdVal::Leaf(l) => f(a, l.pfn, true),
+                        PmdVal::Table(pt) => {
+                            for (j, pte) in self.ptes(pt).iter().enumerate() {
+                                if let Some(pfn) = pte.present_pfn() {
+                                    f(a.with_page(a.page + j as u32), pfn, false);
+                                }
+                            }
+                        }
+                        PmdVal::None => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every page-table frame a process owns: reachable from its PUDs, or
+    /// deposited for a PMD leaf. (frame, level).
+    pub fn page_table_frames(&self) -> Vec<(Pfn, Level)> {
+        let mut out = Vec::new();
+        for mm in &self.mms {
+            out.extend(mm.deposited.iter().map(|&(_, t)| (t, Level::Pte)));
+            for pud in mm.pud {
+                let PudVal::Table(t) = pud else { continue };
+                if !out.contains(&(t, Level::Pmd)) {
+                    out.push((t, Level::Pmd));
+                }
+                for pmd in self.pmds(t) {
+                    if let PmdVal::Table(pt) = *pmd {
+                        out.push((pt, Level::Pte));
+                    }
+                }
+            }
+        }
+        out
     }
 }
 
-/// Where `page` (page `i` of a folio with `mapping`) can be mapped: the
-/// addresses rmap visits (`vma_address`), one candidate per VMA.
-pub fn rmap_candidates(mapping: Mapping, i: u32) -> Vec<Uaddr> {
+/// Where page `i` of a folio with `mapping` can be mapped: the addresses
+/// rmap visits (`vma_address`), one candidate per VMA that maps it.
+pub fn rmap_candidates(cfg: &Config, mapping: Mapping, i: u32) -> Vec<Uaddr> {
     match mapping {
-        Mapping::File { index } if index + i < FILE_PAGES => (0..NR_MMS as u8)
-            .map(|mm| Uaddr {
-                mm,
-                page: index + i,
-            })
-            .collect(),
-        Mapping::Anon { anon_vma, index } if index + i < USER_PAGES => vec![Uaddr {
-            mm: anon_vma,
-            page: index + i,
-        }],
-        _ => Vec::new(),
+        Mapping::File { index } => {
+            let Some(vma) = cfg.vmas.first_of(VmaKind::FileShared) else {
+                return Vec::new();
+            };
+            let page = vma.start + index + i;
+            if !vma.contains(page) {
+                return Vec::new();
+            }
+            (0..cfg.mms).map(|mm| Uaddr { mm, page }).collect()
+        }
+        Mapping::Anon { anon_vma, index } => {
+            let page = index + i;
+            match cfg.vmas.find(page) {
+                Some(v) if v.kind == VmaKind::AnonPrivate => vec![Uaddr { mm: anon_vma, page }],
+                _ => Vec::new(),
+            }
+        }
+        Mapping::Hugetlbfs { index } => {
+            let Some(vma) = cfg.vmas.first_of(VmaKind::HugetlbShared) else {
+                return Vec::new();
+            };
+            let page = vma.start + index * PMD_PAGES;
+            if i > 0 || !vma.contains(page) {
+                return Vec::new();
+            }
+            (0..cfg.mms).map(|mm| Uaddr { mm, page }).collect()
+        }
+        Mapping::None => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::{VmaSpec, Vmas};
+    use crate::model::memory::{handle_mm_fault, zap_pte_range};
+    use crate::model::oracle::Oracle;
+    use crate::model::testing::Kernel;
+
+    /// The default layout, the same in every process:
+    ///
+    /// ```text
+    /// page   0     1     2     3
+    ///        | file shared | anon private |
+    ///        '-- PTE table -'-- PTE table -'   one PMD table (PUD 0)
+    /// ```
+    const ANON: u8 = 2;
+
+    /// Fault in mm 0's anonymous page 2 from a free frame at 600.
+    fn first_anon_fault(k: &mut Kernel) -> Uaddr {
+        let a = Uaddr::new(0, ANON);
+        k.on(0, |cpu| handle_mm_fault(cpu, a, 600, 0)).unwrap();
+        a
+    }
+
+    #[test]
+    fn a_first_fault_allocates_a_pmd_table_and_a_pte_table_from_the_buddy() {
+        let mut k = Kernel::boot();
+        let a = Uaddr::new(0, ANON);
+        assert_eq!(k.m.pud(a), PudVal::None);
+
+        k.on(0, |cpu| handle_mm_fault(cpu, a, 600, 0)).unwrap();
+
+        // No hint: the tables take the smallest free blocks, 16 and 17.
+        assert_eq!(k.m.pud(a), PudVal::Table(16));
+        assert_eq!(k.m.pmd(a), PmdVal::Table(17));
+        assert!(matches!(k.m.frames[16].content, Content::Pmds(_)));
+        assert!(matches!(k.m.frames[17].content, Content::Ptes(_)));
+        for table in [16, 17] {
+            assert_eq!(k.m.frames[table].owner, Owner::PageTable, "frame {table}");
+            let p = k.m.peek(table as Pfn);
+            assert!(p.test(pg::TABLE), "frame {table} is PageTable");
+            assert_eq!(p.refcount, 1, "frame {table}");
+        }
+        assert_eq!(
+            k.m.page_table_frames(),
+            [(16, Level::Pmd), (17, Level::Pte)]
+        );
+        assert_eq!(k.m.pte(a), Some(PteVal::Present(PteEntry::new(600, true))));
+    }
+
+    #[test]
+    fn a_second_fault_under_the_same_pmd_allocates_no_table() {
+        let mut k = Kernel::boot();
+        let a = first_anon_fault(&mut k);
+        let free = k.free_blocks();
+
+        // Page 3 shares page 2's PTE table; page 0 (the file) only its
+        // PMD table.
+        k.on(0, |cpu| handle_mm_fault(cpu, a.with_page(3), 601, 0))
+            .unwrap();
+        assert_eq!(k.m.page_table_frames().len(), 2);
+
+        k.on(0, |cpu| handle_mm_fault(cpu, a.with_page(0), 602, 0))
+            .unwrap();
+        let tables = k.m.page_table_frames();
+        assert_eq!(tables.len(), 3);
+        assert_eq!(tables[0], (16, Level::Pmd));
+        assert_ne!(free, k.free_blocks());
+    }
+
+    #[test]
+    fn a_fault_outside_every_vma_allocates_nothing() {
+        let mut k = Kernel::boot();
+        let free = k.free_blocks();
+
+        k.on(0, |cpu| handle_mm_fault(cpu, Uaddr::new(0, 5), 600, 0))
+            .unwrap();
+
+        assert_eq!(k.m.pud(Uaddr::new(0, 5)), PudVal::None);
+        assert_eq!(k.free_blocks(), free);
+    }
+
+    #[test]
+    fn pagetable_free_gives_the_frame_back_and_the_allocator_hands_it_out_again() {
+        let mut k = Kernel::boot();
+        let a = first_anon_fault(&mut k);
+        k.on(0, |cpu| zap_pte_range(cpu, a)).unwrap();
+        let PmdVal::Table(table) = k.m.pmd(a) else {
+            panic!("the fault left a PTE table");
+        };
+        let generation = k.m.frames[table as usize].generation;
+
+        // free_pte_range: unhook the empty table and free it.
+        k.step(0, |m| {
+            m.set_pmd(a, PmdVal::None);
+            m.pagetable_free(table)
+        })
+        .unwrap();
+
+        assert_eq!(k.m.frames[table as usize].owner, Owner::Free);
+        assert!(!k.m.peek(table).test(pg::TABLE));
+        assert_eq!(k.m.peek(table).refcount, 0);
+        assert!(
+            k.free_blocks().contains(&(table, 0)),
+            "its buddy 16 is the PMD table"
+        );
+        assert_eq!(k.m.ledger.tables_freed, 1);
+
+        // The next allocation without a free hint takes the same frame.
+        let again = k.step(1, |m| m.alloc_pages(0, 0)).unwrap();
+
+        assert_eq!(again, Some(table));
+        assert_eq!(k.m.frames[table as usize].owner, Owner::Allocated);
+        assert_eq!(k.m.frames[table as usize].generation, generation + 1);
+        // A walker still holding the old PMD value reads someone's page.
+        let err = k.m.walk_pte(table, a).unwrap_err();
+        assert_eq!(err.oracle, Oracle::PageTableUseAfterFree);
+    }
+
+    #[test]
+    fn tlb_remove_table_defers_the_free_until_lockless_walkers_are_done() {
+        let mut k = Kernel::boot();
+        let a = first_anon_fault(&mut k);
+        k.on(0, |cpu| zap_pte_range(cpu, a)).unwrap();
+        let PmdVal::Table(table) = k.m.pmd(a) else {
+            panic!("the fault left a PTE table");
+        };
+        // CPU 1 is in GUP-fast: interrupts off, the PMD read.
+        k.step(1, |m| {
+            m.local_irq_save();
+            Ok(())
+        })
+        .unwrap();
+
+        k.step(0, |m| {
+            m.set_pmd(a, PmdVal::None);
+            m.tlb_remove_table(table);
+            Ok(())
+        })
+        .unwrap();
+
+        // The walker may still read the detached table.
+        assert_eq!(k.m.frames[table as usize].owner, Owner::PageTable);
+        assert_eq!(k.step(1, |m| m.walk_pte(table, a)).unwrap(), PteVal::None);
+        assert_eq!(k.m.ledger.tables_freed, 0);
+
+        k.step(1, |m| {
+            m.local_irq_restore();
+            Ok(())
+        })
+        .unwrap();
+
+        assert_eq!(k.m.frames[table as usize].owner, Owner::Free);
+        assert_eq!(k.m.ledger.tables_freed, 1);
+        k.quiesce().unwrap();
+    }
+
+    #[test]
+    fn pagetable_alloc_fails_with_the_allocation() {
+        let mut k = Kernel::boot();
+        k.m.fail_next_allocs = 1;
+        let a = Uaddr::new(0, ANON);
+
+        k.on(0, |cpu| handle_mm_fault(cpu, a, 600, 0)).unwrap();
+
+        assert_eq!(k.m.pud(a), PudVal::None, "VM_FAULT_OOM");
+        assert_eq!(k.m.pte(a), None);
+    }
+
+    /// Three VMAs, each at the next address aligned for its kind:
+    ///
+    /// ```text
+    /// page   0  1  2  3  4  5  6  7  8  9  10 11
+    ///        | file   |  | anon|     | hugetlb   |
+    ///                  ^ gap       ^ gap (PUD-aligned)
+    /// ```
+    fn three_vmas() -> Vmas {
+        Vmas::new(&[
+            VmaSpec {
+                kind: VmaKind::FileShared,
+                pages: 3,
+            },
+            VmaSpec {
+                kind: VmaKind::AnonPrivate,
+                pages: 2,
+            },
+            VmaSpec {
+                kind: VmaKind::HugetlbShared,
+                pages: 4,
+            },
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn vmas_start_at_the_next_address_aligned_for_their_kind() {
+        let vmas = three_vmas();
+        let slots: Vec<(VmaKind, u32, u32)> =
+            vmas.slots().map(|v| (v.kind, v.start, v.end())).collect();
+
+        assert_eq!(
+            slots,
+            [
+                (VmaKind::FileShared, 0, 3),
+                (VmaKind::AnonPrivate, 4, 6),
+                (VmaKind::HugetlbShared, 8, 12),
+            ]
+        );
+        assert_eq!(vmas.find(3), None);
+        assert_eq!(vmas.find(6), None);
+        assert_eq!(vmas.find(9).map(|v| v.index), Some(2));
+        assert_eq!(vmas.end(), 12);
+    }
+
+    #[test]
+    fn config_rejects_vmas_a_process_cannot_map() {
+        let with = |specs: &[VmaSpec]| Config {
+            vmas: Vmas::new(specs).unwrap(),
+            ..Config::default()
+        };
+        let spec = |kind, pages| VmaSpec { kind, pages };
+
+        let odd_hugetlb = with(&[spec(VmaKind::HugetlbShared, 3)]);
+        assert!(
+            odd_hugetlb
+                .validate()
+                .unwrap_err()
+                .contains("multiple of 2")
+        );
+        // 14 file pages, then the anon VMA at 14..17.
+        let too_long = with(&[spec(VmaKind::FileShared, 14), spec(VmaKind::AnonPrivate, 3)]);
+        assert!(
+            too_long
+                .validate()
+                .unwrap_err()
+                .contains("past the 16 pages")
+        );
+        assert!(
+            with(&[spec(VmaKind::FileShared, 14), spec(VmaKind::AnonPrivate, 2)])
+                .validate()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn rmap_candidates_of_a_file_page_are_every_process_at_its_offset() {
+        let cfg = Config {
+            vmas: three_vmas(),
+            ..Config::default()
+        };
+        let file = |index, i| rmap_candidates(&cfg, Mapping::File { index }, i);
+
+        assert_eq!(file(1, 0), [Uaddr::new(0, 1), Uaddr::new(1, 1)]);
+        assert_eq!(file(1, 1), [Uaddr::new(0, 2), Uaddr::new(1, 2)]);
+        // Past the end of the VMA: not mapped anywhere.
+        assert_eq!(file(2, 1), []);
+        assert_eq!(file(5, 0), []);
+    }
+
+    #[test]
+    fn rmap_candidates_of_an_anon_page_are_its_own_process_only() {
+        let cfg = Config {
+            vmas: three_vmas(),
+            ..Config::default()
+        };
+        let anon = |anon_vma, index, i| rmap_candidates(&cfg, Mapping::Anon { anon_vma, index }, i);
+
+        assert_eq!(anon(1, 4, 0), [Uaddr::new(1, 4)]);
+        assert_eq!(anon(1, 4, 1), [Uaddr::new(1, 5)]);
+        assert_eq!(anon(0, 5, 1), [], "page 6 is past the anon VMA");
+        assert_eq!(anon(0, 2, 0), [], "page 2 is the file's");
+    }
+
+    #[test]
+    fn rmap_candidates_of_a_hugetlb_folio_are_its_pmd_in_every_process() {
+        let cfg = Config {
+            vmas: three_vmas(),
+            ..Config::default()
+        };
+        let huge = |index, i| rmap_candidates(&cfg, Mapping::Hugetlbfs { index }, i);
+
+        assert_eq!(huge(1, 0), [Uaddr::new(0, 10), Uaddr::new(1, 10)]);
+        assert_eq!(huge(1, 1), [], "only the head is mapped, by one PMD");
+        assert_eq!(huge(2, 0), [], "the VMA holds two huge pages");
+        assert_eq!(rmap_candidates(&cfg, Mapping::None, 0), []);
     }
 }

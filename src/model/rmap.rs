@@ -5,13 +5,14 @@
 //! VMA's PTE lock; each PTE-lock section is one step.
 
 use super::KResult;
+use super::config::Config;
+use super::ctx::Cpu;
 use super::machine::{Machine, Pfn};
 use super::mm_types::{Mapping, pg};
 use super::oracle::{self, Violation};
 use super::page_flags::folio_nr_pages;
 use super::page_ref::{folio_get, folio_ref_sub_and_test};
-use super::pgtable::{PteVal, Uaddr, rmap_candidates};
-use crate::exec::Cpu;
+use super::pgtable::{PteEntry, PteVal, Uaddr, rmap_candidates};
 use crate::ktrace;
 
 /// `GUP_PIN_COUNTING_BIAS`.
@@ -43,10 +44,10 @@ pub fn folio_maybe_dma_pinned(m: &mut Machine, folio: Pfn) -> Result<bool, Viola
 /// PTE table), the addresses that may map page `i` of the folio.
 pub type RmapSection = Vec<(Uaddr, u32)>;
 
-pub fn rmap_sections(mapping: Mapping, nr: u32) -> Vec<RmapSection> {
+pub fn rmap_sections(cfg: &Config, mapping: Mapping, nr: u32) -> Vec<RmapSection> {
     let mut out: Vec<RmapSection> = Vec::new();
     for i in 0..nr {
-        for a in rmap_candidates(mapping, i) {
+        for a in rmap_candidates(cfg, mapping, i) {
             match out
                 .iter_mut()
                 .find(|s| s[0].0.mm == a.mm && s[0].0.pmd_index() == a.pmd_index())
@@ -63,7 +64,7 @@ pub fn rmap_sections(mapping: Mapping, nr: u32) -> Vec<RmapSection> {
 /// Does the rmap walk of an anon folio wait for the anon_vma lock?
 fn anon_vma_readable(m: &Machine, mapping: Mapping) -> bool {
     match mapping {
-        Mapping::Anon { anon_vma, .. } => m.pt.mms[anon_vma as usize].anon_vma_lock.can_read(),
+        Mapping::Anon { anon_vma, .. } => m.mms[anon_vma as usize].anon_vma_lock.can_read(),
         _ => true,
     }
 }
@@ -88,7 +89,7 @@ pub struct Unmapped {
 /// stops once the folio is unmapped (`folio_not_mapped`).
 pub fn try_to_migrate(cpu: &Cpu, folio: Pfn, mapping: Mapping, nr: u32) -> KResult<Unmapped> {
     let mut out = Unmapped::default();
-    for section in rmap_sections(mapping, nr) {
+    for section in rmap_sections(cpu.cfg(), mapping, nr) {
         let (mapped, touched) = cpu.step_when(
             "try_to_migrate_one",
             |m| anon_vma_readable(m, mapping),
@@ -116,7 +117,10 @@ fn try_to_migrate_one(
     let mut touched = false;
     for &(a, i) in section {
         let page = folio + i;
-        if m.pte(a) != Some(PteVal::Present { pfn: page }) {
+        let Some(PteVal::Present(e)) = m.pte(a) else {
+            continue;
+        };
+        if e.pfn != page {
             continue;
         }
         let exclusive = m.page(page)?.test(pg::ANON_EXCLUSIVE);
@@ -131,13 +135,16 @@ fn try_to_migrate_one(
             return Ok((true, touched));
         }
         m.page_mut(page)?.flags &= !pg::ANON_EXCLUSIVE;
+        // ptep_clear_flush, then the migration entry.
         m.set_pte(
             a,
             PteVal::Migration {
                 pfn: page,
                 exclusive,
+                write: e.write,
             },
         );
+        m.flush_tlb_range(a.mm, a.page..a.page + 1);
         m.page_mut(page)?.mapcount -= 1;
         ktrace!(m, "{a}: PTE -> migration entry for pfn {page}");
         folio_ref_sub_and_test(m, folio, 1)?;
@@ -166,7 +173,12 @@ pub fn remove_migration_ptes(
             |m| anon_vma_readable(m, mapping),
             |m| {
                 for &(a, i) in section {
-                    let Some(PteVal::Migration { pfn, exclusive }) = m.pte(a) else {
+                    let Some(PteVal::Migration {
+                        pfn,
+                        exclusive,
+                        write,
+                    }) = m.pte(a)
+                    else {
                         continue;
                     };
                     if pfn != src + i {
@@ -179,7 +191,7 @@ pub fn remove_migration_ptes(
                     if exclusive {
                         p.flags |= pg::ANON_EXCLUSIVE;
                     }
-                    m.set_pte(a, PteVal::Present { pfn: page });
+                    m.set_pte(a, PteVal::Present(PteEntry::new(page, write)));
                     ktrace!(m, "{a}: migration entry -> PTE for pfn {page}");
                 }
                 Ok(())

@@ -1,6 +1,7 @@
 //! Truncation (mm/truncate.c).
 
 use super::KResult;
+use super::ctx::Cpu;
 use super::filemap::{filemap_remove_folio_locked, folio_lock_then, folio_unlock, with_xa_lock};
 use super::machine::Pfn;
 use super::mm_types::{Mapping, pg};
@@ -8,7 +9,6 @@ use super::page_flags::folio_nr_pages;
 use super::page_ref::{folio_get, folio_put, folio_put_refs, folio_ref_sub_and_test};
 use super::pgtable::{PteVal, rmap_candidates};
 use super::rmap::folio_mapcount;
-use crate::exec::Cpu;
 use crate::ktrace;
 
 /// `truncate_inode_pages_range` for one index: find and lock the folio
@@ -61,11 +61,13 @@ pub fn truncate_inode_folio(cpu: &Cpu, index: u32) -> KResult<()> {
 /// `unmap_mapping_folio`: zap every PTE mapping the folio, one process at a
 /// time under its PTE lock; our lookup reference keeps it alive.
 fn unmap_mapping_folio(cpu: &Cpu, folio: Pfn, index: u32) -> KResult<()> {
-    for a in rmap_candidates(Mapping::File { index }, 0) {
+    for a in rmap_candidates(cpu.cfg(), Mapping::File { index }, 0) {
         cpu.step("zap_pte_range", |m| {
-            if m.pte(a) == Some(PteVal::Present { pfn: folio }) {
+            if m.pte(a).and_then(PteVal::present_pfn) == Some(folio) {
                 m.set_pte(a, PteVal::None);
                 m.page_mut(folio)?.mapcount -= 1;
+                // tlb_finish_mmu: flush before the mapping's reference goes.
+                m.flush_tlb_range(a.mm, a.page..a.page + 1);
                 folio_ref_sub_and_test(m, folio, 1)?;
                 ktrace!(m, "{a}: PTE for pfn {folio} cleared");
             }

@@ -3,7 +3,6 @@
 //! remap really changes what a struct page address reads.
 
 use super::config::STRUCT_PAGES_PER_VMEMMAP_PAGE;
-use super::kcov::Access;
 use super::machine::{Content, Machine, Owner, Pfn};
 use super::mm_types::StructPage;
 use super::oracle::{self, Violation};
@@ -16,10 +15,12 @@ pub struct Pte {
     pub writable: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Vmemmap {
     pub ptes: Vec<Pte>,
 }
+
+crate::clone_by_field!(Vmemmap { ptes });
 
 impl Vmemmap {
     /// Boot: vmemmap page `i` maps memmap frame `i`, read-write.
@@ -45,85 +46,110 @@ pub fn page_aligned(pfn: Pfn) -> bool {
     pfn.is_multiple_of(STRUCT_PAGES_PER_VMEMMAP_PAGE)
 }
 
-/// A translated struct page address.
+/// One struct-page access through the vmemmap, as the running CPU's TLB
+/// translated it.
 #[derive(Debug, Clone, Copy)]
-pub struct Resolved {
+pub struct Access {
+    pub pfn: Pfn,
+    pub write: bool,
+    /// The translation used (possibly stale).
     pub pte: Pte,
-    pub slot: usize,
+    /// Who owns the frame it reaches.
+    pub owner: Owner,
     /// The frame privately backs another vmemmap page (or is shared): the
     /// struct page read is not `pfn`'s own.
     pub aliased: bool,
+    /// Through a TLB entry the page table no longer holds.
+    pub stale: bool,
+    /// Where in the model the access is made.
+    pub site: &'static Location<'static>,
 }
 
 impl Machine {
-    /// Translate through the running CPU's TLB, filling it on a miss.
-    pub fn resolve(&mut self, pfn: Pfn) -> Resolved {
+    /// Translate through the running CPU's TLB, filling it on a miss, and
+    /// check the access invariants.
+    fn access(
+        &mut self,
+        pfn: Pfn,
+        write: bool,
+        site: &'static Location<'static>,
+    ) -> Result<Access, Violation> {
         let vpage = vmemmap_page_of(pfn);
         let cpu = self.cpu_index();
-        let entry = &mut self.cpus[cpu].tlb[vpage as usize];
-        let pte = *entry.get_or_insert(self.vmemmap.ptes[vpage as usize]);
-        let aliased = match self.frames[pte.frame as usize].owner {
-            Owner::Memmap { home } => home != Some(vpage),
-            _ => false,
-        };
-        Resolved {
+        let current = self.vmemmap.ptes[vpage as usize];
+        let pte = *self.cpus[cpu].tlb[vpage as usize].get_or_insert(current);
+        let owner = self.frames[pte.frame as usize].owner;
+        let a = Access {
+            pfn,
+            write,
             pte,
-            slot: (pfn % STRUCT_PAGES_PER_VMEMMAP_PAGE) as usize,
-            aliased,
-        }
+            owner,
+            aliased: !matches!(owner, Owner::Memmap { home } if home == Some(vpage)),
+            stale: pte != current,
+            site,
+        };
+        oracle::at_access(&a)?;
+        Ok(a)
     }
 
-    fn memmap_slot(&mut self, pfn: Pfn, r: Resolved) -> Result<&mut StructPage, Violation> {
-        let frame = &mut self.frames[r.pte.frame as usize];
-        oracle::no_access_to_unowned_vmemmap_frame(pfn, r.pte.frame, frame.owner)?;
-        match &mut frame.content {
-            Content::Memmap(pages) => Ok(&mut pages[r.slot]),
+    fn slot(&mut self, a: &Access) -> &mut StructPage {
+        match &mut self.frames[a.pte.frame as usize].content {
+            Content::Memmap(pages) => &mut pages[(a.pfn % STRUCT_PAGES_PER_VMEMMAP_PAGE) as usize],
             _ => unreachable!("memmap-owned frame without struct pages"),
         }
     }
 
-    fn cover(
-        &mut self,
-        pfn: Pfn,
-        write: bool,
-        r: Resolved,
-        seen: &StructPage,
-        site: &'static Location<'static>,
-    ) {
-        if let Some(c) = self.coverage.as_mut() {
-            let access = Access {
-                pfn,
-                cpu: self.cur_cpu,
-                func: self.cur_func,
-                site,
-                write,
-                aliased: r.aliased,
-                stale: r.pte != self.vmemmap.ptes[vmemmap_page_of(pfn) as usize],
-                writable: r.pte.writable,
-            };
-            c.record_access(&access, seen);
+    fn observe(&mut self, a: &Access, seen: &StructPage) {
+        if let Some(c) = self.kcov.as_mut() {
+            c.record_access(a, seen);
+        }
+        if self.reached.is_some() {
+            let got = oracle::observe_access(a, seen);
+            self.reach(got);
+        }
+    }
+
+    /// Record reachability properties an execution got to.
+    pub fn reach(&mut self, bits: u64) {
+        if let Some(r) = self.reached.as_mut() {
+            *r |= bits;
         }
     }
 
     /// Read `pfn_to_page(pfn)` as the running CPU sees it.
     #[track_caller]
     pub fn page(&mut self, pfn: Pfn) -> Result<StructPage, Violation> {
-        let r = self.resolve(pfn);
-        let seen = *self.memmap_slot(pfn, r)?;
-        self.cover(pfn, false, r, &seen, Location::caller());
+        let a = self.access(pfn, false, Location::caller())?;
+        let seen = *self.slot(&a);
+        self.observe(&a, &seen);
         Ok(seen)
     }
 
     /// Write access to `pfn_to_page(pfn)` as the running CPU sees it.
     #[track_caller]
     pub fn page_mut(&mut self, pfn: Pfn) -> Result<&mut StructPage, Violation> {
-        let r = self.resolve(pfn);
-        oracle::no_write_through_ro_vmemmap(pfn, r.pte)?;
-        if self.coverage.is_some() {
-            let seen = *self.memmap_slot(pfn, r)?;
-            self.cover(pfn, true, r, &seen, Location::caller());
+        let a = self.access(pfn, true, Location::caller())?;
+        if self.kcov.is_some() || self.reached.is_some() {
+            let seen = *self.slot(&a);
+            self.observe(&a, &seen);
         }
-        self.memmap_slot(pfn, r)
+        Ok(self.slot(&a))
+    }
+
+    /// The translation the running CPU would use for `pfn`'s struct page,
+    /// filling its TLB, without accessing it.
+    pub fn resolve(&mut self, pfn: Pfn) -> Pte {
+        let vpage = vmemmap_page_of(pfn);
+        let cpu = self.cpu_index();
+        let current = self.vmemmap.ptes[vpage as usize];
+        *self.cpus[cpu].tlb[vpage as usize].get_or_insert(current)
+    }
+
+    /// Is `pfn`'s struct page reached through an alias by the running CPU?
+    pub fn resolves_aliased(&mut self, pfn: Pfn) -> bool {
+        let vpage = vmemmap_page_of(pfn);
+        let pte = self.resolve(pfn);
+        !matches!(self.frames[pte.frame as usize].owner, Owner::Memmap { home } if home == Some(vpage))
     }
 
     /// The struct page `pfn` reads through the page table, bypassing TLBs:
@@ -176,14 +202,14 @@ impl Machine {
 
     /// The struct pages of a vmemmap page, read through the running CPU's
     /// mapping (`copy_page(to, (void *)walk->reuse_addr)`).
+    #[track_caller]
     pub fn read_vmemmap_page(
         &mut self,
         vpage: u32,
     ) -> Result<Box<[StructPage; STRUCT_PAGES_PER_VMEMMAP_PAGE as usize]>, Violation> {
         let first = vpage * STRUCT_PAGES_PER_VMEMMAP_PAGE;
-        let r = self.resolve(first);
-        self.memmap_slot(first, r)?;
-        match &self.frames[r.pte.frame as usize].content {
+        let a = self.access(first, false, Location::caller())?;
+        match &self.frames[a.pte.frame as usize].content {
             Content::Memmap(pages) => Ok(pages.clone()),
             _ => unreachable!(),
         }

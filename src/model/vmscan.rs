@@ -1,13 +1,13 @@
 //! Reclaim of a clean page-cache folio (mm/vmscan.c).
 
 use super::KResult;
+use super::ctx::Cpu;
 use super::filemap::{
     filemap_get_entry, filemap_remove_folio_locked, folio_trylock, folio_unlock, with_xa_lock,
 };
 use super::mm_types::pg;
 use super::page_flags::folio_nr_pages;
 use super::page_ref::{folio_put, folio_ref_freeze, free_frozen_folio};
-use crate::exec::Cpu;
 
 /// `shrink_folio_list` for the folio at `index`: isolate it from the LRU
 /// (`folio_isolate_lru` holds a reference), lock it, then `__remove_mapping`

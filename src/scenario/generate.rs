@@ -8,8 +8,10 @@
 //! scenario.
 
 use super::{MAX_CPUS, Op, Scenario};
-use crate::model::pgtable::{NR_MMS, USER_PAGES};
-use crate::model::{Config, Variant, config::STRUCT_PAGES_PER_VMEMMAP_PAGE};
+use crate::model::config::STRUCT_PAGES_PER_VMEMMAP_PAGE;
+use crate::model::op::{Arg, Draw, Index, Role};
+use crate::model::subsystem::distinct_arms;
+use crate::model::{Config, OpKind, Subsystem, SubsystemSet, Variant};
 use arbitrary::{Arbitrary, Unstructured};
 use proptest::prelude::*;
 
@@ -23,8 +25,19 @@ pub struct GenOptions {
     pub max_ops: usize,
     /// Ops run before the CPUs start: 0..=max_setup.
     pub max_setup: usize,
-    /// Which op families scenarios draw from.
+    /// Which subsystems scenarios draw their ops from.
     pub ops: OpFamily,
+}
+
+/// Which subsystems a generated scenario's ops come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OpFamily {
+    /// Each scenario picks, from its bytes, every op kind or one
+    /// subsystem's arm (the subsystems its races involve).
+    #[default]
+    Any,
+    /// The arms of these subsystems; every subsystem is every op kind.
+    Of(SubsystemSet),
 }
 
 impl OpFamily {
@@ -32,29 +45,44 @@ impl OpFamily {
     /// live, or any family for the fixed model.
     pub fn for_variants(variants: &[Variant]) -> OpFamily {
         if variants.is_empty() {
-            OpFamily::Any
-        } else if variants.iter().all(|v| v.is_hvo()) {
-            OpFamily::Hvo
-        } else if variants.iter().all(|v| !v.is_hvo()) {
-            OpFamily::User
-        } else {
-            OpFamily::All
+            return OpFamily::Any;
+        }
+        let subsystems: Vec<Subsystem> = variants.iter().map(|v| v.subsystem()).collect();
+        OpFamily::Of(SubsystemSet::of(&subsystems))
+    }
+
+    /// `any`, `all`, or subsystem names joined by commas.
+    pub fn parse(text: &str) -> Result<OpFamily, String> {
+        match text.trim() {
+            "any" => return Ok(OpFamily::Any),
+            "all" => return Ok(OpFamily::Of(SubsystemSet::all())),
+            _ => {}
+        }
+        let mut set = Vec::new();
+        for name in text.split(',').map(str::trim) {
+            let s = Subsystem::ALL
+                .iter()
+                .copied()
+                .find(|s| s.name() == name)
+                .ok_or_else(|| {
+                    let known: Vec<&str> = Subsystem::ALL.iter().map(|s| s.name()).collect();
+                    format!(
+                        "unknown op family `{name}`: use `any`, `all` or subsystem names ({}) joined by commas",
+                        known.join(", ")
+                    )
+                })?;
+            set.push(s);
+        }
+        Ok(OpFamily::Of(SubsystemSet::of(&set)))
+    }
+
+    pub fn label(self) -> String {
+        match self {
+            OpFamily::Any => "any".into(),
+            OpFamily::Of(s) if s == SubsystemSet::all() => "all".into(),
+            OpFamily::Of(s) => s.label(),
         }
     }
-}
-
-/// Which kinds of ops a generated scenario uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OpFamily {
-    /// Each scenario picks one of the others (decoded from its bytes).
-    #[default]
-    Any,
-    /// Every op kind.
-    All,
-    /// Page cache, pfn walkers and hugetlb/HVO.
-    Hvo,
-    /// Page cache and user memory: faults, GUP, migration, collapse.
-    User,
 }
 
 impl Default for GenOptions {
@@ -121,161 +149,118 @@ const GEN_INDEXES: u8 = 2;
 struct Uaddrs([(u8, u8); 2]);
 
 impl Uaddrs {
-    fn decode_one(u: &mut Unstructured) -> arbitrary::Result<(u8, u8)> {
+    fn decode_one(u: &mut Unstructured, cfg: &Config) -> arbitrary::Result<(u8, u8)> {
         Ok((
-            u.int_in_range(0..=NR_MMS as u8 - 1)?,
-            u.int_in_range(0..=USER_PAGES as u8 - 1)?,
+            u.int_in_range(0..=cfg.mms - 1)?,
+            u.int_in_range(0..=cfg.user_pages().max(1) as u8 - 1)?,
         ))
     }
 
-    fn decode(u: &mut Unstructured) -> arbitrary::Result<Uaddrs> {
-        Ok(Uaddrs([Self::decode_one(u)?, Self::decode_one(u)?]))
+    fn decode(u: &mut Unstructured, cfg: &Config) -> arbitrary::Result<Uaddrs> {
+        Ok(Uaddrs([
+            Self::decode_one(u, cfg)?,
+            Self::decode_one(u, cfg)?,
+        ]))
     }
 
-    fn get(&self, u: &mut Unstructured) -> arbitrary::Result<(u8, u8)> {
+    fn get(&self, u: &mut Unstructured, cfg: &Config) -> arbitrary::Result<(u8, u8)> {
         match u.int_in_range(0..=3u8)? {
             0 | 1 => Ok(self.0[0]),
             2 => Ok(self.0[1]),
-            _ => Self::decode_one(u),
+            _ => Self::decode_one(u, cfg),
         }
     }
 }
 
-/// Op kinds, simplest first. A scenario draws from all of them, from the
-/// page-cache and hugetlb ones, or from the page-cache and user-memory ones
-/// (so that each family's races stay likely). The last kind is an idiom
-/// rather than one op, as a fuzzing dictionary holds tokens: a page-cache
-/// folio freed and its memory reused by hugetlb, the lifecycle every HVO
-/// race in the seeds turns on (seed 000: "removed from the page cache ...
-/// reallocated as a hugetlb tail").
-const REUSE_FOR_HUGETLB: u8 = 19;
-const ALL_KINDS: &[u8] = &[
-    0,
-    1,
-    2,
-    3,
-    4,
-    5,
-    6,
-    7,
-    8,
-    9,
-    10,
-    11,
-    12,
-    13,
-    14,
-    15,
-    16,
-    17,
-    18,
-    REUSE_FOR_HUGETLB,
-];
-const HVO_KINDS: &[u8] = &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, REUSE_FOR_HUGETLB];
-const USER_KINDS: &[u8] = &[1, 2, 3, 4, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18];
+/// Draws op fields by role from the input.
+struct Drawer<'s, 'u, 'a> {
+    u: &'s mut Unstructured<'a>,
+    cfg: &'u Config,
+    palette: &'u Palette,
+    uaddrs: &'u Uaddrs,
+    /// The page of the address whose process was just drawn: an op's
+    /// process and page come from one palette address.
+    page: Option<u8>,
+}
 
-/// Kinds the setup draws from: ops that build state (page-cache folios,
-/// pool folios, mappings, references), so that the CPUs race over state
-/// that exists, not over a setup that already tore it down.
-const HVO_SETUP_KINDS: &[u8] = &[2, 7];
-const USER_SETUP_KINDS: &[u8] = &[2, 10, 11, 12, 17];
-const ALL_SETUP_KINDS: &[u8] = &[2, 7, 10, 11, 12, 17];
-
-/// The ops of one slot, of one of `kinds`: one op, or two for the reuse
-/// idiom.
-fn decode_slot(
-    u: &mut Unstructured,
-    cfg: &Config,
-    palette: &Palette,
-    uaddrs: &Uaddrs,
-    kinds: &[u8],
-    ops: &mut Vec<Op>,
-) -> arbitrary::Result<()> {
-    let kind = kinds[u.int_in_range(0..=kinds.len() - 1)?];
-    if kind == REUSE_FOR_HUGETLB {
-        let index = u.int_in_range(0..=GEN_INDEXES - 1)?;
-        ops.push(if u.arbitrary()? {
-            Op::ShrinkFolio { index }
-        } else {
-            Op::TruncateInodeFolio { index }
-        });
-        ops.push(Op::AllocHugetlbFolio {
-            pfn_hint: palette.pfn(u, cfg)?,
-        });
-        return Ok(());
+impl Draw for Drawer<'_, '_, '_> {
+    fn draw(&mut self, role: Role) -> arbitrary::Result<u32> {
+        Ok(match role {
+            Role::Index => self.u.int_in_range(0..=GEN_INDEXES - 1)? as u32,
+            Role::Pfn => self.palette.pfn(self.u, self.cfg)?,
+            Role::Mm => {
+                let (mm, page) = self.uaddrs.get(self.u, self.cfg)?;
+                self.page = Some(page);
+                mm as u32
+            }
+            Role::Page => match self.page.take() {
+                Some(p) => p as u32,
+                None => self.uaddrs.get(self.u, self.cfg)?.1 as u32,
+            },
+            Role::Count => self.u.int_in_range(1..=3u8)? as u32,
+            Role::Order => self.u.int_in_range(0..=1u8)? as u32,
+        })
     }
-    ops.push(decode_op(u, cfg, palette, uaddrs, kind)?);
+}
+
+/// What one slot of a scenario can decode to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Choice {
+    Op(OpKind),
+    /// An idiom rather than one op, as a fuzzing dictionary holds tokens:
+    /// a page-cache folio freed and its memory reused by hugetlb, the
+    /// lifecycle every HVO race in the seeds turns on (seed 000: "removed
+    /// from the page cache ... reallocated as a hugetlb tail").
+    ReuseForHugetlb,
+}
+
+/// The choices of an arm, simplest first: its op kinds in table order, then
+/// its idioms.
+struct Choices {
+    items: [Choice; 32],
+    len: usize,
+}
+
+impl Choices {
+    fn of(arm: SubsystemSet, setup: bool) -> Choices {
+        let mut c = Choices {
+            items: [Choice::ReuseForHugetlb; 32],
+            len: 0,
+        };
+        for k in OpKind::of(arm).filter(|k| !setup || k.builds_state()) {
+            c.items[c.len] = Choice::Op(k);
+            c.len += 1;
+        }
+        if !setup && arm.has(Subsystem::Hvo) {
+            c.items[c.len] = Choice::ReuseForHugetlb;
+            c.len += 1;
+        }
+        c
+    }
+
+    fn get(&self) -> &[Choice] {
+        &self.items[..self.len]
+    }
+}
+
+/// The ops of one slot: one op, or two for an idiom.
+fn decode_slot(d: &mut Drawer, choices: &Choices, ops: &mut Vec<Op>) -> arbitrary::Result<()> {
+    let choices = choices.get();
+    let choice = choices[d.u.int_in_range(0..=choices.len() - 1)?];
+    d.page = None;
+    match choice {
+        Choice::Op(kind) => ops.push(kind.draw(d)?),
+        Choice::ReuseForHugetlb => {
+            let index = Index::from_raw(d.draw(Role::Index)?);
+            ops.push(if d.u.arbitrary()? {
+                Op::ShrinkFolio { index }
+            } else {
+                Op::TruncateInodeFolio { index }
+            });
+            ops.push(OpKind::AllocHugetlbFolio.draw(d)?);
+        }
+    }
     Ok(())
-}
-
-/// One op of the given kind.
-fn decode_op(
-    u: &mut Unstructured,
-    cfg: &Config,
-    palette: &Palette,
-    uaddrs: &Uaddrs,
-    kind: u8,
-) -> arbitrary::Result<Op> {
-    let index = |u: &mut Unstructured| u.int_in_range(0..=GEN_INDEXES - 1);
-    Ok(match kind {
-        0 => Op::PfnWalk {
-            pfn: palette.pfn(u, cfg)?,
-        },
-        1 => Op::FilemapGetFolio { index: index(u)? },
-        2 => Op::FilemapAddFolio {
-            index: index(u)?,
-            pfn_hint: palette.pfn(u, cfg)?,
-        },
-        3 => Op::TruncateInodeFolio { index: index(u)? },
-        4 => Op::ShrinkFolio { index: index(u)? },
-        5 => Op::AllocHugetlbFolio {
-            pfn_hint: palette.pfn(u, cfg)?,
-        },
-        6 => Op::PutHugetlbFolio,
-        7 => Op::AllocPoolHugeFolio {
-            pfn_hint: palette.pfn(u, cfg)?,
-        },
-        8 => Op::ShrinkHugePool,
-        9 => Op::FailNextAllocs {
-            count: u.int_in_range(1..=3)?,
-        },
-        10 => {
-            let (mm, addr) = uaddrs.get(u)?;
-            Op::HandleMmFault {
-                mm,
-                addr,
-                pfn_hint: palette.pfn(u, cfg)?,
-                order: u.int_in_range(0..=1)?,
-            }
-        }
-        11 => {
-            let (mm, addr) = uaddrs.get(u)?;
-            Op::GetUserPagesFast { mm, addr }
-        }
-        12 => {
-            let (mm, addr) = uaddrs.get(u)?;
-            Op::PinUserPagesFast { mm, addr }
-        }
-        13 => Op::MemcpyToPage,
-        14 => Op::UnpinUserPage,
-        15 => {
-            let (mm, addr) = uaddrs.get(u)?;
-            Op::MigratePages {
-                mm,
-                addr,
-                pfn_hint: palette.pfn(u, cfg)?,
-            }
-        }
-        16 => {
-            let (mm, addr) = uaddrs.get(u)?;
-            Op::ZapPteRange { mm, addr }
-        }
-        17 => Op::CreateEmptyBuffers { index: index(u)? },
-        _ => Op::CollapseHugePage {
-            mm: uaddrs.get(u)?.0,
-            pfn_hint: palette.pfn(u, cfg)?,
-        },
-    })
 }
 
 /// Decode a whole scenario. Never fails: missing bytes read as zero.
@@ -310,34 +295,39 @@ fn decode_ops_then_schedule(
     let cfg = &opts.config;
     let nr_cpus = u.int_in_range(2..=opts.max_cpus.clamp(2, MAX_CPUS))?;
     let palette = Palette::decode(u, cfg)?;
-    let uaddrs = Uaddrs::decode(u)?;
-    // Always read the family byte, so inputs decode alike whatever the option.
-    let decoded = u.int_in_range(0..=2u8)?;
-    let family = match opts.ops {
-        OpFamily::Any => decoded,
-        OpFamily::All => 0,
-        OpFamily::Hvo => 1,
-        OpFamily::User => 2,
+    let uaddrs = Uaddrs::decode(u, cfg)?;
+    // Always read the family byte, so inputs decode alike whatever the
+    // option: 0 is every op kind, then each distinct arm.
+    let arms = distinct_arms();
+    let decoded = u.int_in_range(0..=arms.len() as u8)?;
+    let arm = match opts.ops {
+        OpFamily::Any if decoded == 0 => SubsystemSet::all(),
+        OpFamily::Any => arms[decoded as usize - 1],
+        OpFamily::Of(set) => set.arms(),
     };
-    let (setup_kinds, kinds) = match family {
-        0 => (ALL_SETUP_KINDS, ALL_KINDS),
-        1 => (HVO_SETUP_KINDS, HVO_KINDS),
-        _ => (USER_SETUP_KINDS, USER_KINDS),
+    let (setup_choices, choices) = (Choices::of(arm, true), Choices::of(arm, false));
+    let mut d = Drawer {
+        u,
+        cfg,
+        palette: &palette,
+        uaddrs: &uaddrs,
+        page: None,
     };
-    let nr_setup = u.int_in_range(0..=opts.max_setup)?;
+    let nr_setup = d.u.int_in_range(0..=opts.max_setup)?;
     let mut setup = Vec::new();
     for _ in 0..nr_setup {
-        decode_slot(u, cfg, &palette, &uaddrs, setup_kinds, &mut setup)?;
+        decode_slot(&mut d, &setup_choices, &mut setup)?;
     }
     let mut cpus = Vec::with_capacity(nr_cpus);
     for _ in 0..nr_cpus {
-        let n = u.int_in_range(1..=opts.max_ops.max(1))?;
+        let n = d.u.int_in_range(1..=opts.max_ops.max(1))?;
         let mut ops = Vec::new();
         for _ in 0..n {
-            decode_slot(u, cfg, &palette, &uaddrs, kinds, &mut ops)?;
+            decode_slot(&mut d, &choices, &mut ops)?;
         }
         cpus.push(ops);
     }
+    let u = d.u;
     // The schedule as runs: (CPU, how many decisions in a row). Short runs
     // are likelier, but one byte reaches a run of up to 59 decisions, so a
     // mutation can move a preemption deep into a long kernel path.

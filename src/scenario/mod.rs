@@ -2,11 +2,10 @@
 //! Versioned, human-readable JSON.
 
 pub mod generate;
-mod op;
 
-pub use op::Op;
+pub use crate::model::Op;
 
-use crate::model::machine::Detected;
+use crate::model::ctx::Detected;
 use crate::model::{Config, Oracle};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -151,17 +150,37 @@ impl Scenario {
                 self.schedule.len()
             ));
         }
-        if let Some(&c) = self
+        if let Some((i, &c)) = self
             .schedule
             .iter()
-            .find(|&&c| c as usize >= self.cpus.len())
+            .enumerate()
+            .find(|&(_, &c)| c as usize >= self.cpus.len())
         {
             return Err(format!(
-                "schedule names CPU {c}, but the scenario has {} CPUs",
+                "schedule[{i}] names CPU {c}, but the scenario has {} CPUs",
                 self.cpus.len()
             ));
         }
+        for (where_, op) in self.ops() {
+            op.check(&self.config)
+                .map_err(|why| format!("{where_} ({}): {why}", op.name()))?;
+        }
         Ok(())
+    }
+
+    /// Every op with where it sits: `setup[i]` or `cpus[c][i]`.
+    pub fn ops(&self) -> impl Iterator<Item = (String, &Op)> {
+        let setup = self
+            .setup
+            .iter()
+            .enumerate()
+            .map(|(i, op)| (format!("setup[{i}]"), op));
+        let cpus = self.cpus.iter().enumerate().flat_map(|(c, ops)| {
+            ops.iter()
+                .enumerate()
+                .map(move |(i, op)| (format!("cpus[{c}][{i}]"), op))
+        });
+        setup.chain(cpus)
     }
 
     pub fn from_json(text: &str, origin: &str) -> Result<Scenario, ScenarioError> {

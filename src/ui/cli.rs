@@ -6,7 +6,7 @@ use crate::model::{Config, HvoMode, Variant, VariantSet};
 use crate::scenario::Scenario;
 use crate::scenario::generate::{GenOptions, OpFamily};
 use crate::ui::render;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -22,42 +22,6 @@ pub struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum EngineArg {
-    Random,
-    Pct,
-    Dfs,
-    Input,
-}
-
-impl From<EngineArg> for Engine {
-    fn from(e: EngineArg) -> Engine {
-        match e {
-            EngineArg::Random => Engine::Random,
-            EngineArg::Pct => Engine::Pct,
-            EngineArg::Dfs => Engine::Dfs,
-            EngineArg::Input => Engine::Input,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum HvoModeArg {
-    #[value(name = "keep-2")]
-    Keep2,
-    #[value(name = "keep-1")]
-    Keep1,
-    SharedTail,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum OpsArg {
-    Any,
-    All,
-    Hvo,
-    User,
-}
-
 #[derive(Subcommand, Debug)]
 enum Command {
     /// One line per bug variant: its name and what it breaks.
@@ -68,8 +32,8 @@ enum Command {
         #[arg(long = "variant", value_name = "NAME")]
         variants: Vec<String>,
         /// How interleavings are chosen. Default: every engine in turn.
-        #[arg(long)]
-        engine: Option<EngineArg>,
+        #[arg(long, value_enum)]
+        engine: Option<Engine>,
         /// Stop after this many generated scenarios (per engine).
         #[arg(long)]
         iterations: Option<u64>,
@@ -82,16 +46,18 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "keep-1")]
-        hvo_mode: HvoModeArg,
+        hvo_mode: HvoMode,
         /// CPUs per generated scenario, at most.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=4))]
         cpus: u8,
         /// Interleavings per scenario for random, pct and dfs.
         #[arg(long, default_value_t = 32)]
         executions_per_scenario: usize,
-        /// Op families to generate [default: the variants' family, else any].
-        #[arg(long, value_enum)]
-        ops: Option<OpsArg>,
+        /// Op families to generate: `any` (each scenario picks one), `all`, or
+        /// subsystem names joined by commas [default: the variants'
+        /// subsystems, else any].
+        #[arg(long, value_parser = OpFamily::parse)]
+        ops: Option<OpFamily>,
         /// PCT depth: priority change points + 1 [default: drawn per
         /// scenario from 2..=5].
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=8))]
@@ -121,7 +87,13 @@ enum Command {
     },
 }
 
-/// Exit status: 0 clean, 1 violation found, 2 usage or input error.
+/// `replay` of a file whose `expect` block does not reproduce.
+pub const EXIT_NOT_REPRODUCED: u8 = 3;
+/// The model panicked: a harness bug, with the scenario saved.
+pub const EXIT_MODEL_PANIC: u8 = 4;
+
+/// Exit status: 0 clean, 1 violation found, 2 usage or input error, 3 a
+/// replayed file's `expect` not reproduced, 4 the model panicked.
 pub fn main() -> ExitCode {
     crate::exec::quiet_shuttle_panics();
     let cli = Cli::parse();
@@ -167,16 +139,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 .map(|n| Variant::from_name(n))
                 .collect::<Result<Vec<_>, _>>()?;
             let config = Config {
-                hvo_mode: match hvo_mode {
-                    HvoModeArg::Keep2 => HvoMode::Keep2,
-                    HvoModeArg::Keep1 => HvoMode::Keep1,
-                    HvoModeArg::SharedTail => HvoMode::SharedTail,
-                },
+                hvo_mode,
                 variants: VariantSet::new(&variants),
                 ..Config::default()
             };
             let engines: Vec<Engine> = match engine {
-                Some(e) => vec![e.into()],
+                Some(e) => vec![e],
                 None => Engine::ALL.to_vec(),
             };
             let secs = time.unwrap_or(if engine.is_some() { 60.0 } else { 5.0 });
@@ -198,13 +166,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             );
             let mut found = false;
             for engine in engines {
-                let ops = match ops {
-                    Some(OpsArg::Any) => OpFamily::Any,
-                    Some(OpsArg::All) => OpFamily::All,
-                    Some(OpsArg::Hvo) => OpFamily::Hvo,
-                    Some(OpsArg::User) => OpFamily::User,
-                    None => OpFamily::for_variants(&variants),
-                };
+                let ops = ops.unwrap_or_else(|| OpFamily::for_variants(&variants));
                 let mut opts = HuntOptions::new(
                     engine,
                     GenOptions {
@@ -223,10 +185,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 print_summary(&report);
                 if let Some((scenario, msg)) = &report.model_panic {
                     let path = save(scenario, out.as_deref(), &label, engine, seed, "panic")?;
-                    return Err(format!(
-                        "the model panicked (a harness bug): {msg}\n  scenario saved to {}",
+                    eprintln!(
+                        "mmharness: the model panicked (a harness bug): {msg}\n  scenario saved to {}",
                         path.display()
-                    ));
+                    );
+                    return Ok(ExitCode::from(EXIT_MODEL_PANIC));
                 }
                 if let Some(f) = report.finding {
                     found = true;
@@ -351,30 +314,35 @@ fn replay(file: &Path, quiet: bool) -> Result<ExitCode, String> {
         );
     }
     println!("{}", render::verdict(&o));
+    if let Verdict::ModelPanic(_) = o.verdict {
+        return Ok(ExitCode::from(EXIT_MODEL_PANIC));
+    }
     if let Some(e) = &s.expect {
         match o.violation() {
             Some(d) if e.matches(d) => {
                 println!("reproduces the expected {} in {}()", e.oracle, e.func)
             }
-            _ => println!(
-                "DOES NOT REPRODUCE: the file expects {} in {}(){}",
-                e.oracle,
-                e.func,
-                if o.schedule.len() > s.schedule.len() {
-                    format!(
-                        "; the schedule ran out after {} choices and {} decisions followed the default (the running CPU continues): is the schedule truncated?",
-                        s.schedule.len(),
-                        o.schedule.len() - s.schedule.len()
-                    )
-                } else {
-                    String::new()
-                }
-            ),
+            _ => {
+                println!(
+                    "DOES NOT REPRODUCE: the file expects {} in {}(){}",
+                    e.oracle,
+                    e.func,
+                    if o.schedule.len() > s.schedule.len() {
+                        format!(
+                            "; the schedule ran out after {} choices and {} decisions followed the default (the running CPU continues): is the schedule truncated?",
+                            s.schedule.len(),
+                            o.schedule.len() - s.schedule.len()
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
+                return Ok(ExitCode::from(EXIT_NOT_REPRODUCED));
+            }
         }
     }
     Ok(match o.verdict {
         Verdict::Clean => ExitCode::SUCCESS,
-        Verdict::Violation(_) => ExitCode::from(1),
-        Verdict::ModelPanic(_) => ExitCode::from(2),
+        _ => ExitCode::from(1),
     })
 }

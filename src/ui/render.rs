@@ -1,7 +1,7 @@
 //! CPU-by-CPU interleaving tables, like the ones in the mail threads.
 
 use crate::exec::{Outcome, Verdict};
-use crate::model::machine::TraceEvent;
+use crate::model::ctx::TraceEvent;
 use crate::scenario::Scenario;
 use std::fmt::Write;
 

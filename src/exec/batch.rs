@@ -1,0 +1,663 @@
+//! Running jobs: many executions of many scenarios in one shuttle run.
+//!
+//! shuttle's continuation pool lives for one `Runner::run`, so a runner per
+//! execution would allocate fresh coroutine stacks every time. Here one
+//! runner serves a whole batch: its scheduler hands out the next
+//! execution (of the running job, or of the next job), and the body picks
+//! the job up from the shared batch state. The machine is booted once per
+//! configuration and reset between executions; a job with many executions
+//! runs its (sequential) setup once. A panic in one execution is reported
+//! as that job's verdict, and the batch carries on in a new runner.
+
+use super::executor::{ExecState, STEP_BOUND, SharedState, ShuttleExecutor, lock};
+use super::schedulers::{Decision, InputScheduler, classify, cpu_of};
+use crate::model::ctx::{Cpu, CpuId, Detected, Record, Sequential, TraceEvent};
+use crate::model::kcov::Coverage;
+use crate::model::{Config, Machine, Oracle, Violation, oracle};
+use crate::scenario::Scenario;
+use shuttle::scheduler::{
+    DfsScheduler, PctScheduler, RandomScheduler, Schedule, Scheduler, Task, TaskId,
+};
+use shuttle::{FailurePersistence, MaxSteps, Runner};
+use std::cell::Cell;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex, MutexGuard, Once};
+
+/// What an execution records besides its verdict.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Observe {
+    pub tracing: bool,
+    /// Interleaving 2-grams and struct-page mapping states.
+    pub coverage: bool,
+    /// Conflicting struct-page accesses too: a denser signal that helps
+    /// the shuttle schedulers keep scenarios where CPUs meet, but drowns a
+    /// byte-mutating search in features.
+    pub conflicts: bool,
+    /// The reachability properties the execution got to.
+    pub reach: bool,
+}
+
+/// How a job's interleavings are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// One execution of the scenario's own schedule.
+    Replay,
+    /// shuttle's random scheduler.
+    Random { seed: u64, executions: usize },
+    /// shuttle's PCT scheduler.
+    Pct {
+        seed: u64,
+        depth: usize,
+        executions: usize,
+    },
+    /// shuttle's bounded DFS.
+    Dfs { executions: usize },
+}
+
+impl Plan {
+    fn executions(self) -> usize {
+        match self {
+            Plan::Replay => 1,
+            Plan::Random { executions, .. }
+            | Plan::Pct { executions, .. }
+            | Plan::Dfs { executions } => executions,
+        }
+    }
+
+    fn scheduler(self, scenario: &Scenario) -> Box<dyn Scheduler + Send> {
+        match self {
+            Plan::Replay => Box::new(InputScheduler::new(scenario.schedule.clone())),
+            Plan::Random { seed, executions } => {
+                Box::new(RandomScheduler::new_from_seed(seed, executions))
+            }
+            Plan::Pct {
+                seed,
+                depth,
+                executions,
+            } => Box::new(PctScheduler::new_from_seed(seed, depth, executions)),
+            Plan::Dfs { executions } => Box::new(DfsScheduler::new(Some(executions), false)),
+        }
+    }
+}
+
+/// One scenario to explore.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub scenario: Arc<Scenario>,
+    pub plan: Plan,
+    pub observe: Observe,
+}
+
+impl Job {
+    pub fn new(scenario: Arc<Scenario>, plan: Plan, observe: Observe) -> Job {
+        // With one CPU there is nothing to schedule (and PCT needs a
+        // decision).
+        let plan = if scenario.cpus.len() < 2 {
+            Plan::Replay
+        } else {
+            plan
+        };
+        Job {
+            scenario,
+            plan,
+            observe,
+        }
+    }
+
+    pub fn replay(scenario: Arc<Scenario>, observe: Observe) -> Job {
+        Job::new(scenario, Plan::Replay, observe)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Clean,
+    Violation(Detected),
+    /// The model itself panicked: a harness bug, not a finding.
+    ModelPanic(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    /// The CPU chosen at each decision, as the input scheduler replays it.
+    pub schedule: Vec<u8>,
+    /// Model steps executed.
+    pub steps: u32,
+    pub trace: Vec<TraceEvent>,
+    /// Coverage features, when asked for (see `model::kcov::Coverage`).
+    pub features: Vec<u64>,
+    /// Bits of `oracle::REACHABLE` the execution got to, when asked for.
+    pub reached: u64,
+}
+
+impl Outcome {
+    pub fn violation(&self) -> Option<&Detected> {
+        match &self.verdict {
+            Verdict::Violation(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    pub fn oracle(&self) -> Option<Oracle> {
+        self.violation().map(|d| d.violation.oracle)
+    }
+}
+
+/// What exploring one job produced.
+#[derive(Debug, Clone, Default)]
+pub struct Explored {
+    pub executions: usize,
+    /// Model steps over every execution.
+    pub steps: u64,
+    /// The first non-clean outcome; its schedule replays under
+    /// [`Plan::Replay`].
+    pub failure: Option<Outcome>,
+    /// The one outcome of a replay.
+    pub replayed: Option<Outcome>,
+    /// The union of the executions' coverage features, sorted.
+    pub features: Vec<u64>,
+    /// The union of the reachability properties.
+    pub reached: u64,
+}
+
+/// The decisions of the running execution.
+type ScheduleLog = Arc<Mutex<Vec<u8>>>;
+
+fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The batch, shared by its scheduler and its body.
+struct BatchState {
+    jobs: Vec<Job>,
+    results: Vec<Explored>,
+    /// The job whose executions are running.
+    current: Option<usize>,
+    next: usize,
+    /// The running job found a violation: start no more of its executions.
+    stop_job: bool,
+    /// The booted machine of the last configuration.
+    booted: Option<(Config, usize, Machine)>,
+    /// The running job's machine after its setup, when it has more than one
+    /// execution.
+    after_setup: Option<(Machine, Record)>,
+    /// The machine of the running execution, reused between executions.
+    exec: Option<SharedState>,
+}
+
+impl BatchState {
+    /// Start the next job; false when there is none.
+    fn start_next(&mut self) -> bool {
+        self.after_setup = None;
+        self.stop_job = false;
+        if self.next >= self.jobs.len() {
+            self.current = None;
+            return false;
+        }
+        self.current = Some(self.next);
+        self.next += 1;
+        true
+    }
+
+    fn job(&self) -> &Job {
+        &self.jobs[self.current.expect("a job is running")]
+    }
+
+    fn report(&mut self, o: Outcome) {
+        let i = self.current.expect("a job is running");
+        let replay = self.jobs[i].plan == Plan::Replay;
+        let failed = o.verdict != Verdict::Clean;
+        self.stop_job |= failed;
+        let r = &mut self.results[i];
+        r.executions += 1;
+        r.steps += o.steps as u64;
+        r.reached |= o.reached;
+        r.features.extend_from_slice(&o.features);
+        if replay {
+            if failed && r.failure.is_none() {
+                r.failure = Some(o.clone());
+            }
+            r.replayed = Some(o);
+        } else if failed && r.failure.is_none() {
+            r.failure = Some(o);
+        }
+    }
+}
+
+/// The scheduler of a batch: forced moves are made without asking, each
+/// decision is delegated to the running job's scheduler and logged.
+struct BatchScheduler {
+    batch: Arc<Mutex<BatchState>>,
+    log: ScheduleLog,
+    inner: Option<Box<dyn Scheduler + Send>>,
+}
+
+impl Scheduler for BatchScheduler {
+    fn new_execution(&mut self) -> Option<Schedule> {
+        loop {
+            let mut b = guard(&self.batch);
+            if let Some(inner) = self.inner.as_mut()
+                && !b.stop_job
+                && let Some(s) = inner.new_execution()
+            {
+                guard(&self.log).clear();
+                return Some(s);
+            }
+            if !b.start_next() {
+                self.inner = None;
+                return None;
+            }
+            let job = b.job();
+            self.inner = Some(job.plan.scheduler(&job.scenario));
+        }
+    }
+
+    fn next_task(
+        &mut self,
+        runnable: &[&Task],
+        current: Option<TaskId>,
+        yielding: bool,
+    ) -> Option<TaskId> {
+        match classify(runnable) {
+            Decision::Forced(t) => Some(t),
+            Decision::Choose => {
+                let t = self
+                    .inner
+                    .as_mut()?
+                    .next_task(runnable, current, yielding)?;
+                guard(&self.log).push(cpu_of(t));
+                Some(t)
+            }
+        }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.inner.as_mut().map_or(0, |s| s.next_u64())
+    }
+}
+
+/// Prepare the running execution's state: the booted machine of its
+/// configuration, then its setup (run now, or copied from the job's first
+/// execution). Returns the scenario, what to observe and the state.
+fn begin_execution(batch: &Mutex<BatchState>) -> (Arc<Scenario>, SharedState) {
+    let mut b = guard(batch);
+    let job = b.job().clone();
+    let s = &job.scenario;
+    let nr_cpus = s.cpus.len();
+    let exec = b
+        .exec
+        .get_or_insert_with(|| {
+            Arc::new(Mutex::new(ExecState {
+                machine: Machine::new(s.config, nr_cpus),
+                record: Record::default(),
+                running: 0,
+                waiters: 0,
+            }))
+        })
+        .clone();
+    let mut st = lock(&exec);
+    if let Some((m, r)) = &b.after_setup {
+        st.machine.clone_from(m);
+        st.record.clone_from(r);
+    } else {
+        let fresh = matches!(&b.booted, Some((c, n, _)) if *c == s.config && *n == nr_cpus);
+        if !fresh {
+            b.booted = Some((s.config, nr_cpus, Machine::new(s.config, nr_cpus)));
+        }
+        let (_, _, booted) = b.booted.as_ref().expect("booted above");
+        st.machine.clone_from(booted);
+        st.machine.trace.set_enabled(job.observe.tracing);
+        st.machine.kcov = None;
+        st.machine.reached = job.observe.reach.then_some(0);
+        let st = &mut *st;
+        let seq = Sequential::new(&mut st.machine, Record::new(job.observe.tracing));
+        let boot = seq.cpu(CpuId::SETUP);
+        for op in &s.setup {
+            if op.run(&boot).is_err() {
+                break;
+            }
+        }
+        st.record = seq.into_record();
+        st.machine.flush_tlb_all();
+        if job.plan.executions() > 1 {
+            b.after_setup = Some((st.machine.clone(), st.record.clone()));
+        }
+    }
+    if job.observe.coverage {
+        st.machine.kcov = Some(Coverage::new(st.machine.nr_pfns(), job.observe.conflicts));
+    }
+    st.running = nr_cpus as u32;
+    st.waiters = 0;
+    drop(st);
+    (job.scenario.clone(), exec)
+}
+
+/// The outcome of the execution whose state this is.
+fn outcome_of(st: &mut ExecState, log: &ScheduleLog) -> Outcome {
+    Outcome {
+        verdict: match &st.record.detected {
+            Some(d) => Verdict::Violation(d.clone()),
+            None => Verdict::Clean,
+        },
+        schedule: guard(log).clone(),
+        steps: st.record.steps,
+        trace: st.record.trace.take().unwrap_or_default(),
+        features: st
+            .machine
+            .kcov
+            .take()
+            .map(Coverage::into_features)
+            .unwrap_or_default(),
+        reached: st.machine.reached.unwrap_or(0),
+    }
+}
+
+/// The closure shuttle runs for every execution: set up, spawn one thread
+/// per CPU, join, check quiescence, report.
+fn body(batch: Arc<Mutex<BatchState>>, log: ScheduleLog) -> impl Fn() + Send + Sync + 'static {
+    move || {
+        let (scenario, state) = begin_execution(&batch);
+        let ex = Arc::new(ShuttleExecutor::new(scenario.config, state.clone()));
+        let handles: Vec<_> = (0..scenario.cpus.len())
+            .map(|i| {
+                let ex = ex.clone();
+                let scenario = scenario.clone();
+                shuttle::thread::spawn(move || {
+                    let id = CpuId::cpu(i as u8);
+                    let cpu = Cpu::new(id, &*ex);
+                    for op in &scenario.cpus[i] {
+                        if op.run(&cpu).is_err() {
+                            break;
+                        }
+                    }
+                    ex.cpu_finished(id);
+                })
+            })
+            .collect();
+        for h in handles {
+            let _ = h.join();
+        }
+        let mut st = lock(&state);
+        if !st.record.halted() {
+            let s = &mut *st;
+            if let Err(v) = oracle::at_quiescence(&mut s.machine) {
+                s.record.detect(CpuId::SETUP, "quiescence", v);
+            }
+        }
+        let o = outcome_of(&mut st, &log);
+        drop(st);
+        guard(&batch).report(o);
+    }
+}
+
+fn shuttle_config() -> shuttle::Config {
+    let mut c = shuttle::Config::new();
+    // The executor stops an execution at STEP_BOUND model steps; shuttle's
+    // own bound, on scheduling points, is only a backstop.
+    c.max_steps = MaxSteps::FailAfter(4 * STEP_BOUND as usize);
+    c.failure_persistence = FailurePersistence::None;
+    c.silence_warnings = true;
+    c
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic with a non-string payload".into())
+}
+
+/// What a panic out of shuttle was: its own failures (which the executor
+/// detects first, as violations, unless the model misbehaves) by their
+/// message, since shuttle reports them only as a panic string; anything
+/// else is the model panicking.
+pub fn classify_failure(message: &str) -> Option<Oracle> {
+    if message.starts_with("deadlock!") || message.contains("deadlock while dropping") {
+        Some(Oracle::Deadlock)
+    } else if message.starts_with("exceeded max_steps bound")
+        || message.contains("exceeded the step bound")
+    {
+        Some(Oracle::StepLimit)
+    } else {
+        None
+    }
+}
+
+/// The verdict on the execution that a panic stopped.
+fn failed_outcome(message: String, batch: &Mutex<BatchState>, log: &ScheduleLog) -> Outcome {
+    let exec = guard(batch).exec.clone();
+    let Some(exec) = exec else {
+        return Outcome {
+            verdict: Verdict::ModelPanic(message),
+            schedule: Vec::new(),
+            steps: 0,
+            trace: Vec::new(),
+            features: Vec::new(),
+            reached: 0,
+        };
+    };
+    let mut st = lock(&exec);
+    match classify_failure(&message) {
+        Some(oracle) if !st.record.halted() => {
+            st.record.detect(
+                CpuId::SETUP,
+                "shuttle",
+                Violation {
+                    oracle,
+                    detail: message.lines().next().unwrap_or_default().to_string(),
+                },
+            );
+            outcome_of(&mut st, log)
+        }
+        _ => {
+            let mut o = outcome_of(&mut st, log);
+            o.verdict = Verdict::ModelPanic(message);
+            o
+        }
+    }
+}
+
+thread_local! {
+    static IN_EXECUTION: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Silence the panic messages of executions (the harness reports them as
+/// verdicts) on the thread running them; other panics print. shuttle
+/// installs its own hook at its first run, so run once first and wrap it.
+pub fn quiet_shuttle_panics() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        Runner::new(RandomScheduler::new(1), shuttle_config()).run(|| {});
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_EXECUTION.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Run every job; one result per job, in order.
+pub fn run_jobs(jobs: Vec<Job>) -> Vec<Explored> {
+    let n = jobs.len();
+    let batch = Arc::new(Mutex::new(BatchState {
+        jobs,
+        results: vec![Explored::default(); n],
+        current: None,
+        next: 0,
+        stop_job: false,
+        booted: None,
+        after_setup: None,
+        exec: None,
+    }));
+    let log = ScheduleLog::default();
+    loop {
+        let scheduler = BatchScheduler {
+            batch: batch.clone(),
+            log: log.clone(),
+            inner: None,
+        };
+        let f = body(batch.clone(), log.clone());
+        IN_EXECUTION.with(|c| c.set(true));
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            Runner::new(scheduler, shuttle_config()).run(f)
+        }));
+        IN_EXECUTION.with(|c| c.set(false));
+        let Err(payload) = result else { break };
+        let o = failed_outcome(panic_message(payload.as_ref()), &batch, &log);
+        let mut b = guard(&batch);
+        // The machine may be mid-step: boot afresh for the next execution.
+        b.exec = None;
+        b.report(o);
+        if b.next >= b.jobs.len() {
+            break;
+        }
+    }
+    let mut b = guard(&batch);
+    let mut results = std::mem::take(&mut b.results);
+    for r in &mut results {
+        r.features.sort_unstable();
+        r.features.dedup();
+    }
+    results
+}
+
+/// Explore one job.
+pub fn run_job(job: Job) -> Explored {
+    run_jobs(vec![job]).pop().expect("one job, one result")
+}
+
+/// Replay `scenario.schedule` with the input-driven scheduler: one
+/// deterministic execution.
+pub fn run_input(scenario: &Scenario, tracing: bool) -> Outcome {
+    let observe = Observe {
+        tracing,
+        ..Observe::default()
+    };
+    replay(scenario, observe)
+}
+
+/// One replay of `scenario`, observing what `observe` asks.
+pub fn replay(scenario: &Scenario, observe: Observe) -> Outcome {
+    run_job(Job::replay(Arc::new(scenario.clone()), observe))
+        .replayed
+        .expect("a replay runs once")
+}
+
+/// Explore `executions` interleavings of `scenario` with a shuttle
+/// scheduler, stopping at the first violation. Returns how many ran and the
+/// first violating outcome, whose schedule replays under [`run_input`].
+pub fn run_shuttle(scenario: &Scenario, plan: Plan) -> (usize, Option<Outcome>) {
+    let e = run_job(Job::new(
+        Arc::new(scenario.clone()),
+        plan,
+        Observe::default(),
+    ));
+    (e.executions, e.failure)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The panic message of a shuttle run of `f`.
+    fn shuttle_failure(f: impl Fn() + Send + Sync + 'static, config: shuttle::Config) -> String {
+        quiet_shuttle_panics();
+        IN_EXECUTION.with(|c| c.set(true));
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            Runner::new(RandomScheduler::new_from_seed(1, 10), config).run(f)
+        }));
+        IN_EXECUTION.with(|c| c.set(false));
+        panic_message(r.expect_err("the run fails").as_ref())
+    }
+
+    /// shuttle reports its own failures only as panic strings: pin the
+    /// match on each, on shuttle's real messages.
+    #[test]
+    fn shuttle_deadlock_and_step_bound_are_classified_by_their_messages() {
+        let deadlock = shuttle_failure(
+            || {
+                let a = Arc::new(shuttle::sync::Mutex::new(()));
+                let b = Arc::new(shuttle::sync::Mutex::new(()));
+                let (a2, b2) = (a.clone(), b.clone());
+                let t = shuttle::thread::spawn(move || {
+                    let _x = b2.lock().unwrap();
+                    shuttle::thread::yield_now();
+                    let _y = a2.lock().unwrap();
+                });
+                let _x = a.lock().unwrap();
+                shuttle::thread::yield_now();
+                let _y = b.lock().unwrap();
+                drop(_y);
+                drop(_x);
+                t.join().unwrap();
+            },
+            {
+                let mut c = shuttle_config();
+                c.max_steps = MaxSteps::FailAfter(1000);
+                c
+            },
+        );
+        assert_eq!(
+            classify_failure(&deadlock),
+            Some(Oracle::Deadlock),
+            "{deadlock}"
+        );
+
+        let spin = shuttle_failure(
+            || loop {
+                shuttle::thread::yield_now();
+            },
+            {
+                let mut c = shuttle_config();
+                c.max_steps = MaxSteps::FailAfter(100);
+                c
+            },
+        );
+        assert_eq!(classify_failure(&spin), Some(Oracle::StepLimit), "{spin}");
+
+        let panic = shuttle_failure(|| panic!("index out of bounds"), shuttle_config());
+        assert_eq!(classify_failure(&panic), None, "{panic}");
+    }
+
+    /// A model panic in one job is that job's verdict; the batch goes on
+    /// and the next job runs as usual.
+    #[test]
+    fn a_panicking_job_does_not_lose_the_batch() {
+        use crate::model::Op;
+        use crate::model::op::{Index, PfnArg};
+        let ok = Scenario::new(
+            Config::default(),
+            vec![],
+            vec![vec![Op::FilemapAddFolio {
+                index: Index(0),
+                pfn_hint: PfnArg(600),
+            }]],
+        );
+        // An op the model cannot run: a pfn past memory (validation would
+        // refuse it; the executor must survive it anyway).
+        let mut bad = ok.clone();
+        bad.cpus[0] = vec![Op::PfnWalk {
+            pfn: PfnArg(1 << 30),
+        }];
+        quiet_shuttle_panics();
+        let r = run_jobs(vec![
+            Job::replay(Arc::new(ok.clone()), Observe::default()),
+            Job::replay(Arc::new(bad), Observe::default()),
+            Job::replay(Arc::new(ok), Observe::default()),
+        ]);
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[0].replayed.as_ref().unwrap().verdict, Verdict::Clean);
+        assert!(
+            matches!(
+                r[1].failure.as_ref().unwrap().verdict,
+                Verdict::ModelPanic(_)
+            ),
+            "{:?}",
+            r[1].failure
+        );
+        assert_eq!(r[2].replayed.as_ref().unwrap().verdict, Verdict::Clean);
+    }
+}

@@ -1,0 +1,374 @@
+//! The model's properties, in one registry as stateright keeps them: a
+//! name, when it is checked, and its function.
+//!
+//! - *Invariants* ("always") fail an execution: at each struct-page access,
+//!   at each reference-count update, after every step, at quiescence, on
+//!   the kernel path that knows what it expects, or from the run itself.
+//! - *Reachability* properties ("sometimes") only record that an execution
+//!   got somewhere a bug needs (a reader met a fake head, a migration
+//!   completed), so that a test can assert generated inputs still get there.
+
+mod access;
+mod migration;
+mod quiescent;
+mod state;
+
+pub use access::{
+    RefKind, RefUpdate, cmpxchg_through_ro_vmemmap, no_access_to_unowned_vmemmap_frame,
+    no_increment_from_zero, no_underflow, no_write_through_ro_vmemmap, ref_target_is_genuine,
+    unfreeze_from_zero, user_tlb_entry_current, walked_freed_table,
+};
+pub use migration::{
+    folio_is_quiet, migration_carries_data, migration_expected_refs, migration_makes_progress,
+    migration_refcount_exact,
+};
+pub use quiescent::{every_frame_accounted, every_reference_put, no_migration_entry_left};
+pub use state::{frozen_stays_frozen, pinned_writes_not_lost};
+
+use super::machine::Machine;
+use super::mm_types::StructPage;
+use super::vmemmap::Access;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+macro_rules! oracles {
+    ($( $(#[$doc:meta])* $name:ident = $kebab:literal; )*) => {
+        /// A named invariant of the model.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum Oracle { $( $(#[$doc])* #[serde(rename = $kebab)] $name, )* }
+
+        impl Oracle {
+            pub const ALL: &'static [Oracle] = &[ $( Oracle::$name, )* ];
+            pub fn name(self) -> &'static str {
+                match self { $( Oracle::$name => $kebab, )* }
+            }
+        }
+    };
+}
+
+oracles! {
+    /// A store to a struct page through a read-only vmemmap mapping: an oops.
+    RoVmemmapWrite = "no-write-through-ro-vmemmap";
+    /// An access through the vmemmap to a frame the vmemmap no longer owns.
+    UseAfterRemap = "no-use-after-remap";
+    /// A reference taken on a tail page or a fake head.
+    RefOnTailOrFakeHead = "no-ref-on-tail-or-fake-head";
+    /// An unconditional increment of a refcount that was 0.
+    IncFromZero = "no-inc-from-zero";
+    /// A put below zero.
+    RefcountUnderflow = "no-refcount-underflow";
+    /// A frozen folio's refcount left 0 before its freezer unfroze it.
+    FrozenChanged = "frozen-stays-frozen";
+    /// At quiescence a frame is owned by nobody, or by two owners.
+    FrameAccounting = "every-frame-accounted";
+    /// At quiescence a refcount differs from the references that exist.
+    ReferenceLeak = "every-reference-put";
+    /// A GUP reference or pin is held on a folio whose contents migration
+    /// (or khugepaged) already moved elsewhere: whatever is written
+    /// through it is lost.
+    PinnedWriteLost = "pinned-writes-not-lost";
+    /// Migration went ahead (a passed refcount check, a freeze) while the
+    /// folio's refcount was not exactly the references migration expects.
+    MigrationRefcount = "migration-only-at-expected-refcount";
+    /// The new folio lacks the old folio's data or mapping, or a migration
+    /// entry outlived its migration.
+    MigrationCopy = "migration-carries-data-and-mapping";
+    /// Migration gave up with -EAGAIN on a folio nobody else referenced.
+    MigrationProgress = "migration-makes-progress";
+    /// A user access through a stale TLB entry reached a frame that no
+    /// longer holds the page it cached (freed, or reused by someone else).
+    UserUseAfterFree = "no-user-access-after-free";
+    /// A lockless page-table walker read a frame that is no longer a page
+    /// table (freed, or reused).
+    PageTableUseAfterFree = "no-walk-of-freed-page-table";
+    /// Every CPU is blocked.
+    Deadlock = "no-deadlock";
+    /// The execution did not finish within the step bound.
+    StepLimit = "terminates";
+}
+
+impl fmt::Display for Oracle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Oracle {
+    pub fn from_name(name: &str) -> Option<Oracle> {
+        Oracle::ALL.iter().copied().find(|o| o.name() == name)
+    }
+}
+
+/// An oracle that failed, with what it saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub oracle: Oracle,
+    pub detail: String,
+}
+
+pub(crate) fn fail(oracle: Oracle, detail: String) -> Result<(), Violation> {
+    Err(Violation { oracle, detail })
+}
+
+type Check<T> = fn(&T) -> Result<(), Violation>;
+
+/// When an invariant is checked, and with what.
+pub enum When {
+    /// At each struct-page access through the vmemmap, before it reads.
+    Access(Check<Access>),
+    /// At each update of a refcount.
+    Ref(Check<RefUpdate>),
+    /// After every step.
+    Step(Check<Machine>),
+    /// Once every CPU has finished.
+    Quiescent(Check<Machine>),
+    /// On the kernel path that knows what it expects; the path calls the
+    /// named function.
+    Path(&'static str),
+    /// From the run itself: the executor reports it.
+    Run,
+}
+
+/// One row of the registry.
+pub struct Invariant {
+    pub oracle: Oracle,
+    pub when: When,
+}
+
+/// Every invariant. An oracle may be checked at more than one time.
+pub static INVARIANTS: &[Invariant] = &[
+    Invariant {
+        oracle: Oracle::RoVmemmapWrite,
+        when: When::Access(no_write_through_ro_vmemmap),
+    },
+    Invariant {
+        oracle: Oracle::UseAfterRemap,
+        when: When::Access(no_access_to_unowned_vmemmap_frame),
+    },
+    Invariant {
+        oracle: Oracle::RoVmemmapWrite,
+        when: When::Path("page_ref::add_unless_cmpxchg"),
+    },
+    Invariant {
+        oracle: Oracle::RefOnTailOrFakeHead,
+        when: When::Ref(ref_target_is_genuine),
+    },
+    Invariant {
+        oracle: Oracle::IncFromZero,
+        when: When::Ref(no_increment_from_zero),
+    },
+    Invariant {
+        oracle: Oracle::RefcountUnderflow,
+        when: When::Ref(no_underflow),
+    },
+    Invariant {
+        oracle: Oracle::FrozenChanged,
+        when: When::Step(frozen_stays_frozen),
+    },
+    Invariant {
+        oracle: Oracle::FrozenChanged,
+        when: When::Path("page_ref::folio_ref_unfreeze"),
+    },
+    Invariant {
+        oracle: Oracle::PinnedWriteLost,
+        when: When::Step(pinned_writes_not_lost),
+    },
+    Invariant {
+        oracle: Oracle::MigrationRefcount,
+        when: When::Path("migrate::__migrate_folio and the freeze"),
+    },
+    Invariant {
+        oracle: Oracle::MigrationCopy,
+        when: When::Path("migrate::__folio_migrate_mapping"),
+    },
+    Invariant {
+        oracle: Oracle::MigrationCopy,
+        when: When::Quiescent(no_migration_entry_left),
+    },
+    Invariant {
+        oracle: Oracle::MigrationProgress,
+        when: When::Path("migrate::folio_putback_lru"),
+    },
+    Invariant {
+        oracle: Oracle::UserUseAfterFree,
+        when: When::Path("memory::user_access"),
+    },
+    Invariant {
+        oracle: Oracle::PageTableUseAfterFree,
+        when: When::Path("pgtable::walk_pte"),
+    },
+    Invariant {
+        oracle: Oracle::FrameAccounting,
+        when: When::Quiescent(every_frame_accounted),
+    },
+    Invariant {
+        oracle: Oracle::ReferenceLeak,
+        when: When::Quiescent(every_reference_put),
+    },
+    Invariant {
+        oracle: Oracle::Deadlock,
+        when: When::Run,
+    },
+    Invariant {
+        oracle: Oracle::StepLimit,
+        when: When::Run,
+    },
+];
+
+/// The registry's checks of one kind, gathered once.
+struct ByKind {
+    access: Vec<Check<Access>>,
+    refs: Vec<Check<RefUpdate>>,
+    step: Vec<Check<Machine>>,
+    quiescent: Vec<Check<Machine>>,
+}
+
+fn by_kind() -> &'static ByKind {
+    static BY_KIND: std::sync::OnceLock<ByKind> = std::sync::OnceLock::new();
+    BY_KIND.get_or_init(|| {
+        let mut k = ByKind {
+            access: Vec::new(),
+            refs: Vec::new(),
+            step: Vec::new(),
+            quiescent: Vec::new(),
+        };
+        for inv in INVARIANTS {
+            match inv.when {
+                When::Access(c) => k.access.push(c),
+                When::Ref(c) => k.refs.push(c),
+                When::Step(c) => k.step.push(c),
+                When::Quiescent(c) => k.quiescent.push(c),
+                When::Path(_) | When::Run => {}
+            }
+        }
+        k
+    })
+}
+
+/// The access invariants, before an access reads or writes.
+pub fn at_access(a: &Access) -> Result<(), Violation> {
+    by_kind().access.iter().try_for_each(|check| check(a))
+}
+
+/// The refcount invariants, at an update.
+pub fn at_ref_update(r: &RefUpdate) -> Result<(), Violation> {
+    by_kind().refs.iter().try_for_each(|check| check(r))
+}
+
+/// The per-step invariants, and the reachability properties when asked.
+pub fn after_step(m: &mut Machine) -> Result<(), Violation> {
+    by_kind().step.iter().try_for_each(|check| check(m))?;
+    if m.reached.is_some() {
+        let mut got = 0;
+        for (i, r) in REACHABLE.iter().enumerate() {
+            if let Reach::Step(p) = r.when
+                && p(m)
+            {
+                got |= 1 << i;
+            }
+        }
+        m.reach(got);
+    }
+    Ok(())
+}
+
+/// The quiescence invariants: every CPU has finished, so outstanding RCU
+/// callbacks run first (`rcu_barrier`).
+pub fn at_quiescence(m: &mut Machine) -> Result<(), Violation> {
+    m.rcu_barrier()?;
+    by_kind().quiescent.iter().try_for_each(|check| check(m))
+}
+
+/// Where a reachability property is observed.
+pub enum Reach {
+    /// At a struct-page access, with the struct page it read.
+    Access(fn(&Access, &StructPage) -> bool),
+    /// After a step.
+    Step(fn(&Machine) -> bool),
+}
+
+/// A "sometimes" property: generated inputs should get here.
+pub struct Reachable {
+    pub name: &'static str,
+    /// The subsystem whose races need it.
+    pub subsystem: super::subsystem::Subsystem,
+    pub when: Reach,
+}
+
+/// Every reachability property; the bit of property `i` is `1 << i`.
+pub static REACHABLE: &[Reachable] = &[
+    Reachable {
+        name: "struct-page-read-through-hvo-alias",
+        subsystem: super::subsystem::Subsystem::Hvo,
+        when: Reach::Access(|a, _| a.aliased),
+    },
+    Reachable {
+        name: "fake-head-read",
+        subsystem: super::subsystem::Subsystem::Hvo,
+        when: Reach::Access(|a, p| {
+            a.aliased && super::vmemmap::page_aligned(a.pfn) && p.test(super::mm_types::pg::HEAD)
+        }),
+    },
+    Reachable {
+        name: "struct-page-read-through-stale-vmemmap-tlb",
+        subsystem: super::subsystem::Subsystem::Hvo,
+        when: Reach::Access(|a, _| a.stale),
+    },
+    Reachable {
+        name: "hugetlb-folio-vmemmap-optimized",
+        subsystem: super::subsystem::Subsystem::Hvo,
+        when: Reach::Step(|m| m.hugetlb_optimize_vmemmap_key > 0),
+    },
+    Reachable {
+        name: "surplus-hugetlb-folio",
+        subsystem: super::subsystem::Subsystem::Hvo,
+        when: Reach::Step(|m| m.hstate.surplus_huge_pages > 0),
+    },
+    Reachable {
+        name: "folio-migrated",
+        subsystem: super::subsystem::Subsystem::Migration,
+        when: Reach::Step(|m| !m.ledger.migrated.is_empty()),
+    },
+    Reachable {
+        name: "write-through-pin",
+        subsystem: super::subsystem::Subsystem::Gup,
+        when: Reach::Step(|m| m.ledger.pin_writes > 0),
+    },
+    Reachable {
+        name: "pmd-leaf-mapped",
+        subsystem: super::subsystem::Subsystem::Migration,
+        when: Reach::Step(|m| {
+            let mut leaf = false;
+            m.for_each_mapping(|_, _, is_leaf| leaf |= is_leaf);
+            leaf
+        }),
+    },
+    Reachable {
+        name: "page-table-freed",
+        subsystem: super::subsystem::Subsystem::Memory,
+        when: Reach::Step(|m| m.ledger.tables_freed > 0),
+    },
+];
+
+/// The reachability properties an access reached.
+pub fn observe_access(a: &Access, p: &StructPage) -> u64 {
+    let mut got = 0;
+    for (i, r) in REACHABLE.iter().enumerate() {
+        if let Reach::Access(pred) = r.when
+            && pred(a, p)
+        {
+            got |= 1 << i;
+        }
+    }
+    got
+}
+
+/// The names of the properties in a reached-set.
+pub fn reached_names(bits: u64) -> Vec<&'static str> {
+    REACHABLE
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bits & (1 << i) != 0)
+        .map(|(_, r)| r.name)
+        .collect()
+}

@@ -1,0 +1,151 @@
+//! The bug variants: historical buggy designs the model can switch back on.
+//! Each row names its subsystem, the oracle a finding violates, and what
+//! it breaks; the kernel path it changes tests `cfg.has(Variant::..)`.
+
+use super::oracle::Oracle;
+use super::subsystem::Subsystem;
+use std::fmt;
+
+macro_rules! variants {
+    ($( $(#[$doc:meta])* $name:ident = $kebab:literal, $subsystem:ident, $oracle:ident,
+        $breaks:literal; )*) => {
+        /// A historical buggy design that the model can switch back on.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum Variant { $( $(#[$doc])* $name, )* }
+
+        impl Variant {
+            pub const ALL: &'static [Variant] = &[ $( Variant::$name, )* ];
+
+            pub fn name(self) -> &'static str {
+                match self { $( Variant::$name => $kebab, )* }
+            }
+
+            /// Where the bug lives.
+            pub fn subsystem(self) -> Subsystem {
+                match self { $( Variant::$name => Subsystem::$subsystem, )* }
+            }
+
+            /// The oracle a finding of this variant violates.
+            pub fn oracle(self) -> Oracle {
+                match self { $( Variant::$name => Oracle::$oracle, )* }
+            }
+
+            /// One line: what the variant breaks and where the kernel fixed it.
+            pub fn breaks(self) -> &'static str {
+                match self { $( Variant::$name => $breaks, )* }
+            }
+        }
+    };
+}
+
+variants! {
+    /// `__hugetlb_vmemmap_optimize_folio` without `synchronize_rcu()`.
+    HvoNoRcuSync = "hvo-no-rcu-sync", Hvo, RoVmemmapWrite,
+        "HVO remaps the vmemmap without synchronize_rcu(), so a speculative reader that passed its checks writes through the new RO alias (fixed by bd225530a4c7, v6.10)";
+    /// `page_ref_add_unless` without `page_count_writable`.
+    RefNoFakeHeadCheck = "ref-no-fake-head-check", Hvo, RoVmemmapWrite,
+        "page_ref_add_unless() takes a reference on a fake head instead of refusing it (pre-v6.10 page_ref_add_unless)";
+    /// The fake-head check before the refcount read.
+    RefFakeHeadBeforeCount = "ref-fake-head-before-count", Hvo, RoVmemmapWrite,
+        "page_count_writable() checks page_is_fake_head() before reading the refcount, racing with remap + unfreeze (fixed in 2025, \"fix memory loads ordering\")";
+    /// Free the old vmemmap frames before `flush_tlb_kernel_range`.
+    HvoFreeBeforeFlush = "hvo-free-before-flush", Hvo, UseAfterRemap,
+        "HVO frees the old vmemmap frames before the TLB flush, so a stale TLB entry reaches a frame the buddy allocator owns";
+    /// Free the folio even though its vmemmap could not be restored.
+    HvoRestoreFailFrees = "hvo-restore-fail-frees", Hvo, RoVmemmapWrite,
+        "on hugetlb_vmemmap_restore_folio() -ENOMEM the folio is freed anyway, writing its RO-aliased tail struct pages (seed 004)";
+    /// `__folio_migrate_mapping` checks the refcount, then stores 0 with a
+    /// plain store: the speculative-reference design of e286781d5f2e
+    /// ("mm: speculative page references", v2.6.27) needs the cmpxchg of
+    /// `folio_ref_freeze` (seed 003).
+    MigrateNonatomicFreeze = "migrate-nonatomic-freeze", Migration, MigrationRefcount,
+        "__folio_migrate_mapping() checks refcount == expected, then stores 0 with a plain store instead of folio_ref_freeze()'s cmpxchg, wiping a concurrent GUP-fast reference (seed 003; the cmpxchg freeze dates from e286781d5f2e, v2.6.27)";
+    /// `gup_fast_pte_range` keeps its reference without re-reading the
+    /// PTE: the re-read that RCU GUP-fast (2667f50e8b81, 2014) relies on
+    /// instead of IPIs. (The PMD recheck is a separate variant.)
+    GupFastNoRecheck = "gup-fast-no-recheck", Gup, PinnedWriteLost,
+        "gup_fast_pte_range() keeps its reference without re-reading the PTE, so it pins a folio that migration already replaced (RCU GUP-fast needs the recheck: 2667f50e8b81, 2014)";
+    /// `folio_expected_refs` without the page-cache term: every page-cache
+    /// folio looks over-referenced. The same shape as the shmem THP bug
+    /// e71769ae5260 fixed (1 counted instead of nr_pages: offlining looped).
+    MigrateExpectedRefsUndercount = "migrate-expected-refs-undercount", Migration, MigrationProgress,
+        "folio_expected_refs() drops the page-cache term, so a quiet page-cache folio never matches the expected count and migration returns -EAGAIN until it gives up (like shmem THP before e71769ae5260 (2018), whose page-cache term was 1, not nr_pages)";
+    /// `gup_fast_pte_range` rechecks the PTE but not the PMD (before
+    /// 70cbc3cc78a9, 2022).
+    GupFastNoPmdRecheck = "gup-fast-no-pmd-recheck", Gup, PinnedWriteLost,
+        "gup_fast_pte_range() rechecks the PTE but not the PMD, so it pins a page khugepaged is collapsing after pmdp_collapse_flush() detached its page table (fixed by 70cbc3cc78a9, 2022)";
+}
+
+impl Variant {
+    pub fn from_name(name: &str) -> Result<Variant, String> {
+        Variant::ALL
+            .iter()
+            .copied()
+            .find(|v| v.name() == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Variant::ALL.iter().map(|v| v.name()).collect();
+                format!(
+                    "unknown variant `{name}`; known variants: {}",
+                    known.join(", ")
+                )
+            })
+    }
+
+    fn bit(self) -> u64 {
+        1 << (self as u32)
+    }
+}
+
+impl fmt::Display for Variant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A set of enabled variants; empty means the fixed model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct VariantSet(u64);
+
+impl VariantSet {
+    pub fn new(variants: &[Variant]) -> Self {
+        VariantSet(variants.iter().fold(0, |acc, v| acc | v.bit()))
+    }
+
+    pub fn has(self, v: Variant) -> bool {
+        self.0 & v.bit() != 0
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = Variant> {
+        Variant::ALL.iter().copied().filter(move |v| self.has(*v))
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// "fixed" for the fixed model, else the variant names joined by "+".
+    pub fn label(self) -> String {
+        if self.is_empty() {
+            return "fixed".to_string();
+        }
+        self.iter().map(|v| v.name()).collect::<Vec<_>>().join("+")
+    }
+}
+
+impl serde::Serialize for VariantSet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter().map(|v| v.name()))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for VariantSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let names = Vec::<String>::deserialize(d)?;
+        let vs = names
+            .iter()
+            .map(|n| Variant::from_name(n))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(serde::de::Error::custom)?;
+        Ok(VariantSet::new(&vs))
+    }
+}
