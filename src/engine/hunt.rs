@@ -84,6 +84,10 @@ pub struct HuntReport {
     pub executions: u64,
     /// Model steps over every execution.
     pub steps: u64,
+    /// Steps the CPUs took (not the setup's).
+    pub cpu_steps: u64,
+    /// CPUs over every execution (the mean is this over `executions`).
+    pub cpus: u64,
     pub elapsed: Duration,
     pub finding: Option<Finding>,
     /// The model panicked: a harness bug, reported with its scenario.
@@ -92,6 +96,8 @@ pub struct HuntReport {
     pub corpus: usize,
     /// Distinct coverage features reached.
     pub features: usize,
+    /// The observer stopped the hunt before its budget ran out.
+    pub interrupted: bool,
 }
 
 /// The job that explores `scenario` under the hunt's engine.
@@ -183,7 +189,20 @@ fn next_input(rng: &mut StdRng, corpus: &mut Corpus, opts: &HuntOptions) -> Vec<
     m
 }
 
+/// What a hunt's observer wants after each batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// Stop now (Ctrl-C): the report says so.
+    Stop,
+}
+
 pub fn hunt(opts: &HuntOptions) -> HuntReport {
+    hunt_with(opts, &mut |_| Flow::Continue)
+}
+
+/// [`hunt`], showing `observe` the report so far after every batch.
+pub fn hunt_with(opts: &HuntOptions, observe: &mut dyn FnMut(&HuntReport) -> Flow) -> HuntReport {
     let start = Instant::now();
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut report = HuntReport {
@@ -191,11 +210,14 @@ pub fn hunt(opts: &HuntOptions) -> HuntReport {
         scenarios: 0,
         executions: 0,
         steps: 0,
+        cpu_steps: 0,
+        cpus: 0,
         elapsed: Duration::ZERO,
         finding: None,
         model_panic: None,
         corpus: 0,
         features: 0,
+        interrupted: false,
     };
     let mut corpus = Corpus::default();
     let mut boosts: Vec<Pending> = Vec::new();
@@ -227,6 +249,8 @@ pub fn hunt(opts: &HuntOptions) -> HuntReport {
             report.scenarios += !p.boost as u64;
             report.executions += explored.executions as u64;
             report.steps += explored.steps;
+            report.cpu_steps += explored.cpu_steps;
+            report.cpus += (p.scenario.cpus.len() * explored.executions) as u64;
             let seen = corpus.observe(&explored.features, explored.executions as u64);
             if let Some(outcome) = explored.failure {
                 report_failure(&mut report, &p.scenario, outcome);
@@ -252,6 +276,13 @@ pub fn hunt(opts: &HuntOptions) -> HuntReport {
                     features: explored.features,
                 });
             }
+        }
+        report.elapsed = start.elapsed();
+        report.corpus = corpus.len();
+        report.features = corpus.features();
+        if observe(&report) == Flow::Stop {
+            report.interrupted = true;
+            break;
         }
     }
     report.elapsed = start.elapsed();

@@ -2,10 +2,11 @@
 //! shares. An engine only chooses interleavings; the decoder, the model and
 //! the oracles are the same for all.
 
+pub mod bench;
 mod corpus;
 pub mod hunt;
 pub mod minimize;
 mod mutate;
 
-pub use hunt::{Engine, Finding, HuntOptions, HuntReport, hunt};
+pub use hunt::{Engine, Finding, Flow, HuntOptions, HuntReport, hunt, hunt_with};
 pub use minimize::minimize;

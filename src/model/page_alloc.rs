@@ -139,9 +139,7 @@ impl Machine {
         } else {
             CompoundInfo::Tail(head)
         };
-        for tail in head + 1..head + (1 << order) {
-            self.page_mut(tail)?.compound_info = info;
-        }
+        self.pages_mut(head + 1..head + (1 << order), |_, p| p.compound_info = info)?;
         let second = self.page_mut(head + 1)?;
         second.order = order;
         second.pincount = 0;
@@ -153,13 +151,12 @@ impl Machine {
     /// scrubs the struct pages, `__free_one_page` merges buddies.
     pub fn free_pages(&mut self, pfn: Pfn, order: u8) -> Result<(), Violation> {
         // free_tail_page_prepare for each tail, then the head.
-        for tail in pfn + 1..pfn + (1 << order) {
-            let p = self.page_mut(tail)?;
+        self.pages_mut(pfn + 1..pfn + (1 << order), |_, p| {
             p.compound_info = CompoundInfo::None;
             p.mapping = Mapping::None;
             p.order = 0;
             p.pincount = 0;
-        }
+        })?;
         let head = self.page_mut(pfn)?;
         head.flags = 0;
         head.mapping = Mapping::None;

@@ -102,6 +102,19 @@ impl fmt::Display for Variant {
     }
 }
 
+impl serde::Serialize for Variant {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Variant {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Variant::from_name(&name).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A set of enabled variants; empty means the fixed model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct VariantSet(u64);
@@ -140,12 +153,6 @@ impl serde::Serialize for VariantSet {
 
 impl<'de> serde::Deserialize<'de> for VariantSet {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let names = Vec::<String>::deserialize(d)?;
-        let vs = names
-            .iter()
-            .map(|n| Variant::from_name(n))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(serde::de::Error::custom)?;
-        Ok(VariantSet::new(&vs))
+        Ok(VariantSet::new(&Vec::<Variant>::deserialize(d)?))
     }
 }

@@ -22,7 +22,9 @@ pub use migration::{
     folio_is_quiet, migration_carries_data, migration_expected_refs, migration_makes_progress,
     migration_refcount_exact,
 };
-pub use quiescent::{every_frame_accounted, every_reference_put, no_migration_entry_left};
+pub use quiescent::{
+    Quiescence, every_frame_accounted, every_reference_put, no_migration_entry_left,
+};
 pub use state::{frozen_stays_frozen, pinned_writes_not_lost};
 
 use super::machine::Machine;
@@ -111,6 +113,7 @@ pub(crate) fn fail(oracle: Oracle, detail: String) -> Result<(), Violation> {
 }
 
 type Check<T> = fn(&T) -> Result<(), Violation>;
+type QuiescentCheck = for<'a> fn(&Quiescence<'a>) -> Result<(), Violation>;
 
 /// When an invariant is checked, and with what.
 pub enum When {
@@ -121,7 +124,7 @@ pub enum When {
     /// After every step.
     Step(Check<Machine>),
     /// Once every CPU has finished.
-    Quiescent(Check<Machine>),
+    Quiescent(QuiescentCheck),
     /// On the kernel path that knows what it expects; the path calls the
     /// named function.
     Path(&'static str),
@@ -220,7 +223,7 @@ struct ByKind {
     access: Vec<Check<Access>>,
     refs: Vec<Check<RefUpdate>>,
     step: Vec<Check<Machine>>,
-    quiescent: Vec<Check<Machine>>,
+    quiescent: Vec<QuiescentCheck>,
 }
 
 fn by_kind() -> &'static ByKind {
@@ -276,7 +279,8 @@ pub fn after_step(m: &mut Machine) -> Result<(), Violation> {
 /// callbacks run first (`rcu_barrier`).
 pub fn at_quiescence(m: &mut Machine) -> Result<(), Violation> {
     m.rcu_barrier()?;
-    by_kind().quiescent.iter().try_for_each(|check| check(m))
+    let q = Quiescence::new(m);
+    by_kind().quiescent.iter().try_for_each(|check| check(&q))
 }
 
 /// Where a reachability property is observed.
