@@ -17,7 +17,7 @@
 mod common;
 
 use common::{assert_shrunk_case, config_with, failing_case, quiet, replays_clean};
-use mmharness::model::{Config, Oracle, Subsystem, SubsystemSet, Variant};
+use mmharness::model::{Config, Oracle, Subsystem, Variant};
 use mmharness::scenario::generate::{GenOptions, OpFamily, scenario_strategy};
 use mmharness::scenario::{Op, Scenario};
 use proptest::prelude::*;
@@ -67,7 +67,7 @@ fn is_user_op(op: &Op) -> bool {
 /// faults, GUP, migration, collapse).
 fn user_ops(config: Config) -> GenOptions {
     GenOptions {
-        ops: OpFamily::Of(SubsystemSet::of(&[Subsystem::Migration])),
+        ops: OpFamily::Of(Subsystem::Migration.arm()),
         ..GenOptions::with_config(config)
     }
 }

@@ -113,6 +113,24 @@ impl SubsystemSet {
             .fold(SubsystemSet::default(), |acc, s| acc.union(s.arm()))
     }
 
+    /// An arm's name: "all", the subsystems whose arm it is (bar the page
+    /// cache and fault injection, which every arm has), or its members.
+    pub fn arm_name(self) -> String {
+        if self == SubsystemSet::all() {
+            return "all".into();
+        }
+        let owners: Vec<&str> = Subsystem::ALL
+            .iter()
+            .filter(|s| s.arm() == self && !matches!(s, Subsystem::PageCache | Subsystem::Inject))
+            .map(|s| s.name())
+            .collect();
+        if owners.is_empty() {
+            self.label()
+        } else {
+            format!("{} arm", owners.join("+"))
+        }
+    }
+
     /// Names joined by ",".
     pub fn label(self) -> String {
         self.iter().map(|s| s.name()).collect::<Vec<_>>().join(",")

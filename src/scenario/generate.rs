@@ -27,6 +27,11 @@ pub struct GenOptions {
     pub max_setup: usize,
     /// Which subsystems scenarios draw their ops from.
     pub ops: OpFamily,
+    /// Physical memory in blocks, drawn per scenario from this inclusive
+    /// range (the configuration's when both ends are equal).
+    pub memory_blocks: (u8, u8),
+    /// Hugetlb folio orders, likewise.
+    pub hugetlb_order: (u8, u8),
 }
 
 /// Which subsystems a generated scenario's ops come from.
@@ -36,7 +41,7 @@ pub enum OpFamily {
     /// subsystem's arm (the subsystems its races involve).
     #[default]
     Any,
-    /// The arms of these subsystems; every subsystem is every op kind.
+    /// The op kinds of exactly these subsystems.
     Of(SubsystemSet),
 }
 
@@ -48,10 +53,11 @@ impl OpFamily {
             return OpFamily::Any;
         }
         let subsystems: Vec<Subsystem> = variants.iter().map(|v| v.subsystem()).collect();
-        OpFamily::Of(SubsystemSet::of(&subsystems))
+        OpFamily::Of(SubsystemSet::of(&subsystems).arms())
     }
 
-    /// `any`, `all`, or subsystem names joined by commas.
+    /// `any`, `all`, or subsystem names joined by commas: the union of
+    /// those subsystems' arms.
     pub fn parse(text: &str) -> Result<OpFamily, String> {
         match text.trim() {
             "any" => return Ok(OpFamily::Any),
@@ -73,7 +79,7 @@ impl OpFamily {
                 })?;
             set.push(s);
         }
-        Ok(OpFamily::Of(SubsystemSet::of(&set)))
+        Ok(OpFamily::Of(SubsystemSet::of(&set).arms()))
     }
 
     pub fn label(self) -> String {
@@ -87,13 +93,7 @@ impl OpFamily {
 
 impl Default for GenOptions {
     fn default() -> Self {
-        GenOptions {
-            config: Config::default(),
-            max_cpus: 2,
-            max_ops: 5,
-            max_setup: 4,
-            ops: OpFamily::Any,
-        }
+        GenOptions::with_config(Config::default())
     }
 }
 
@@ -101,8 +101,23 @@ impl GenOptions {
     pub fn with_config(config: Config) -> Self {
         GenOptions {
             config,
-            ..GenOptions::default()
+            max_cpus: 2,
+            max_ops: 5,
+            max_setup: 4,
+            ops: OpFamily::Any,
+            memory_blocks: (config.memory_blocks, config.memory_blocks),
+            hugetlb_order: (config.hugetlb_order, config.hugetlb_order),
         }
+    }
+}
+
+/// A value from an inclusive range: one byte when the range has more than
+/// one value, none otherwise (so fixed settings decode inputs as before).
+fn draw_in(u: &mut Unstructured, (lo, hi): (u8, u8)) -> arbitrary::Result<u8> {
+    if lo < hi {
+        u.int_in_range(lo..=hi)
+    } else {
+        Ok(lo)
     }
 }
 
@@ -292,8 +307,13 @@ fn decode_ops_then_schedule(
     schedule_offset: &mut usize,
 ) -> arbitrary::Result<Scenario> {
     let total = u.len();
-    let cfg = &opts.config;
     let nr_cpus = u.int_in_range(2..=opts.max_cpus.clamp(2, MAX_CPUS))?;
+    let config = Config {
+        memory_blocks: draw_in(u, opts.memory_blocks)?,
+        hugetlb_order: draw_in(u, opts.hugetlb_order)?,
+        ..opts.config
+    };
+    let cfg = &config;
     let palette = Palette::decode(u, cfg)?;
     let uaddrs = Uaddrs::decode(u, cfg)?;
     // Always read the family byte, so inputs decode alike whatever the
@@ -303,7 +323,7 @@ fn decode_ops_then_schedule(
     let arm = match opts.ops {
         OpFamily::Any if decoded == 0 => SubsystemSet::all(),
         OpFamily::Any => arms[decoded as usize - 1],
-        OpFamily::Of(set) => set.arms(),
+        OpFamily::Of(set) => set,
     };
     let (setup_choices, choices) = (Choices::of(arm, true), Choices::of(arm, false));
     let mut d = Drawer {
@@ -338,7 +358,7 @@ fn decode_ops_then_schedule(
         let b = u.int_in_range(0..=255u8)?;
         schedule.extend(std::iter::repeat_n(cpu, run_length(b)));
     }
-    let mut s = Scenario::new(*cfg, setup, cpus);
+    let mut s = Scenario::new(config, setup, cpus);
     s.schedule = schedule;
     Ok(s)
 }

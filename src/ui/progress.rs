@@ -88,6 +88,26 @@ impl Progress {
         ));
     }
 
+    /// An adaptive hunt's arms so far.
+    pub fn arms(&mut self, arms: &[crate::engine::adaptive::ArmReport]) {
+        let secs = arms
+            .iter()
+            .map(|a| a.report.elapsed)
+            .max()
+            .unwrap_or_default();
+        let secs = secs.as_secs_f64().max(1e-9);
+        let execs: u64 = arms.iter().map(|a| a.report.executions).sum();
+        let scenarios: u64 = arms.iter().map(|a| a.report.scenarios).sum();
+        let features: usize = arms.iter().map(|a| a.report.features).sum();
+        let found = arms.iter().filter(|a| a.report.finding.is_some()).count();
+        let tried = arms.iter().filter(|a| a.slices > 0).count();
+        self.message(&format!(
+            "{scenarios} scenarios, {execs} executions, {:.0} exec/s, {secs:.0}s, {tried}/{} arms tried, {features} features, {found} finding(s)",
+            execs as f64 / secs,
+            arms.len()
+        ));
+    }
+
     pub fn finish(self) {
         if let Some(b) = self.bar {
             b.finish_and_clear();

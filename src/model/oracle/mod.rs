@@ -324,6 +324,11 @@ pub static REACHABLE: &[Reachable] = &[
         when: Reach::Step(|m| m.hugetlb_optimize_vmemmap_key > 0),
     },
     Reachable {
+        name: "two-hugetlb-folios-vmemmap-optimized",
+        subsystem: super::subsystem::Subsystem::Hvo,
+        when: Reach::Step(|m| m.hugetlb_optimize_vmemmap_key >= 2),
+    },
+    Reachable {
         name: "surplus-hugetlb-folio",
         subsystem: super::subsystem::Subsystem::Hvo,
         when: Reach::Step(|m| m.hstate.surplus_huge_pages > 0),

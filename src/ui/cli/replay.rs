@@ -2,7 +2,7 @@
 
 use super::{EXIT_MODEL_PANIC, EXIT_NOT_REPRODUCED};
 use crate::exec::{Verdict, run_input};
-use crate::scenario::Scenario;
+use crate::scenario::{Build, Scenario};
 use crate::ui::render;
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,19 @@ impl Replay {
 
 fn replay(file: &Path, quiet: bool) -> Result<ExitCode, String> {
     let s = Scenario::load(file).map_err(|e| e.to_string())?;
+    if let Some(found) = &s.build {
+        let this = Build::current();
+        if !this.same_model(found) {
+            println!(
+                "warning: {} was found by another build ({}, model source {}); this build ({}) has model source {}, so it may replay differently",
+                file.display(),
+                found.describe(),
+                found.model_hash,
+                this.describe(),
+                this.model_hash
+            );
+        }
+    }
     let o = run_input(&s, true);
     if !quiet {
         let variants: Vec<&str> = s.config.variants.iter().map(|v| v.name()).collect();
