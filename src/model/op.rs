@@ -176,6 +176,11 @@ macro_rules! ops {
                 match self { $( OpKind::$name => present!($($setup)?), )* }
             }
 
+            /// The roles of this kind's fields, in order.
+            pub fn roles(self) -> &'static [Role] {
+                match self { $( OpKind::$name => &[ $( <$ty as Arg>::ROLE ),* ], )* }
+            }
+
             /// An op of this kind with fields drawn from `d`.
             pub fn draw(self, d: &mut dyn Draw) -> arbitrary::Result<Op> {
                 Ok(match self {

@@ -430,6 +430,112 @@ pub fn scenario_strategy(opts: GenOptions) -> impl Strategy<Value = Scenario> {
         .prop_map(move |bytes| decode_bytes(&bytes, &opts))
 }
 
+/// A scenario as structure, each part with bytes of its own for the one
+/// decoder: a head (configuration, palettes, op family), each op's slot,
+/// and the schedule. Dropping or simplifying one part leaves the others'
+/// meaning alone, which a flat byte string cannot do.
+#[derive(Debug, Clone)]
+pub struct Structured {
+    pub head: Vec<u8>,
+    pub setup: Vec<Vec<u8>>,
+    pub cpus: Vec<Vec<Vec<u8>>>,
+    /// The CPU at each decision (taken modulo the CPUs).
+    pub schedule: Vec<u8>,
+}
+
+/// Bytes one op slot may read: its kind, its fields, an idiom's two ops.
+pub const SLOT_BYTES: usize = 24;
+/// Bytes the head reads.
+pub const HEAD_BYTES: usize = 40;
+
+/// Decode a structured scenario: the head as a scenario's start, then
+/// every slot from its own bytes (zero-padded), with the head's palettes.
+pub fn decode_structured(st: &Structured, opts: &GenOptions) -> Scenario {
+    let nr_cpus = st.cpus.len().clamp(1, MAX_CPUS);
+    let mut head = st.head.clone();
+    head.resize(HEAD_BYTES, 0);
+    let u = &mut Unstructured::new(&head);
+    let config = Config {
+        memory_blocks: draw_in(u, opts.memory_blocks).unwrap_or(opts.memory_blocks.0),
+        hugetlb_order: draw_in(u, opts.hugetlb_order).unwrap_or(opts.hugetlb_order.0),
+        ..opts.config
+    };
+    let read = |u: &mut Unstructured| -> arbitrary::Result<(Palette, Uaddrs, SubsystemSet)> {
+        let palette = Palette::decode(u, &config)?;
+        let uaddrs = Uaddrs::decode(u, &config)?;
+        let arms = distinct_arms();
+        let decoded = u.int_in_range(0..=arms.len() as u8)?;
+        let arm = match opts.ops {
+            OpFamily::Any if decoded == 0 => SubsystemSet::all(),
+            OpFamily::Any => arms[decoded as usize - 1],
+            OpFamily::Of(set) => set,
+        };
+        Ok((palette, uaddrs, arm))
+    };
+    let (palette, uaddrs, arm) = read(u).expect("missing head bytes read as zero");
+    let (setup_choices, choices) = (Choices::of(arm, true), Choices::of(arm, false));
+    let slot = |bytes: &[u8], choices: &Choices, ops: &mut Vec<Op>| {
+        let mut b = bytes.to_vec();
+        b.resize(SLOT_BYTES, 0);
+        let mut d = Drawer {
+            u: &mut Unstructured::new(&b),
+            cfg: &config,
+            palette: &palette,
+            uaddrs: &uaddrs,
+            page: None,
+        };
+        decode_slot(&mut d, choices, ops).expect("missing slot bytes read as zero");
+    };
+    let mut setup = Vec::new();
+    for b in st.setup.iter().take(opts.max_setup) {
+        slot(b, &setup_choices, &mut setup);
+    }
+    let cpus = st
+        .cpus
+        .iter()
+        .take(nr_cpus)
+        .map(|slots| {
+            let mut ops = Vec::new();
+            for b in slots.iter().take(opts.max_ops.max(1)) {
+                slot(b, &choices, &mut ops);
+            }
+            ops
+        })
+        .collect();
+    let mut s = Scenario::new(config, setup, cpus);
+    s.schedule = st.schedule.iter().map(|c| c % nr_cpus as u8).collect();
+    s
+}
+
+/// proptest at the op level, in the style of proptest-state-machine's
+/// transitions: a scenario is CPUs of op slots plus a schedule, and proptest
+/// shrinks it by deleting whole CPUs and ops, then simplifying each op (an
+/// earlier kind, smaller fields: its slot's bytes toward zero) and the
+/// schedule (fewer, lower choices). A failing case comes out small without
+/// another minimizer pass.
+pub fn scenario_ops_strategy(opts: GenOptions) -> impl Strategy<Value = Scenario> {
+    use proptest::collection::vec;
+    let slot = || vec(any::<u8>(), SLOT_BYTES);
+    let cpus = opts.max_cpus.clamp(2, MAX_CPUS);
+    (
+        vec(any::<u8>(), HEAD_BYTES),
+        vec(slot(), 0..=opts.max_setup),
+        vec(vec(slot(), 1..=opts.max_ops.max(1)), 2..=cpus),
+        vec(0..cpus as u8, 0..64),
+    )
+        .prop_map(move |(head, setup, cpus, schedule)| {
+            decode_structured(
+                &Structured {
+                    head,
+                    setup,
+                    cpus,
+                    schedule,
+                },
+                &opts,
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
