@@ -16,7 +16,9 @@
 
 mod common;
 
-use common::{assert_shrunk_case, config_with, failing_case, quiet, replays_clean};
+use common::{
+    assert_shrunk_case, config_with, failing_case, fixed_model_is_clean, quiet, replays_clean,
+};
 use mmharness::model::{Config, Oracle, Subsystem, Variant};
 use mmharness::scenario::generate::{GenOptions, OpFamily, scenario_strategy};
 use mmharness::scenario::{Op, Scenario};
@@ -83,33 +85,30 @@ fn migration_scenarios(opts: GenOptions) -> impl Strategy<Value = Scenario> {
     })
 }
 
-proptest! {
-    #![proptest_config(proptest_config(FIXED_CASES))]
-
-    /// Two CPUs: the default configuration.
-    #[test]
-    fn fixed_migration_has_no_violation(
-        s in migration_scenarios(user_ops(Config::default()))
-    ) {
-        quiet();
-        replays_clean(&s)?;
-    }
+/// Two CPUs: the default configuration.
+#[test]
+fn fixed_migration_has_no_violation() {
+    fixed_model_is_clean(
+        "migration-fixed",
+        runner(FIXED_CASES),
+        migration_scenarios(user_ops(Config::default())),
+    );
 }
 
-proptest! {
-    #![proptest_config(proptest_config(FIXED_CASES / 3))]
-
-    /// Three CPUs and longer op lists: a third party (a page-cache lookup,
-    /// a pfn walker, a second migration) can join the race.
-    #[test]
-    fn fixed_migration_three_cpus_has_no_violation(s in migration_scenarios(GenOptions {
+/// Three CPUs and longer op lists: a third party (a page-cache lookup, a
+/// pfn walker, a second migration) can join the race.
+#[test]
+fn fixed_migration_three_cpus_has_no_violation() {
+    let opts = GenOptions {
         max_cpus: 3,
         max_ops: 6,
         ..user_ops(Config::default())
-    })) {
-        quiet();
-        replays_clean(&s)?;
-    }
+    };
+    fixed_model_is_clean(
+        "migration-fixed-three-cpus",
+        runner(FIXED_CASES / 3),
+        migration_scenarios(opts),
+    );
 }
 
 /// Run "no violation" on generated scenarios of `variant`, expect proptest

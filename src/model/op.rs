@@ -196,6 +196,13 @@ macro_rules! ops {
                 match self { $( Op::$name { .. } => OpKind::$name, )* }
             }
 
+            /// Every field's value, in the order of `OpKind::roles`.
+            pub fn values(&self) -> Vec<u32> {
+                match self {
+                    $( Op::$name { $( $field ),* } => vec![ $( $field.raw() ),* ], )*
+                }
+            }
+
             /// Every field in its range for `cfg`.
             pub fn check(&self, cfg: &Config) -> Result<(), String> {
                 match self {
@@ -321,7 +328,22 @@ impl Op {
     }
 }
 
+/// Field values given in order, as a [`Draw`].
+struct Values<'a>(std::slice::Iter<'a, u32>);
+
+impl Draw for Values<'_> {
+    fn draw(&mut self, _: Role) -> arbitrary::Result<u32> {
+        Ok(self.0.next().copied().unwrap_or(0))
+    }
+}
+
 impl OpKind {
+    /// The op of this kind with these field values (missing ones are 0).
+    pub fn with(self, values: &[u32]) -> Op {
+        self.draw(&mut Values(values.iter()))
+            .expect("drawing from values cannot fail")
+    }
+
     /// The kinds an arm of subsystems draws from, simplest first.
     pub fn of(arm: SubsystemSet) -> impl Iterator<Item = OpKind> {
         OpKind::ALL

@@ -490,7 +490,7 @@ pub fn decode_structured(st: &Structured, opts: &GenOptions) -> Scenario {
     for b in st.setup.iter().take(opts.max_setup) {
         slot(b, &setup_choices, &mut setup);
     }
-    let cpus = st
+    let mut cpus: Vec<Vec<Op>> = st
         .cpus
         .iter()
         .take(nr_cpus)
@@ -502,6 +502,13 @@ pub fn decode_structured(st: &Structured, opts: &GenOptions) -> Scenario {
             ops
         })
         .collect();
+    // A CPU shrunk to no ops is no CPU (one stays).
+    if cpus.iter().any(|c| !c.is_empty()) {
+        cpus.retain(|c| !c.is_empty());
+    } else {
+        cpus.truncate(1);
+    }
+    let nr_cpus = cpus.len().max(1);
     let mut s = Scenario::new(config, setup, cpus);
     s.schedule = st.schedule.iter().map(|c| c % nr_cpus as u8).collect();
     s
@@ -520,7 +527,7 @@ pub fn scenario_ops_strategy(opts: GenOptions) -> impl Strategy<Value = Scenario
     (
         vec(any::<u8>(), HEAD_BYTES),
         vec(slot(), 0..=opts.max_setup),
-        vec(vec(slot(), 1..=opts.max_ops.max(1)), 2..=cpus),
+        vec(vec(slot(), 0..=opts.max_ops.max(1)), 1..=cpus),
         vec(0..cpus as u8, 0..64),
     )
         .prop_map(move |(head, setup, cpus, schedule)| {
