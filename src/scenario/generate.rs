@@ -305,6 +305,10 @@ fn decode_ops_then_schedule(
         OpFamily::Any => arms[decoded as usize - 1],
         OpFamily::Of(set) => set.arms(),
     };
+    // The machine the arm's races need (PMD sharing: a hugetlb VMA). A
+    // layout keeps the processes, pages and frames the palette was drawn
+    // on, so the palette stays valid.
+    let cfg = &arm.layout(*cfg);
     let (setup_choices, choices) = (Choices::of(arm, true), Choices::of(arm, false));
     let mut d = Drawer {
         u,
