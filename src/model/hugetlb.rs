@@ -70,11 +70,15 @@ fn with_hugetlb_lock<T>(
     cpu.step(func, f)
 }
 
-/// `enqueue_hugetlb_folio`: onto the free list, frozen at 0.
-fn enqueue_hugetlb_folio(m: &mut Machine, folio: Pfn) {
+/// `enqueue_hugetlb_folio`: onto the free list, frozen at 0, free for the
+/// next user.
+fn enqueue_hugetlb_folio(m: &mut Machine, folio: Pfn) -> Result<(), Violation> {
+    let nr = m.cfg.pages_per_huge_page();
+    super::oracle::no_tlb_entry_outlives_free(m, folio..folio + nr, "the hugetlb pool")?;
     m.hstate.free_folios.push(folio);
     let cpu = m.cpu_index() as u8;
     m.ledger.freeze(folio, cpu);
+    Ok(())
 }
 
 /// `alloc_buddy_hugetlb_folio`: a compound page from the buddy, frozen with
@@ -124,7 +128,7 @@ pub fn alloc_pool_huge_folio(cpu: &Cpu, pfn_hint: Pfn) -> KResult<()> {
         return Ok(());
     };
     with_hugetlb_lock(cpu, "prep_and_add_allocated_folios", |m| {
-        enqueue_hugetlb_folio(m, folio);
+        enqueue_hugetlb_folio(m, folio)?;
         m.hstate.nr_huge_pages += 1;
         ktrace!(
             m,
@@ -133,6 +137,25 @@ pub fn alloc_pool_huge_folio(cpu: &Cpu, pfn_hint: Pfn) -> KResult<()> {
         );
         Ok(())
     })
+}
+
+/// `hugetlb_hstate_alloc_pages` at boot: `hugepages=N` pool folios, from
+/// blocks 1, 2, ..., each HVO'd as it joins the pool, run before any CPU
+/// starts.
+pub fn hugetlb_hstate_alloc_pages(m: &mut Machine) {
+    let n = m.cfg.hugepages as u32;
+    if n == 0 {
+        return;
+    }
+    let per_block = m.cfg.pages_per_huge_page();
+    let seq = super::ctx::Sequential::new(m, super::ctx::Record::new(false));
+    let cpu = seq.cpu(super::ctx::CpuId::SETUP);
+    for block in 1..=n {
+        let _ = alloc_pool_huge_folio(&cpu, block * per_block);
+    }
+    if let Some(d) = seq.detected() {
+        panic!("booting the hugetlb pool failed: {:?}", d.violation);
+    }
 }
 
 /// Hand a frozen folio out: unfreeze it to 1, the caller's reference.
@@ -440,16 +463,20 @@ pub fn hugetlb_fault(cpu: &Cpu, a: Uaddr, vma: VmaSlot, _write: bool) -> KResult
         return Ok(());
     };
     hugetlb_vma_lock_read(cpu, a.mm, vma.id)?;
-    let Some(table) = huge_pte_alloc(cpu, haddr, vma)? else {
-        hugetlb_vma_unlock_read(cpu, a.mm, vma.id)?;
-        return hugetlb_fault_mutex_unlock(cpu, idx);
-    };
-    let orig = cpu.step("huge_ptep_get", |m| m.walk_pmd(haddr, table))?;
-    if orig == PmdVal::None {
-        hugetlb_no_page(cpu, haddr, idx, table)?;
+    if let Some(table) = huge_pte_alloc(cpu, haddr, vma)? {
+        let orig = cpu.step("huge_ptep_get", |m| m.walk_pmd(haddr, table))?;
+        if orig == PmdVal::None {
+            hugetlb_no_page(cpu, haddr, idx, table)?;
+        }
     }
-    hugetlb_vma_unlock_read(cpu, a.mm, vma.id)?;
-    hugetlb_fault_mutex_unlock(cpu, idx)
+    // hugetlb_vma_unlock_read, then the fault mutex.
+    cpu.step("hugetlb_fault", |m| {
+        if let Some(l) = vma_lock_mut(m, a.mm, vma.id) {
+            l.readers -= 1;
+        }
+        m.hstate.fault_mutex[idx as usize] = None;
+        Ok(())
+    })
 }
 
 /// `hugetlb_no_page` (v6.12) on a shared mapping: find the folio in the
@@ -544,6 +571,7 @@ fn huge_pmd_unshare_begin(m: &mut Machine, a: Uaddr, table: Pfn) -> Result<bool,
     if m.page(table)?.pt_share_count == 0 {
         return Ok(false);
     }
+    super::oracle::unshare_holds_off_walkers(m, a)?;
     m.ptl_lock(table);
     m.set_pud(a, PudVal::None);
     m.ledger.unshare_begins(me, a.mm, table);
@@ -748,7 +776,7 @@ pub fn free_huge_folio(cpu: &Cpu, folio: Pfn) -> KResult<()> {
             ktrace!(m, "surplus pfn {folio} leaves the pool");
             return Ok(true);
         }
-        enqueue_hugetlb_folio(m, folio);
+        enqueue_hugetlb_folio(m, folio)?;
         ktrace!(m, "pfn {folio} back on the free list");
         Ok(false)
     })?;
@@ -781,7 +809,7 @@ pub fn update_and_free_hugetlb_folio(cpu: &Cpu, folio: Pfn) -> KResult<()> {
     if !hugetlb_vmemmap_restore_folio(cpu, folio)? {
         if !cpu.cfg().has(Variant::HvoRestoreFailFrees) {
             return with_hugetlb_lock(cpu, "add_hugetlb_folio", |m| {
-                enqueue_hugetlb_folio(m, folio);
+                enqueue_hugetlb_folio(m, folio)?;
                 m.hstate.nr_huge_pages += 1;
                 m.hstate.surplus_huge_pages += 1;
                 ktrace!(
@@ -912,19 +940,33 @@ mod tests {
         k.on(0, |cpu| madvise_dontneed(cpu, a)).unwrap();
         assert!(!k.m.cpus[1].user_tlb.is_empty(), "not flushed");
 
-        // mm1, the table's last user, exits: the table is freed.
-        k.on(0, |cpu| exit_mmap(cpu, 1)).unwrap();
-        assert_eq!(k.m.frames[t as usize].owner, Owner::Free);
-        assert_eq!(k.m.ledger.shared_tables_freed, 1);
+        // mm1, the table's last user, exits: freeing the table with CPU 1's
+        // entry still translating through it.
+        let err = k.on(0, |cpu| exit_mmap(cpu, 1)).unwrap_err();
 
-        let err = k.on(1, |cpu| user_access(cpu, a, false)).unwrap_err();
-        assert_eq!(err.oracle, Oracle::UserUseAfterFree);
+        assert_eq!(err.oracle, Oracle::TlbFlushBeforeFree);
         assert!(
             err.detail
                 .contains(&format!("through the page table in frame {t}")),
             "{}",
             err.detail
         );
+    }
+
+    #[test]
+    fn an_access_through_a_table_freed_and_reused_since_is_a_use_after_free() {
+        let mut k = Kernel::builder().pmd_share().boot();
+        let t = shared(&mut k);
+        let a = Uaddr::new(0, 0);
+        k.on(1, |cpu| user_access(cpu, a, false)).unwrap();
+        // The table frame is reused, as a free that skipped both the flush
+        // and its check would let it be.
+        k.m.frames[t as usize].generation += 1;
+
+        let err = k.on(1, |cpu| user_access(cpu, a, false)).unwrap_err();
+
+        assert_eq!(err.oracle, Oracle::UserUseAfterFree);
+        assert!(err.detail.contains("a page table again"), "{}", err.detail);
     }
 
     /// CPU `cpu` is GUP-fast on `a` after its PUD load: interrupts off.
@@ -1012,7 +1054,7 @@ mod tests {
         assert_eq!(k.m.pud(Uaddr::new(0, 0)), PudVal::None, "mm0 unshared");
         assert_eq!(k.m.pmds(t), &[PmdVal::None; 2], "mm1's mappings zapped");
         assert_eq!(k.m.hugetlbfs.slots.iter().flatten().count(), 0);
-        assert_eq!(k.m.hstate.nr_huge_pages, 0, "the surplus folios are gone");
+        assert_eq!(k.m.hstate.free_folios.len(), 2, "back in the pool");
         // Past i_size a fault maps nothing.
         fault(&mut k, 1, 0);
         assert_eq!(k.m.pmds(t), &[PmdVal::None; 2]);
@@ -1063,6 +1105,10 @@ mod tests {
         k.quiesce().unwrap();
     }
 
+    /// Without `hugetlb_split` the halves keep sharing under separate VMA
+    /// locks: MADV_DONTNEED of the second half unshares the table holding
+    /// only that half's lock, under a walker of the first half (which
+    /// would then walk a table that is no longer mm0's).
     #[test]
     fn without_hugetlb_split_the_halves_keep_sharing_under_separate_locks() {
         let mut k = Kernel::builder()
@@ -1077,14 +1123,17 @@ mod tests {
         let first = k.m.mms[0].hugetlb_vmas[0].id;
         k.on(1, |cpu| hugetlb_vma_lock_read(cpu, 0, first)).unwrap();
         let a = Uaddr::new(0, 0);
-        let table = k.on(1, |cpu| hugetlb_walk(cpu, a, "hugetlb_walk")).unwrap();
+        assert_eq!(
+            k.on(1, |cpu| hugetlb_walk(cpu, a, "hugetlb_walk")).unwrap(),
+            Some(t)
+        );
 
-        // MADV_DONTNEED of the second half takes only that half's lock.
-        k.on(0, |cpu| madvise_dontneed(cpu, Uaddr::new(0, 2)))
-            .unwrap();
+        let err = k
+            .on(0, |cpu| madvise_dontneed(cpu, Uaddr::new(0, 2)))
+            .unwrap_err();
 
-        let err = k.step(1, |m| m.walk_pmd(a, table.unwrap())).unwrap_err();
-        assert_eq!(err.oracle, Oracle::PmdTableNotOfMm);
+        assert_eq!(err.oracle, Oracle::PmdUnshareExcludesWalkers);
+        assert!(err.detail.contains("VMA 0..2"), "{}", err.detail);
     }
 
     #[test]

@@ -299,6 +299,7 @@ impl Machine {
             m.peek_mut(pfn).flags = pg::BUDDY;
             m.peek_mut(pfn).private = order as u32;
         }
+        super::hugetlb::hugetlb_hstate_alloc_pages(&mut m);
         m
     }
 

@@ -304,10 +304,6 @@ ops! {
     /// write fault (`do_wp_page`) where the PTE is read-only.
     UserStore = "user_store", Memory { mm: MmArg, addr: PageArg }
         => |cpu| memory::user_access(cpu, uaddr(mm, addr), true);
-    /// `hugetlb_fault` (under `mmap_lock` for read) on page `addr` of
-    /// process `mm`, sharing a sibling's PMD table where it can.
-    HugetlbFault = "hugetlb_fault", PmdShare, setup { mm: MmArg, addr: PageArg }
-        => |cpu| memory::handle_mm_fault(cpu, uaddr(mm, addr), 0, 0);
     /// `munmap` of the huge page holding `addr` in process `mm`: splits
     /// the VMA around it, unmaps it (unsharing) and frees page tables.
     Munmap = "munmap", PmdShare { mm: MmArg, addr: PageArg }

@@ -81,8 +81,9 @@ impl Subsystem {
     /// hugetlbfs range with a PUD-aligned `VM_MAYSHARE` VMA covering whole
     /// PUD ranges, and memory for a folio per huge page: unless the
     /// configuration already has such a VMA, the user pages become one
-    /// hugetlb VMA (at least a PUD range) and memory grows to hold its
-    /// folios (block 0 holds the memmap). Every layout keeps the
+    /// hugetlb VMA (at least a PUD range), memory grows to hold its folios
+    /// (block 0 holds the memmap) and the hugetlb pool is filled with them
+    /// at boot (`hugepages=`). Every layout keeps the
     /// configuration's processes and at least its pages and frames, so
     /// that what the decoder drew on the configuration stays valid.
     pub fn layout(self, cfg: Config) -> Config {
@@ -101,10 +102,13 @@ impl Subsystem {
                     pages: pages as u8,
                 }])
                 .expect("one VMA fits");
-                let blocks = (1 + pages / PMD_PAGES).clamp(cfg.memory_blocks as u32, 8);
+                let huge_pages = pages / PMD_PAGES;
+                let blocks = (1 + huge_pages).clamp(cfg.memory_blocks as u32, 8);
                 Config {
                     vmas,
                     memory_blocks: blocks as u8,
+                    // A pool reserved for the mapping, as hugetlb users do.
+                    hugepages: (cfg.hugepages as u32).max(huge_pages).min(blocks - 1) as u8,
                     ..cfg
                 }
             }
@@ -219,7 +223,7 @@ mod tests {
         let c = Subsystem::PmdShare.layout(base);
 
         assert_eq!(c.user_pages(), 8, "rounded up to whole PUD ranges");
-        assert_eq!(c.memory_blocks, 5);
+        assert_eq!((c.memory_blocks, c.hugepages), (5, 4));
         assert!(c.user_pages() <= MAX_USER_PAGES);
         c.validate().unwrap();
     }

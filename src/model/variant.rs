@@ -83,15 +83,15 @@ variants! {
         "hugetlb_fault() and GUP call huge_pte_offset() without the hugetlb VMA lock, so a truncation unshares the PMD table between their PUD and PMD loads and they walk another process's table (seed 001; fixed in v6.2 by fcd48540d188 and eefc7fa53608)";
     /// `__unmap_hugepage_range` without the TLB flush after a successful
     /// `huge_pmd_unshare` (CVE-2021-4002).
-    PmdUnshareNoFlush = "pmd-unshare-no-flush", PmdShare, UserUseAfterFree,
-        "__unmap_hugepage_range() unshares a PMD table without flushing the TLB before i_mmap_rwsem is dropped, so a stale TLB entry translates through the table after it is freed and reused (CVE-2021-4002, fixed by a4a118f2eead)";
+    PmdUnshareNoFlush = "pmd-unshare-no-flush", PmdShare, TlbFlushBeforeFree,
+        "__unmap_hugepage_range() unshares a PMD table without flushing the TLB before i_mmap_rwsem is dropped, so the table (or its pages) can be freed and reused while stale TLB entries still translate through it (CVE-2021-4002, fixed by a4a118f2eead)";
     /// `huge_pmd_unshare` without `tlb_remove_table_sync_one()`.
     PmdUnshareNoGupFastSync = "pmd-unshare-no-gup-fast-sync", PmdShare, PmdTableNotOfMm,
         "huge_pmd_unshare() drops its share without waiting out GUP-fast (tlb_remove_table_sync_one()), so a GUP-fast that read the PUD with interrupts off walks a PMD table that is now another process's only (fixed by 1013af4f585f, 2025)";
     /// A split of a hugetlb VMA at an address that is not PUD-aligned that
     /// leaves the PMD table shared, as before b30c14cd6102.
-    PmdShareSplitVma = "pmd-share-split-vma", PmdShare, PmdTableNotOfMm,
-        "a hugetlb VMA split at a non-PUD-aligned address keeps its shared PMD table, so unsharing it through one half pulls it from under a walker holding only the other half's VMA lock (fixed by b30c14cd6102, v6.2; unshared under the split's locks since 081056dc00a2)";
+    PmdShareSplitVma = "pmd-share-split-vma", PmdShare, PmdUnshareExcludesWalkers,
+        "a hugetlb VMA split at a non-PUD-aligned address keeps its shared PMD table, so an unshare through one half holds only that half's VMA lock while walkers of the other half may be on the table (fixed by b30c14cd6102, v6.2; unshared under the split's locks since 081056dc00a2)";
 }
 
 impl Variant {

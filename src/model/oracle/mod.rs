@@ -16,8 +16,9 @@ mod state;
 
 pub use access::{
     RefKind, RefUpdate, cmpxchg_through_ro_vmemmap, no_access_to_unowned_vmemmap_frame,
-    no_increment_from_zero, no_underflow, no_write_through_ro_vmemmap, ref_target_is_genuine,
-    unfreeze_from_zero, user_tlb_entry_current, user_tlb_table_current, walked_freed_table,
+    no_increment_from_zero, no_tlb_entry_outlives_free, no_underflow, no_write_through_ro_vmemmap,
+    ref_target_is_genuine, unfreeze_from_zero, user_tlb_entry_current, user_tlb_table_current,
+    walked_freed_table,
 };
 pub use migration::{
     folio_is_quiet, migration_carries_data, migration_expected_refs, migration_makes_progress,
@@ -25,7 +26,7 @@ pub use migration::{
 };
 pub use pmd_share::{
     pmd_table_free_unshared, share_counts_at_quiescence, share_counts_match,
-    walked_pmd_table_not_of_mm,
+    unshare_holds_off_walkers, walked_pmd_table_not_of_mm,
 };
 pub use quiescent::{every_frame_accounted, every_reference_put, no_migration_entry_left};
 pub use state::{frozen_stays_frozen, pinned_writes_not_lost};
@@ -85,6 +86,10 @@ oracles! {
     /// or was translated through a page table that has since been freed
     /// (and maybe reused).
     UserUseAfterFree = "no-user-access-after-free";
+    /// Frames went back to the buddy allocator (or a hugetlb folio to the
+    /// pool) while a CPU's TLB still translated to them, or through a page
+    /// table among them.
+    TlbFlushBeforeFree = "no-free-before-tlb-flush";
     /// A lockless page-table walker read a frame that is no longer a page
     /// table (freed, or reused).
     PageTableUseAfterFree = "no-walk-of-freed-page-table";
@@ -95,6 +100,10 @@ oracles! {
     /// A PMD table's `pt_share_count` is not one less than the processes
     /// using it, or a PMD table was freed while still in use.
     PmdShareCount = "pmd-share-count-matches";
+    /// An unshare of a PMD table held off neither through `mmap_lock` for
+    /// write nor through the VMA locks every walker of its process that
+    /// may be on the table.
+    PmdUnshareExcludesWalkers = "pmd-unshare-holds-off-walkers";
     /// Every CPU is blocked.
     Deadlock = "no-deadlock";
     /// The execution did not finish within the step bound.
@@ -216,8 +225,16 @@ pub static INVARIANTS: &[Invariant] = &[
         when: When::Path("memory::user_access: the table the entry was walked through"),
     },
     Invariant {
+        oracle: Oracle::TlbFlushBeforeFree,
+        when: When::Path("page_alloc::free_pages and hugetlb::enqueue_hugetlb_folio"),
+    },
+    Invariant {
         oracle: Oracle::PmdTableNotOfMm,
         when: When::Path("pgtable::walk_pmd, at each load of a PMD table"),
+    },
+    Invariant {
+        oracle: Oracle::PmdUnshareExcludesWalkers,
+        when: When::Path("hugetlb::huge_pmd_unshare"),
     },
     Invariant {
         oracle: Oracle::PmdShareCount,

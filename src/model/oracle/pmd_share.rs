@@ -43,6 +43,34 @@ pub fn walked_pmd_table_not_of_mm(m: &Machine, a: Uaddr, table: Pfn) -> Violatio
     }
 }
 
+/// An unshare of `a`'s PMD table (with `i_mmap_rwsem` held for write,
+/// which holds off rmap walkers) must also hold off every walker of its
+/// own process, which holds `mmap_lock` and its VMA's hugetlb VMA lock for
+/// read (seed 001): so the unsharer holds `mmap_lock` for write, or the
+/// VMA lock for write of every VMA of the process mapping through that PUD
+/// range. GUP-fast, which holds neither, is held off by the IPI.
+pub fn unshare_holds_off_walkers(m: &Machine, a: Uaddr) -> Result<(), Violation> {
+    let me = m.cpu_index() as u8;
+    let mm = &m.mms[a.mm as usize];
+    if mm.mmap_lock.writer == Some(me) {
+        return Ok(());
+    }
+    let pud = crate::model::hugetlb::pud_range(a.page);
+    let open = mm.hugetlb_vmas.iter().find(|v| {
+        v.start < pud.end && pud.start < v.end && v.lock.is_none_or(|l| l.writer != Some(me))
+    });
+    let Some(v) = open else {
+        return Ok(());
+    };
+    fail(
+        Oracle::PmdUnshareExcludesWalkers,
+        format!(
+            "{a}: the PMD table of pages {}..{} is unshared without the VMA lock of VMA {}..{} (VMA {}), which maps through it too: its walkers are not held off",
+            pud.start, pud.end, v.start, v.end, v.id
+        ),
+    )
+}
+
 /// The share count `table` should have: one less than its users, the PUD
 /// entries pointing at it plus the unshares under way.
 fn expected_share_count(m: &Machine, table: Pfn) -> i32 {
