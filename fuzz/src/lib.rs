@@ -11,7 +11,8 @@
 //!   subsystem names joined by commas (`hvo`, `migration`, ...), as
 //!   `mmharness hunt --ops` takes them. Default: as `mmharness hunt` picks
 //!   it (the variants' subsystems; `any` for the fixed model), except that
-//!   the `migration` target defaults to `migration`.
+//!   the `migration` target defaults to `migration` and the `pmd_share`
+//!   target to `pmd-share`.
 //! - `MMHARNESS_MEMORY_BLOCKS`: physical memory in hugetlb-sized blocks,
 //!   2 (default) to 8, or a range `LO-HI` drawn per scenario.
 //! - `MMHARNESS_HUGETLB_ORDER`: hugetlb folio order, 7 to 10 (default 9),
@@ -152,6 +153,22 @@ pub fn cpu_migrates(scenario: &Scenario) -> bool {
         .iter()
         .flatten()
         .any(|op| matches!(op, Op::MigratePages { .. }))
+}
+
+/// Does a CPU (not the setup) unshare or free PMD tables? The pmd_share
+/// target keeps only such scenarios in its corpus.
+pub fn cpu_unshares(scenario: &Scenario) -> bool {
+    scenario.cpus.iter().flatten().any(|op| {
+        matches!(
+            op,
+            Op::Munmap { .. }
+                | Op::MadviseDontneed { .. }
+                | Op::MadviseDontfork { .. }
+                | Op::HugetlbfsPunchHole { .. }
+                | Op::HugetlbVmtruncate { .. }
+                | Op::ExitMmap { .. }
+        )
+    })
 }
 
 /// Set while the model runs under shuttle.

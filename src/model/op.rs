@@ -9,7 +9,8 @@ use super::machine::PAGE_CACHE_SLOTS;
 use super::pgtable::Uaddr;
 use super::subsystem::{Subsystem, SubsystemSet};
 use super::{
-    KResult, buffer, filemap, hugetlb, khugepaged, memory, migrate, pfn_walker, truncate, vmscan,
+    KResult, buffer, filemap, hugetlb, hugetlbfs, khugepaged, madvise, memory, migrate, mmap,
+    pfn_walker, truncate, vma, vmscan,
 };
 use serde::{Deserialize, Serialize};
 
@@ -315,6 +316,27 @@ ops! {
     /// write fault (`do_wp_page`) where the PTE is read-only.
     UserStore = "user_store", Memory { mm: MmArg, addr: PageArg }
         => |cpu| memory::user_access(cpu, uaddr(mm, addr), true);
+    /// `munmap` of the huge page holding `addr` in process `mm`: splits
+    /// the VMA around it, unmaps it (unsharing) and frees page tables.
+    Munmap = "munmap", PmdShare { mm: MmArg, addr: PageArg }
+        => |cpu| vma::munmap(cpu, uaddr(mm, addr));
+    /// `madvise(MADV_DONTNEED)` of the huge page holding `addr`.
+    MadviseDontneed = "madvise_dontneed", PmdShare { mm: MmArg, addr: PageArg }
+        => |cpu| madvise::madvise_dontneed(cpu, uaddr(mm, addr));
+    /// `madvise(MADV_DONTFORK)` of the huge page holding `addr`: a flag
+    /// change that splits the VMA around it (`__split_vma`).
+    MadviseDontfork = "madvise_dontfork", PmdShare { mm: MmArg, addr: PageArg }
+        => |cpu| madvise::madvise_dontfork(cpu, uaddr(mm, addr));
+    /// `fallocate(FALLOC_FL_PUNCH_HOLE)` of hugetlbfs huge page `index`.
+    HugetlbfsPunchHole = "hugetlbfs_punch_hole", PmdShare { index: Index }
+        => |cpu| hugetlbfs::hugetlbfs_punch_hole(cpu, index.get());
+    /// `ftruncate` of the hugetlbfs file to `index` huge pages
+    /// (`hugetlb_vmtruncate`).
+    HugetlbVmtruncate = "hugetlb_vmtruncate", PmdShare { index: Index }
+        => |cpu| hugetlbfs::hugetlb_vmtruncate(cpu, index.get());
+    /// `exit_mmap` of process `mm`.
+    ExitMmap = "exit_mmap", PmdShare { mm: MmArg }
+        => |cpu| mmap::exit_mmap(cpu, mm.0);
 }
 
 fn order_zero() -> Order {
