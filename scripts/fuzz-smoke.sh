@@ -93,6 +93,7 @@ declare -A variant=(
     [scenario]=hvo-restore-fail-frees
     [hvo]=hvo-no-rcu-sync
     [migration]=migrate-expected-refs-undercount
+    [pmd_share]=pmd-unshare-no-gup-fast-sync
 )
 for t in "${targets[@]}"; do
     v="${variant[$t]:-}"

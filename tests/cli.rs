@@ -136,9 +136,34 @@ fn valid_json() -> String {
     corpus_text("hvo-restore-fail-frees")
 }
 
-/// A valid scenario with user addresses.
+/// A valid scenario with user addresses: a fault on page 3 of mm0, then
+/// GUP-fast of it racing its migration.
 fn gup_json() -> String {
-    corpus_text("gup-fast-no-recheck")
+    use mmharness::model::op::{MmArg, Order, PageArg, PfnArg};
+    use mmharness::model::{Config, Op, VariantSet};
+    let (mm, addr) = (MmArg(0), PageArg(3));
+    let config = Config {
+        variants: VariantSet::new(&[Variant::GupFastNoRecheck]),
+        ..Config::default()
+    };
+    Scenario::new(
+        config,
+        vec![Op::HandleMmFault {
+            mm,
+            addr,
+            pfn_hint: PfnArg(896),
+            order: Order(0),
+        }],
+        vec![
+            vec![Op::GetUserPagesFast { mm, addr }],
+            vec![Op::MigratePages {
+                mm,
+                addr,
+                pfn_hint: PfnArg(663),
+            }],
+        ],
+    )
+    .to_json()
 }
 
 /// `valid_json()` with the first `from` replaced by `to`.

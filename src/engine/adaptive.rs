@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Arm {
     pub engine: Engine,
-    /// The subsystems whose ops its scenarios draw from.
-    pub ops: SubsystemSet,
+    /// Where its scenarios' ops come from.
+    pub ops: OpFamily,
     /// CPUs per scenario, at most (each scenario draws 2 up to this).
     pub cpus: usize,
 }
@@ -35,7 +35,10 @@ impl Arm {
         format!(
             "{} / {} / {} CPUs",
             self.engine.name(),
-            self.ops.arm_name(),
+            match self.ops {
+                OpFamily::Any => "any".to_string(),
+                OpFamily::Of(set) => set.arm_name(),
+            },
             self.cpus
         )
     }
@@ -45,8 +48,8 @@ impl Arm {
 pub struct AdaptiveOptions {
     pub config: Config,
     pub engines: Vec<Engine>,
-    /// Subsystem arms; every distinct arm and every op kind by default.
-    pub op_arms: Vec<SubsystemSet>,
+    /// Op arms; every subsystem's arm and every op kind by default.
+    pub op_arms: Vec<OpFamily>,
     pub cpus: Vec<usize>,
     pub memory_blocks: (u8, u8),
     pub hugetlb_order: (u8, u8),
@@ -68,8 +71,8 @@ impl AdaptiveOptions {
     /// of 2-4 CPUs and two or three memory blocks (so that two hugetlb
     /// folios can be alive at once), one worker per core.
     pub fn new(config: Config, time: Duration, seed: u64) -> AdaptiveOptions {
-        let mut op_arms = distinct_arms();
-        op_arms.push(SubsystemSet::all());
+        let mut op_arms: Vec<OpFamily> = distinct_arms().into_iter().map(OpFamily::Of).collect();
+        op_arms.push(OpFamily::Of(SubsystemSet::all()));
         AdaptiveOptions {
             config,
             engines: Engine::ALL.to_vec(),
@@ -110,7 +113,7 @@ impl AdaptiveOptions {
     fn hunter(&self, i: usize, arm: Arm) -> Hunter {
         let mut generate = GenOptions {
             max_cpus: arm.cpus,
-            ops: OpFamily::Of(arm.ops),
+            ops: arm.ops,
             ..GenOptions::with_config(self.config)
         };
         generate.memory_blocks = self.memory_blocks;

@@ -10,4 +10,4 @@ pub mod minimize;
 mod mutate;
 
 pub use hunt::{Engine, Finding, Flow, HuntOptions, HuntReport, Hunter, hunt, hunt_with};
-pub use minimize::minimize;
+pub use minimize::{find_schedule, minimize};

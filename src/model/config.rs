@@ -238,6 +238,11 @@ pub struct Config {
     /// Every process's VMAs.
     #[serde(default, skip_serializing_if = "is_default_vmas")]
     pub vmas: Vmas,
+    /// `hugepages=N` on the kernel command line: hugetlb folios put in the
+    /// pool at boot (`hugetlb_hstate_alloc_pages`, HVO'd as they join it),
+    /// from blocks 1, 2, ...
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hugepages: u8,
     /// Enabled bug variants.
     #[serde(default)]
     pub variants: VariantSet,
@@ -255,6 +260,10 @@ fn is_default_vmas(vmas: &Vmas) -> bool {
     *vmas == Vmas::default()
 }
 
+fn is_zero(n: &u8) -> bool {
+    *n == 0
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -263,6 +272,7 @@ impl Default for Config {
             memory_blocks: 2,
             mms: default_mms(),
             vmas: Vmas::default(),
+            hugepages: 0,
             variants: VariantSet::default(),
         }
     }
@@ -284,6 +294,23 @@ impl Config {
                 "memory_blocks {} is out of range 2..=8",
                 self.memory_blocks
             ));
+        }
+        if self.hugepages >= self.memory_blocks {
+            return Err(format!(
+                "hugepages {} does not fit in {} memory blocks (block 0 holds the memmap)",
+                self.hugepages, self.memory_blocks
+            ));
+        }
+        if self
+            .vmas
+            .slots()
+            .filter(|v| v.kind == VmaKind::HugetlbShared)
+            .count()
+            > 1
+        {
+            return Err(
+                "at most one hugetlb VMA: each maps the hugetlbfs file from offset 0".into(),
+            );
         }
         if !(1..=MAX_MMS).contains(&self.mms) {
             return Err(format!("mms {} is out of range 1..={MAX_MMS}", self.mms));

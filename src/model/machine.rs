@@ -228,12 +228,22 @@ pub struct CpuState {
     pub user_tlb: UserTlb,
     /// What the task running on this CPU holds.
     pub holds: Vec<Hold>,
+    /// `local_irq_save` nesting: interrupts are off while non-zero.
+    pub irqs_off: u8,
+    /// Interrupts-off sections entered, for IPI waits.
+    pub irq_sections: u32,
+    /// The process whose page tables this CPU is walking in GUP-fast (its
+    /// task's `current->mm`): that process cannot exit meanwhile.
+    pub gup_fast_mm: Option<u8>,
 }
 
 crate::clone_by_field!(CpuState {
     tlb,
     user_tlb,
-    holds
+    holds,
+    irqs_off,
+    irq_sections,
+    gup_fast_mm
 });
 
 /// The lines a step traces (`trace_printk`), until the executor stamps
@@ -278,8 +288,12 @@ pub struct Machine {
     /// The page cache of the hugetlbfs file hugetlb VMAs map: one slot per
     /// huge page.
     pub hugetlbfs: AddressSpace,
+    /// The hugetlbfs file's inode: size and lock.
+    pub hugetlbfs_inode: super::hugetlbfs::Inode,
     /// Every process: its page-table root and its locks.
     pub mms: Vec<Mm>,
+    /// Page-table locks held across steps: (table frame, CPU).
+    pub pt_locks: Vec<(Pfn, u8)>,
     pub hstate: Hstate,
     /// `hugetlb_optimize_vmemmap_key`.
     pub hugetlb_optimize_vmemmap_key: u32,
@@ -353,14 +367,19 @@ impl Machine {
                     tlb: vec![None; nr_vmemmap as usize],
                     user_tlb: UserTlb::default(),
                     holds: Vec::new(),
+                    irqs_off: 0,
+                    irq_sections: 0,
+                    gup_fast_mm: None,
                 };
                 nr_cpus
             ],
             rcu: RcuState::new(nr_cpus),
             mapping: AddressSpace::new(PAGE_CACHE_SLOTS),
             hugetlbfs: AddressSpace::new(super::config::MAX_USER_PAGES),
-            mms: (0..cfg.mms).map(|_| Mm::default()).collect(),
-            hstate: Hstate::default(),
+            hugetlbfs_inode: super::hugetlbfs::Inode::new(super::config::MAX_USER_PAGES),
+            mms: (0..cfg.mms).map(|_| Mm::boot(&cfg)).collect(),
+            pt_locks: Vec::new(),
+            hstate: Hstate::new(super::config::MAX_USER_PAGES),
             hugetlb_optimize_vmemmap_key: 0,
             fail_next_allocs: 0,
             ledger: Ledger::default(),
@@ -374,6 +393,7 @@ impl Machine {
             m.peek_mut(pfn).flags = pg::BUDDY;
             m.peek_mut(pfn).private = order as u32;
         }
+        super::hugetlb::hugetlb_hstate_alloc_pages(&mut m);
         m.frames.forget_boot();
         m
     }
@@ -395,7 +415,9 @@ impl Machine {
             rcu,
             mapping,
             hugetlbfs,
+            hugetlbfs_inode,
             mms,
+            pt_locks,
             hstate,
             hugetlb_optimize_vmemmap_key,
             fail_next_allocs,
@@ -413,7 +435,9 @@ impl Machine {
         rcu.clone_from(&source.rcu);
         mapping.clone_from(&source.mapping);
         hugetlbfs.clone_from(&source.hugetlbfs);
+        hugetlbfs_inode.clone_from(&source.hugetlbfs_inode);
         mms.clone_from(&source.mms);
+        pt_locks.clone_from(&source.pt_locks);
         hstate.clone_from(&source.hstate);
         *hugetlb_optimize_vmemmap_key = source.hugetlb_optimize_vmemmap_key;
         *fail_next_allocs = source.fail_next_allocs;

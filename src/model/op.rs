@@ -9,7 +9,8 @@ use super::machine::PAGE_CACHE_SLOTS;
 use super::pgtable::Uaddr;
 use super::subsystem::{Subsystem, SubsystemSet};
 use super::{
-    KResult, buffer, filemap, hugetlb, khugepaged, memory, migrate, pfn_walker, truncate, vmscan,
+    KResult, buffer, filemap, hugetlb, hugetlbfs, khugepaged, madvise, memory, migrate, mmap,
+    pfn_walker, truncate, vma, vmscan,
 };
 use serde::{Deserialize, Serialize};
 
@@ -196,6 +197,13 @@ macro_rules! ops {
                 match self { $( Op::$name { .. } => OpKind::$name, )* }
             }
 
+            /// Every field's value, in the order of `OpKind::roles`.
+            pub fn values(&self) -> Vec<u32> {
+                match self {
+                    $( Op::$name { $( $field ),* } => vec![ $( $field.raw() ),* ], )*
+                }
+            }
+
             /// Every field in its range for `cfg`.
             pub fn check(&self, cfg: &Config) -> Result<(), String> {
                 match self {
@@ -308,6 +316,27 @@ ops! {
     /// write fault (`do_wp_page`) where the PTE is read-only.
     UserStore = "user_store", Memory { mm: MmArg, addr: PageArg }
         => |cpu| memory::user_access(cpu, uaddr(mm, addr), true);
+    /// `munmap` of the huge page holding `addr` in process `mm`: splits
+    /// the VMA around it, unmaps it (unsharing) and frees page tables.
+    Munmap = "munmap", PmdShare { mm: MmArg, addr: PageArg }
+        => |cpu| vma::munmap(cpu, uaddr(mm, addr));
+    /// `madvise(MADV_DONTNEED)` of the huge page holding `addr`.
+    MadviseDontneed = "madvise_dontneed", PmdShare { mm: MmArg, addr: PageArg }
+        => |cpu| madvise::madvise_dontneed(cpu, uaddr(mm, addr));
+    /// `madvise(MADV_DONTFORK)` of the huge page holding `addr`: a flag
+    /// change that splits the VMA around it (`__split_vma`).
+    MadviseDontfork = "madvise_dontfork", PmdShare { mm: MmArg, addr: PageArg }
+        => |cpu| madvise::madvise_dontfork(cpu, uaddr(mm, addr));
+    /// `fallocate(FALLOC_FL_PUNCH_HOLE)` of hugetlbfs huge page `index`.
+    HugetlbfsPunchHole = "hugetlbfs_punch_hole", PmdShare { index: Index }
+        => |cpu| hugetlbfs::hugetlbfs_punch_hole(cpu, index.get());
+    /// `ftruncate` of the hugetlbfs file to `index` huge pages
+    /// (`hugetlb_vmtruncate`).
+    HugetlbVmtruncate = "hugetlb_vmtruncate", PmdShare { index: Index }
+        => |cpu| hugetlbfs::hugetlb_vmtruncate(cpu, index.get());
+    /// `exit_mmap` of process `mm`.
+    ExitMmap = "exit_mmap", PmdShare { mm: MmArg }
+        => |cpu| mmap::exit_mmap(cpu, mm.0);
 }
 
 fn order_zero() -> Order {
@@ -321,7 +350,22 @@ impl Op {
     }
 }
 
+/// Field values given in order, as a [`Draw`].
+struct Values<'a>(std::slice::Iter<'a, u32>);
+
+impl Draw for Values<'_> {
+    fn draw(&mut self, _: Role) -> arbitrary::Result<u32> {
+        Ok(self.0.next().copied().unwrap_or(0))
+    }
+}
+
 impl OpKind {
+    /// The op of this kind with these field values (missing ones are 0).
+    pub fn with(self, values: &[u32]) -> Op {
+        self.draw(&mut Values(values.iter()))
+            .expect("drawing from values cannot fail")
+    }
+
     /// The kinds an arm of subsystems draws from, simplest first.
     pub fn of(arm: SubsystemSet) -> impl Iterator<Item = OpKind> {
         OpKind::ALL

@@ -150,6 +150,11 @@ impl Machine {
     /// `__free_pages(page, order)` after the last put: `free_pages_prepare`
     /// scrubs the struct pages, `__free_one_page` merges buddies.
     pub fn free_pages(&mut self, pfn: Pfn, order: u8) -> Result<(), Violation> {
+        super::oracle::no_tlb_entry_outlives_free(
+            self,
+            pfn..pfn + (1 << order),
+            "the buddy allocator",
+        )?;
         // free_tail_page_prepare for each tail, then the head.
         self.pages_mut(pfn + 1..pfn + (1 << order), |_, p| {
             p.compound_info = CompoundInfo::None;

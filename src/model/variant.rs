@@ -74,6 +74,24 @@ variants! {
     /// 70cbc3cc78a9, 2022).
     GupFastNoPmdRecheck = "gup-fast-no-pmd-recheck", Gup, PinnedWriteLost,
         "gup_fast_pte_range() rechecks the PTE but not the PMD, so it pins a page khugepaged is collapsing after pmdp_collapse_flush() detached its page table (fixed by 70cbc3cc78a9, 2022)";
+    /// hugetlb walkers that call `huge_pte_offset()` without the hugetlb
+    /// VMA lock, as before Peter Xu's v6.2 series "Make huge_pte_offset()
+    /// thread-safe for pmd unshare" (seed 001): `hugetlb_fault`'s first
+    /// lookup (moved under the lock by fcd48540d188) and GUP's
+    /// `follow_hugetlb_page` (eefc7fa53608).
+    PmdWalkWithoutVmaLock = "pmd-walk-without-vma-lock", PmdShare, PmdTableNotOfMm,
+        "hugetlb_fault() and GUP call huge_pte_offset() without the hugetlb VMA lock, so a truncation unshares the PMD table between their PUD and PMD loads and they walk another process's table (seed 001; fixed in v6.2 by fcd48540d188 and eefc7fa53608)";
+    /// `__unmap_hugepage_range` without the TLB flush after a successful
+    /// `huge_pmd_unshare` (CVE-2021-4002).
+    PmdUnshareNoFlush = "pmd-unshare-no-flush", PmdShare, TlbFlushBeforeFree,
+        "__unmap_hugepage_range() unshares a PMD table without flushing the TLB before i_mmap_rwsem is dropped, so the table (or its pages) can be freed and reused while stale TLB entries still translate through it (CVE-2021-4002, fixed by a4a118f2eead)";
+    /// `huge_pmd_unshare` without `tlb_remove_table_sync_one()`.
+    PmdUnshareNoGupFastSync = "pmd-unshare-no-gup-fast-sync", PmdShare, PmdTableNotOfMm,
+        "huge_pmd_unshare() drops its share without waiting out GUP-fast (tlb_remove_table_sync_one()), so a GUP-fast that read the PUD with interrupts off walks a PMD table that is now another process's only (fixed by 1013af4f585f, 2025)";
+    /// A split of a hugetlb VMA at an address that is not PUD-aligned that
+    /// leaves the PMD table shared, as before b30c14cd6102.
+    PmdShareSplitVma = "pmd-share-split-vma", PmdShare, PmdUnshareExcludesWalkers,
+        "a hugetlb VMA split at a non-PUD-aligned address keeps its shared PMD table, so an unshare through one half holds only that half's VMA lock while walkers of the other half may be on the table (fixed by b30c14cd6102, v6.2; unshared under the split's locks since 081056dc00a2)";
 }
 
 impl Variant {

@@ -261,6 +261,10 @@ impl Choices {
 /// The ops of one slot: one op, or two for an idiom.
 fn decode_slot(d: &mut Drawer, choices: &Choices, ops: &mut Vec<Op>) -> arbitrary::Result<()> {
     let choices = choices.get();
+    // A family with no op for this slot (no setup op among its kinds).
+    if choices.is_empty() {
+        return Ok(());
+    }
     let choice = choices[d.u.int_in_range(0..=choices.len() - 1)?];
     d.page = None;
     match choice {
@@ -325,6 +329,10 @@ fn decode_ops_then_schedule(
         OpFamily::Any => arms[decoded as usize - 1],
         OpFamily::Of(set) => set,
     };
+    // The machine the arm's races need (PMD sharing: a hugetlb VMA). A
+    // layout keeps the processes, pages and frames the palette was drawn
+    // on, so the palette stays valid.
+    let cfg = &arm.layout(*cfg);
     let (setup_choices, choices) = (Choices::of(arm, true), Choices::of(arm, false));
     let mut d = Drawer {
         u,
@@ -358,7 +366,7 @@ fn decode_ops_then_schedule(
         let b = u.int_in_range(0..=255u8)?;
         schedule.extend(std::iter::repeat_n(cpu, run_length(b)));
     }
-    let mut s = Scenario::new(config, setup, cpus);
+    let mut s = Scenario::new(*cfg, setup, cpus);
     s.schedule = schedule;
     Ok(s)
 }
@@ -473,6 +481,8 @@ pub fn decode_structured(st: &Structured, opts: &GenOptions) -> Scenario {
         Ok((palette, uaddrs, arm))
     };
     let (palette, uaddrs, arm) = read(u).expect("missing head bytes read as zero");
+    // As `decode`: the machine the arm's races need.
+    let config = arm.layout(config);
     let (setup_choices, choices) = (Choices::of(arm, true), Choices::of(arm, false));
     let slot = |bytes: &[u8], choices: &Choices, ops: &mut Vec<Op>| {
         let mut b = bytes.to_vec();
@@ -490,7 +500,7 @@ pub fn decode_structured(st: &Structured, opts: &GenOptions) -> Scenario {
     for b in st.setup.iter().take(opts.max_setup) {
         slot(b, &setup_choices, &mut setup);
     }
-    let cpus = st
+    let mut cpus: Vec<Vec<Op>> = st
         .cpus
         .iter()
         .take(nr_cpus)
@@ -502,6 +512,13 @@ pub fn decode_structured(st: &Structured, opts: &GenOptions) -> Scenario {
             ops
         })
         .collect();
+    // A CPU shrunk to no ops is no CPU (one stays).
+    if cpus.iter().any(|c| !c.is_empty()) {
+        cpus.retain(|c| !c.is_empty());
+    } else {
+        cpus.truncate(1);
+    }
+    let nr_cpus = cpus.len().max(1);
     let mut s = Scenario::new(config, setup, cpus);
     s.schedule = st.schedule.iter().map(|c| c % nr_cpus as u8).collect();
     s
@@ -520,7 +537,7 @@ pub fn scenario_ops_strategy(opts: GenOptions) -> impl Strategy<Value = Scenario
     (
         vec(any::<u8>(), HEAD_BYTES),
         vec(slot(), 0..=opts.max_setup),
-        vec(vec(slot(), 1..=opts.max_ops.max(1)), 2..=cpus),
+        vec(vec(slot(), 0..=opts.max_ops.max(1)), 1..=cpus),
         vec(0..cpus as u8, 0..64),
     )
         .prop_map(move |(head, setup, cpus, schedule)| {

@@ -10,17 +10,23 @@
 
 mod access;
 mod migration;
+mod pmd_share;
 mod quiescent;
 mod state;
 
 pub use access::{
     RefKind, RefUpdate, cmpxchg_through_ro_vmemmap, no_access_to_unowned_vmemmap_frame,
-    no_increment_from_zero, no_underflow, no_write_through_ro_vmemmap, ref_target_is_genuine,
-    unfreeze_from_zero, user_tlb_entry_current, walked_freed_table,
+    no_increment_from_zero, no_tlb_entry_outlives_free, no_underflow, no_write_through_ro_vmemmap,
+    ref_target_is_genuine, unfreeze_from_zero, user_tlb_entry_current, user_tlb_table_current,
+    walked_freed_table,
 };
 pub use migration::{
     folio_is_quiet, migration_carries_data, migration_expected_refs, migration_makes_progress,
     migration_refcount_exact,
+};
+pub use pmd_share::{
+    pmd_table_free_unshared, share_counts_at_quiescence, share_counts_match,
+    unshare_holds_off_walkers, walked_pmd_table_not_of_mm,
 };
 pub use quiescent::{
     Quiescence, every_frame_accounted, every_reference_put, no_migration_entry_left,
@@ -78,11 +84,28 @@ oracles! {
     /// Migration gave up with -EAGAIN on a folio nobody else referenced.
     MigrationProgress = "migration-makes-progress";
     /// A user access through a stale TLB entry reached a frame that no
-    /// longer holds the page it cached (freed, or reused by someone else).
+    /// longer holds the page it cached (freed, or reused by someone else),
+    /// or was translated through a page table that has since been freed
+    /// (and maybe reused).
     UserUseAfterFree = "no-user-access-after-free";
+    /// Frames went back to the buddy allocator (or a hugetlb folio to the
+    /// pool) while a CPU's TLB still translated to them, or through a page
+    /// table among them.
+    TlbFlushBeforeFree = "no-free-before-tlb-flush";
     /// A lockless page-table walker read a frame that is no longer a page
     /// table (freed, or reused).
     PageTableUseAfterFree = "no-walk-of-freed-page-table";
+    /// A page-table walker loaded from a PMD table that is no longer a page
+    /// table of its process: unshared from it (another process's table
+    /// now), or freed, or reused.
+    PmdTableNotOfMm = "no-walk-of-page-table-not-of-its-mm";
+    /// A PMD table's `pt_share_count` is not one less than the processes
+    /// using it, or a PMD table was freed while still in use.
+    PmdShareCount = "pmd-share-count-matches";
+    /// An unshare of a PMD table held off neither through `mmap_lock` for
+    /// write nor through the VMA locks every walker of its process that
+    /// may be on the table.
+    PmdUnshareExcludesWalkers = "pmd-unshare-holds-off-walkers";
     /// Every CPU is blocked.
     Deadlock = "no-deadlock";
     /// The execution did not finish within the step bound.
@@ -201,6 +224,34 @@ pub static INVARIANTS: &[Invariant] = &[
         when: When::Path("pgtable::walk_pte"),
     },
     Invariant {
+        oracle: Oracle::UserUseAfterFree,
+        when: When::Path("memory::user_access: the table the entry was walked through"),
+    },
+    Invariant {
+        oracle: Oracle::TlbFlushBeforeFree,
+        when: When::Path("page_alloc::free_pages and hugetlb::enqueue_hugetlb_folio"),
+    },
+    Invariant {
+        oracle: Oracle::PmdTableNotOfMm,
+        when: When::Path("pgtable::walk_pmd, at each load of a PMD table"),
+    },
+    Invariant {
+        oracle: Oracle::PmdUnshareExcludesWalkers,
+        when: When::Path("hugetlb::huge_pmd_unshare"),
+    },
+    Invariant {
+        oracle: Oracle::PmdShareCount,
+        when: When::Step(share_counts_match),
+    },
+    Invariant {
+        oracle: Oracle::PmdShareCount,
+        when: When::Path("pgtable::pagetable_free"),
+    },
+    Invariant {
+        oracle: Oracle::PmdShareCount,
+        when: When::Quiescent(share_counts_at_quiescence),
+    },
+    Invariant {
         oracle: Oracle::FrameAccounting,
         when: When::Quiescent(every_frame_accounted),
     },
@@ -261,6 +312,7 @@ pub fn at_ref_update(r: &RefUpdate) -> Result<(), Violation> {
 /// The per-step invariants, and the reachability properties when asked.
 pub fn after_step(m: &mut Machine) -> Result<(), Violation> {
     by_kind().step.iter().try_for_each(|check| check(m))?;
+    m.ledger.pmd_tables_touched.clear();
     if m.reached.is_some() {
         let mut got = 0;
         for (i, r) in REACHABLE.iter().enumerate() {
@@ -356,6 +408,21 @@ pub static REACHABLE: &[Reachable] = &[
         name: "page-table-freed",
         subsystem: super::subsystem::Subsystem::Memory,
         when: Reach::Step(|m| m.ledger.tables_freed > 0),
+    },
+    Reachable {
+        name: "pmd-table-shared",
+        subsystem: super::subsystem::Subsystem::PmdShare,
+        when: Reach::Step(|m| m.ledger.pmd_shares > 0),
+    },
+    Reachable {
+        name: "walker-between-pud-and-pmd-load-across-unshare",
+        subsystem: super::subsystem::Subsystem::PmdShare,
+        when: Reach::Step(|m| m.ledger.walks_across_unshare > 0),
+    },
+    Reachable {
+        name: "shared-pmd-table-freed",
+        subsystem: super::subsystem::Subsystem::PmdShare,
+        when: Reach::Step(|m| m.ledger.shared_tables_freed > 0),
     },
 ];
 

@@ -216,37 +216,26 @@ impl<'a> Quiescence<'a> {
 }
 
 /// At quiescence every frame has exactly one owner: a free buddy block, the
-/// vmemmap, a page table, or a live folio. A frame nothing wrote since boot
-/// is still what boot made it.
+/// vmemmap, a page table, or a live folio, and a freed frame is poisoned.
 pub fn every_frame_accounted(q: &Quiescence) -> Result<(), Violation> {
     let m = q.m;
     if let Some(pfn) = q.claims.iter().position(|&c| c != 1) {
         return Err(q.frame_unaccounted(pfn));
     }
-    let booted = |pfn: usize| {
-        if (pfn as u32) < m.vmemmap.ptes.len() as u32 {
-            Claimant::Vmemmap
-        } else {
-            Claimant::Buddy
-        }
-    };
-    let mut touched = vec![false; q.claims.len()];
+    if let Some(pfn) =
+        (0..q.claims.len()).find(|&p| q.claimant[p] != Claimant::of(m.frames[p].owner))
+    {
+        return Err(q.frame_unaccounted(pfn));
+    }
+    // Only a frame written since boot can have been freed without poison.
     for &pfn in m.frames.touched() {
-        let pfn = pfn as usize;
-        touched[pfn] = true;
-        let frame = &m.frames[pfn];
-        if q.claimant[pfn] != Claimant::of(frame.owner) {
-            return Err(q.frame_unaccounted(pfn));
-        }
+        let frame = &m.frames[pfn as usize];
         if matches!(frame.owner, Owner::Free) && !matches!(frame.content, Content::Poison) {
             return fail(
                 Oracle::FrameAccounting,
                 format!("free frame {pfn} is not poisoned"),
             );
         }
-    }
-    if let Some(pfn) = (0..q.claims.len()).find(|&p| !touched[p] && q.claimant[p] != booted(p)) {
-        return Err(q.frame_unaccounted(pfn));
     }
     Ok(())
 }

@@ -3,7 +3,6 @@
 use super::{EXIT_INTERRUPTED, EXIT_MODEL_PANIC, seconds};
 use crate::engine::adaptive::{AdaptiveOptions, AdaptiveReport, Arm, ArmReport, adaptive_hunt};
 use crate::engine::{Engine, Flow, minimize};
-use crate::model::subsystem::distinct_arms;
 use crate::model::{Config, HvoMode, Subsystem, Variant, VariantSet};
 use crate::scenario::generate::OpFamily;
 use crate::scenario::{Build, Scenario};
@@ -91,18 +90,8 @@ impl Hunt {
         let targeted = !self.variants.is_empty() && self.ops.as_deref() != Some("auto");
         match self.ops.as_deref() {
             None | Some("auto") if !targeted => {}
-            None => {
-                a.op_arms = vec![match OpFamily::for_variants(&self.variants) {
-                    OpFamily::Of(set) => set,
-                    OpFamily::Any => unreachable!("variants name their subsystems"),
-                }]
-            }
-            Some(text) => {
-                a.op_arms = match OpFamily::parse(text)? {
-                    OpFamily::Of(set) => vec![set],
-                    OpFamily::Any => distinct_arms(),
-                }
-            }
+            None => a.op_arms = vec![OpFamily::for_variants(&self.variants)],
+            Some(text) => a.op_arms = vec![OpFamily::parse(text)?],
         }
         if let Some(e) = self.engine {
             a.engines = vec![e];
@@ -270,7 +259,14 @@ fn print_summary(r: &AdaptiveReport) {
     }
     // Per subsystem: the executions and features of the arms drawing from it.
     for s in Subsystem::ALL {
-        let arms: Vec<&ArmReport> = r.arms.iter().filter(|a| a.arm.ops.has(*s)).collect();
+        let arms: Vec<&ArmReport> = r
+            .arms
+            .iter()
+            .filter(|a| match a.arm.ops {
+                OpFamily::Any => true,
+                OpFamily::Of(set) => set.has(*s),
+            })
+            .collect();
         if arms.is_empty() {
             continue;
         }
