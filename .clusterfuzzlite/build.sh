@@ -57,15 +57,15 @@ if [[ " ${targets[*]} " == *" parser "* ]]; then
     seed_zip "$OUT/parser_seed_corpus.zip" corpus/*.json
     printf '[libfuzzer]\nmax_len = 16384\ntimeout = 25\n' >"$OUT/parser.options"
 fi
-# The scenario targets start from the crash fixtures: each one's bytes
-# reach a race under its variant, and run clean on the fixed model.
+# The others start from the crash fixtures: each one's bytes reach a race
+# under its variant, and run clean on the fixed model.
 seeds=()
 for f in tests/fixtures/*; do
     [[ "$(basename "$f")" != *.* ]] && seeds+=("$f")
 done
 for t in "${targets[@]}"; do
     case "$t" in
-        decoder | parser) ;;
+        parser) ;;
         *) seed_zip "$OUT/${t}_seed_corpus.zip" "${seeds[@]}" ;;
     esac
 done

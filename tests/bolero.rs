@@ -18,7 +18,7 @@
 
 use bolero::bolero_engine::test_context::{EngineKind, RunPhase, current_context};
 use mmharness::ui::fuzz::{
-    Checked, Settings, Target, artifact_prefix, check_bytes, record_settings, report, sha1_hex,
+    Checked, Settings, Target, artifact_path, check_bytes, record_settings, report, sha1_hex,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -49,8 +49,11 @@ fn harness(bytes: &[u8]) {
         }
         report(bytes, &failure, settings);
         let args = std::env::var("BOLERO_LIBFUZZER_ARGS").unwrap_or_default();
-        let prefix = artifact_prefix(args.split_whitespace().map(String::from));
-        if let Ok(path) = record_settings(&prefix, bytes, settings) {
+        // The test binary's name first, as in a command line.
+        let argv = std::iter::once(String::new()).chain(args.split_whitespace().map(String::from));
+        if let Some(artifact) = artifact_path(argv, bytes)
+            && let Ok(path) = record_settings(&artifact, settings)
+        {
             eprintln!("==== settings recorded in {}", path.display());
         }
     } else if final_run {
@@ -60,7 +63,7 @@ fn harness(bytes: &[u8]) {
         let file = dir.join(format!("crash-{}", sha1_hex(bytes)));
         let written = std::fs::create_dir_all(&dir)
             .and_then(|()| std::fs::write(&file, bytes))
-            .and_then(|()| record_settings(&format!("{}/", dir.display()), bytes, settings));
+            .and_then(|()| record_settings(&file, settings));
         if written.is_ok() {
             eprintln!(
                 "==== raw input written to {} (mmharness import, or cargo fuzz run scenario FILE)",

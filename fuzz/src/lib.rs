@@ -14,8 +14,8 @@
 //! from the `MMHARNESS_*` environment; see `mmharness::ui::fuzz` and
 //! `fuzz/README.md`.
 
+use mmharness::ui::fuzz::{Checked, artifact_path, check_bytes, record_settings, report};
 pub use mmharness::ui::fuzz::{Settings, Target};
-use mmharness::ui::fuzz::{Checked, artifact_prefix, check_bytes, record_settings, report};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -90,9 +90,11 @@ pub fn check(data: &[u8], settings: &Settings) -> bool {
         Checked::Failed(f) => f,
     };
     report(data, &failure, settings);
-    match record_settings(&artifact_prefix(std::env::args()), data, settings) {
-        Ok(path) => eprintln!("==== settings recorded in {}", path.display()),
-        Err(e) => eprintln!("==== cannot record the settings: {e}"),
+    if let Some(artifact) = artifact_path(std::env::args(), data) {
+        match record_settings(&artifact, settings) {
+            Ok(path) => eprintln!("==== settings recorded in {}", path.display()),
+            Err(e) => eprintln!("==== cannot record the settings: {e}"),
+        }
     }
     panic!("mmharness: {}", failure.headline);
 }

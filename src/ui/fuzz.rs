@@ -293,21 +293,64 @@ pub fn sha1_hex(data: &[u8]) -> String {
     sha1_smol::Sha1::from(data).digest().to_string()
 }
 
-/// Where libFuzzer writes artifacts: the `-artifact_prefix=` among `args`
-/// (the target's command line, or bolero's `BOLERO_LIBFUZZER_ARGS`), else
-/// the working directory.
-pub fn artifact_prefix<I: IntoIterator<Item = String>>(args: I) -> String {
-    args.into_iter()
-        .filter_map(|a| a.strip_prefix("-artifact_prefix=").map(str::to_string))
-        .last()
-        .unwrap_or_default()
+/// Where libFuzzer is about to write the artifact of a crash on `data`,
+/// from its command line `args` (the target's, or bolero's
+/// `BOLERO_LIBFUZZER_ARGS`): `-exact_artifact_path=`, else
+/// `<-artifact_prefix=>crash-<sha1>`. None when libFuzzer writes none of
+/// ours: while it minimizes (`-minimize_crash`, as `cargo fuzz tmin` runs
+/// it, whose result is `minimized-from-<sha1>`, read with the original's
+/// settings) or runs given files (`cargo fuzz run T FILE`), so that no
+/// stray `.settings` file lands among the artifacts.
+pub fn artifact_path<I: IntoIterator<Item = String>>(args: I, data: &[u8]) -> Option<PathBuf> {
+    let mut prefix = String::new();
+    let mut exact = None;
+    for a in args.into_iter().skip(1) {
+        if let Some(p) = a.strip_prefix("-artifact_prefix=") {
+            prefix = p.to_string();
+        } else if let Some(p) = a.strip_prefix("-exact_artifact_path=") {
+            exact = Some(PathBuf::from(p));
+        } else if a.starts_with("-minimize_crash")
+            || (!a.starts_with('-') && Path::new(&a).is_file())
+        {
+            return None;
+        }
+    }
+    Some(exact.unwrap_or_else(|| PathBuf::from(format!("{prefix}crash-{}", sha1_hex(data)))))
 }
 
-/// Write `<prefix>crash-<sha1>.settings`, beside the artifact libFuzzer is
-/// about to write, so that `mmharness import` decodes the artifact as it
-/// was found. Returns the path written.
-pub fn record_settings(prefix: &str, data: &[u8], settings: &Settings) -> std::io::Result<PathBuf> {
-    let path = PathBuf::from(format!("{prefix}crash-{}.settings", sha1_hex(data)));
+/// The `.settings` file recorded for `artifact`: beside it, or, for
+/// `cargo fuzz tmin`'s `minimized-from-<sha1>`, the one of the input it was
+/// minimized from (the file in the same folder with that SHA-1: the crash,
+/// or the previous round's `minimized-from-*`).
+pub fn recorded_settings(artifact: &Path) -> Option<PathBuf> {
+    let mut artifact = artifact.to_path_buf();
+    // tmin's rounds, each minimized from the one before.
+    for _ in 0..256 {
+        let beside = settings_path(&artifact);
+        if beside.is_file() {
+            return Some(beside);
+        }
+        let name = artifact.file_name()?.to_str()?;
+        let origin = name.strip_prefix("minimized-from-")?;
+        let dir = artifact.parent().filter(|d| !d.as_os_str().is_empty());
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir.unwrap_or(Path::new(".")))
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && p.extension().is_none_or(|x| x != "settings"))
+            .collect();
+        files.sort();
+        artifact = files
+            .into_iter()
+            .find(|p| std::fs::read(p).is_ok_and(|d| sha1_hex(&d) == origin))?;
+    }
+    None
+}
+
+/// Write `ARTIFACT.settings` beside the artifact libFuzzer is about to
+/// write, so that `mmharness import` decodes the artifact as it was found.
+/// Returns the path written.
+pub fn record_settings(artifact: &Path, settings: &Settings) -> std::io::Result<PathBuf> {
+    let path = settings_path(artifact);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
@@ -473,13 +516,56 @@ mod tests {
     }
 
     #[test]
-    fn artifact_prefix_is_the_last_one_given() {
-        let args = ["x", "-artifact_prefix=a/", "-runs=1", "-artifact_prefix=b/"];
-        assert_eq!(artifact_prefix(args.map(String::from)), "b/");
-        assert_eq!(artifact_prefix(Vec::new()), "");
+    fn artifacts_are_where_libfuzzer_writes_them() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let data = b"x";
+        let sha = sha1_hex(data);
+        let run = args(&[
+            "t",
+            "-artifact_prefix=a/",
+            "-runs=1",
+            "-artifact_prefix=b/",
+            "corpus",
+        ]);
+        assert_eq!(
+            artifact_path(run, data),
+            Some(PathBuf::from(format!("b/crash-{sha}")))
+        );
+        assert_eq!(
+            artifact_path(args(&["t"]), data),
+            Some(PathBuf::from(format!("crash-{sha}")))
+        );
+        let exact = args(&["t", "-artifact_prefix=a/", "-exact_artifact_path=e/x"]);
+        assert_eq!(artifact_path(exact, data), Some(PathBuf::from("e/x")));
+        // Minimizing, or running a file: no artifact of ours.
+        let tmin = args(&["t", "-minimize_crash=1", "-runs=9", "c"]);
+        assert_eq!(artifact_path(tmin, data), None);
+        let file = args(&["t", "Cargo.toml"]);
+        assert_eq!(artifact_path(file, data), None);
         assert_eq!(
             settings_path(Path::new("d/crash-ab")),
             PathBuf::from("d/crash-ab.settings")
         );
+    }
+
+    #[test]
+    fn a_minimized_artifact_has_its_originals_settings() {
+        let dir = std::env::temp_dir().join(format!("mmharness-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // crash -> minimized-from-<sha1 of crash> -> minimized-from-<sha1
+        // of that>, as tmin's rounds name them.
+        let crash = dir.join("crash-ab");
+        std::fs::write(&crash, b"crash").unwrap();
+        std::fs::write(settings_path(&crash), "MMHARNESS_TARGET=scenario\n").unwrap();
+        let first = dir.join(format!("minimized-from-{}", sha1_hex(b"crash")));
+        std::fs::write(&first, b"crs").unwrap();
+        let second = dir.join(format!("minimized-from-{}", sha1_hex(b"crs")));
+        std::fs::write(&second, b"c").unwrap();
+        assert_eq!(recorded_settings(&crash), Some(settings_path(&crash)));
+        assert_eq!(recorded_settings(&first), Some(settings_path(&crash)));
+        assert_eq!(recorded_settings(&second), Some(settings_path(&crash)));
+        assert_eq!(recorded_settings(&dir.join("minimized-from-cd")), None);
+        assert_eq!(recorded_settings(&dir.join("other")), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

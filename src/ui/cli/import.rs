@@ -5,8 +5,8 @@ use super::EXIT_MODEL_PANIC;
 use crate::exec::run_input;
 use crate::model::Variant;
 use crate::ui::fuzz::{
-    Checked, Settings, TARGET_VAR, Target, VARS, check_bytes, parse_settings_file, settings_path,
-    sha1_hex,
+    Checked, Settings, TARGET_VAR, Target, VARS, check_bytes, parse_settings_file,
+    recorded_settings, sha1_hex,
 };
 use crate::ui::render;
 use clap::Args;
@@ -79,14 +79,15 @@ impl Import {
         let shown = self.artifact.display().to_string();
         let data =
             std::fs::read(&self.artifact).map_err(|e| format!("{shown}: cannot read: {e}"))?;
-        let recorded_path = settings_path(&self.artifact);
-        let recorded = if self.no_recorded || !recorded_path.is_file() {
-            None
-        } else {
-            let origin = recorded_path.display().to_string();
-            let text = std::fs::read_to_string(&recorded_path)
-                .map_err(|e| format!("{origin}: cannot read: {e}"))?;
-            Some(parse_settings_file(&text, &origin)?)
+        let recorded_path = recorded_settings(&self.artifact).filter(|_| !self.no_recorded);
+        let recorded = match &recorded_path {
+            None => None,
+            Some(recorded_path) => {
+                let origin = recorded_path.display().to_string();
+                let text = std::fs::read_to_string(recorded_path)
+                    .map_err(|e| format!("{origin}: cannot read: {e}"))?;
+                Some(parse_settings_file(&text, &origin)?)
+            }
         };
         let recorded_var = |name: &str| recorded.as_ref().and_then(|r| r.get(name).cloned());
         let target_name = self
@@ -114,7 +115,7 @@ impl Import {
             }
         })?;
         let sha1 = sha1_hex(&data);
-        if let Some(r) = &recorded {
+        if let (Some(r), Some(recorded_path)) = (&recorded, &recorded_path) {
             println!(
                 "settings recorded in {}: {}",
                 recorded_path.display(),
