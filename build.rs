@@ -28,8 +28,13 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 fn main() {
     println!("cargo:rerun-if-changed=src");
-    println!("cargo:rerun-if-changed=.git/HEAD");
-    println!("cargo:rerun-if-changed=.git/index");
+    // In a worktree `.git` is a file: ask git where HEAD and the index are
+    // (a path that does not exist would rerun this script on every build).
+    for name in ["HEAD", "index"] {
+        let path =
+            git(&["rev-parse", "--git-path", name]).unwrap_or_else(|| format!(".git/{name}"));
+        println!("cargo:rerun-if-changed={path}");
+    }
     let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
     let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
         .map(|s| !s.is_empty())

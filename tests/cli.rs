@@ -87,8 +87,17 @@ impl Run {
 }
 
 fn mmharness_in(dir: Option<&Path>, args: &[&str]) -> Run {
+    mmharness_env(dir, args, &[])
+}
+
+/// With the fuzz settings cleared from the environment, then `envs` set.
+fn mmharness_env(dir: Option<&Path>, args: &[&str], envs: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(BIN);
     cmd.args(args).env("RUST_BACKTRACE", "0");
+    for var in mmharness::ui::fuzz::VARS {
+        cmd.env_remove(var);
+    }
+    cmd.envs(envs.iter().copied());
     if let Some(d) = dir {
         cmd.current_dir(d);
     }
@@ -508,4 +517,214 @@ fn ctrl_c_stops_a_hunt_with_its_summary() {
     assert_eq!(out.status.code(), Some(130), "{stdout}");
     assert!(stdout.contains("(interrupted)"), "{stdout}");
     assert!(stdout.contains(" scenarios "), "{stdout}");
+}
+
+/// A crash fixture (raw fuzzer input) copied into `dir`, with its recorded
+/// `.settings` if `with_settings`.
+fn crash_fixture(dir: &TempDir, name: &str, with_settings: bool) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let dest = dir.path(name);
+    std::fs::copy(&src, &dest).expect("copy fixture");
+    if with_settings {
+        let settings = mmharness::ui::fuzz::settings_path(&src);
+        std::fs::copy(&settings, mmharness::ui::fuzz::settings_path(&dest)).expect("copy settings");
+    }
+    dest
+}
+
+fn sha1_of(path: &Path) -> String {
+    mmharness::ui::fuzz::sha1_hex(&std::fs::read(path).unwrap())
+}
+
+#[test]
+fn import_turns_a_cargo_fuzz_crash_into_a_scenario_file() {
+    let dir = TempDir::new("import");
+    let crash = crash_fixture(&dir, "cargo-fuzz-scenario-hvo-restore-fail-frees", true);
+    let r = mmharness_in(Some(&dir.0), &["import", s(&crash)]);
+    r.assert_exit(1)
+        .assert_stdout_has("MMHARNESS_VARIANTS=hvo-restore-fail-frees")
+        .assert_stdout_has("VIOLATION of no-write-through-ro-vmemmap");
+    let out = dir
+        .path("counterexamples")
+        .join(format!("fuzz-{}.json", sha1_of(&crash)));
+    r.assert_stdout_has(&format!(
+        "written:  counterexamples/fuzz-{}",
+        sha1_of(&crash)
+    ));
+    let sc = Scenario::load(&out).expect("the imported file loads");
+    assert!(sc.config.variants.has(Variant::HvoRestoreFailFrees));
+    let expect = sc.expect.as_ref().expect("expect set from the violation");
+    assert_eq!(expect.oracle.to_string(), "no-write-through-ro-vmemmap");
+    let build = sc.build.as_ref().expect("the build recorded");
+    assert_eq!(build.model_hash, env!("MMHARNESS_MODEL_HASH"));
+    let note = sc.note.as_deref().unwrap_or_default();
+    assert!(
+        note.contains("imported from") && note.contains(&sha1_of(&crash)),
+        "{note}"
+    );
+    // The schedule actually taken: the file replays to the violation.
+    mmharness(&["replay", s(&out)])
+        .assert_exit(1)
+        .assert_stdout_has("reproduces the expected no-write-through-ro-vmemmap");
+    // Imported again: written next to it, never over it.
+    let again = mmharness_in(Some(&dir.0), &["import", s(&crash)]);
+    again.assert_exit(1);
+    let second = dir
+        .path("counterexamples")
+        .join(format!("fuzz-{}-1.json", sha1_of(&crash)));
+    assert_eq!(Scenario::load(&second).unwrap().cpus, sc.cpus);
+    assert_eq!(Scenario::load(&out).unwrap(), sc);
+}
+
+#[test]
+fn import_takes_settings_from_flags_and_environment() {
+    let dir = TempDir::new("import-settings");
+    // Without its .settings file the crash decodes under the fixed model:
+    // written anyway, with a warning, exit 0.
+    let crash = crash_fixture(&dir, "cargo-fuzz-scenario-hvo-restore-fail-frees", false);
+    let clean = dir.path("clean.json");
+    mmharness(&["import", s(&crash), "--out", s(&clean)])
+        .assert_exit(0)
+        .assert_stderr_has("runs clean under these settings");
+    let sc = Scenario::load(&clean).unwrap();
+    assert!(sc.expect.is_none() && sc.config.variants.is_empty());
+    // The same bytes with the variant given as a flag, or in the
+    // environment, reproduce the crash: the same ops as recorded.
+    let flag = dir.path("flag.json");
+    mmharness(&[
+        "import",
+        s(&crash),
+        "--variant",
+        "hvo-restore-fail-frees",
+        "--out",
+        s(&flag),
+    ])
+    .assert_exit(1);
+    let env = dir.path("env.json");
+    mmharness_env(
+        None,
+        &["import", s(&crash), "--out", s(&env)],
+        &[("MMHARNESS_VARIANTS", "hvo-restore-fail-frees")],
+    )
+    .assert_exit(1);
+    let (flag, env) = (
+        Scenario::load(&flag).unwrap(),
+        Scenario::load(&env).unwrap(),
+    );
+    assert_eq!((&flag.setup, &flag.cpus), (&env.setup, &env.cpus));
+    assert_eq!((&flag.setup, &flag.cpus), (&sc.setup, &sc.cpus));
+    // A flag overrides the recorded settings.
+    let recorded = crash_fixture(&dir, "bolero-scenario-hvo-no-rcu-sync", true);
+    mmharness(&["import", s(&recorded), "--out", s(&dir.path("b.json"))])
+        .assert_exit(1)
+        .assert_stdout_has("VIOLATION of no-write-through-ro-vmemmap in atomic_add_unless()");
+    let keep2 = dir.path("keep2.json");
+    let r = mmharness(&[
+        "import",
+        s(&recorded),
+        "--hvo-mode",
+        "keep-2",
+        "--out",
+        s(&keep2),
+    ]);
+    r.assert_stdout_has("hvo-no-rcu-sync model, keep-2 HVO");
+    assert_eq!(
+        Scenario::load(&keep2).unwrap().config.hvo_mode.name(),
+        "keep-2"
+    );
+    // --no-recorded ignores the file: the fixed model, clean.
+    mmharness(&[
+        "import",
+        s(&recorded),
+        "--no-recorded",
+        "--out",
+        s(&dir.path("n.json")),
+    ])
+    .assert_exit(0)
+    .assert_stdout_has("fixed model");
+}
+
+/// Zero bytes decode to the simplest ops of the target's arm: an HVO op
+/// first for `hvo` (kept), a page-cache op for `migration`, whose target
+/// rejects a scenario in which no CPU migrates.
+#[test]
+fn import_decodes_with_the_targets_defaults() {
+    let dir = TempDir::new("import-target");
+    let zeros = dir.path("zeros");
+    std::fs::write(&zeros, [0u8; 48]).unwrap();
+    let hvo = dir.path("hvo.json");
+    mmharness(&["import", s(&zeros), "--target", "hvo", "--out", s(&hvo)])
+        .assert_exit(0)
+        .assert_stdout_has("target hvo")
+        .assert_stdout_has("page-cache,hvo,inject ops");
+    let sc = Scenario::load(&hvo).unwrap();
+    assert!(
+        sc.cpus.iter().flatten().any(|op| op.name() == "pfn_walk"),
+        "{sc:?}"
+    );
+    mmharness(&["import", s(&zeros), "--target", "migration"])
+        .assert_exit(2)
+        .assert_stderr_has("the `migration` target rejects this input");
+    // `--ops` widens the migration target's family; the bytes still decode
+    // to no migration.
+    mmharness(&["import", s(&zeros), "--target", "migration", "--ops", "all"])
+        .assert_exit(2)
+        .assert_stderr_has("rejects");
+    assert!(!dir.path("counterexamples").exists());
+}
+
+#[test]
+fn import_of_bad_input_exits_2_naming_the_problem() {
+    let dir = TempDir::new("import-bad");
+    let crash = crash_fixture(&dir, "cargo-fuzz-scenario-hvo-restore-fail-frees", false);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--target", "parser"],
+            "target `parser` does not run scenarios",
+        ),
+        (vec!["--target", "frob"], "unknown target `frob`"),
+        (
+            vec!["--cpus", "9"],
+            "--cpus: `9` is not a number of CPUs between 2 and 4",
+        ),
+        (
+            vec!["--memory-blocks", "5-3"],
+            "--memory-blocks: `5-3` is not a value or a range",
+        ),
+        (vec!["--hugetlb-order", "12"], "--hugetlb-order: `12`"),
+        (
+            vec!["--hvo-mode", "keep-3"],
+            "--hvo-mode: unknown mode `keep-3`",
+        ),
+        (vec!["--ops", "frob"], "--ops: unknown op family `frob`"),
+        (vec!["--variant", "frob"], "unknown variant `frob`"),
+    ];
+    for (flags, message) in cases {
+        let mut args = vec!["import", s(&crash)];
+        args.extend(flags);
+        mmharness_in(Some(&dir.0), &args)
+            .assert_exit(2)
+            .assert_stderr_has(message);
+    }
+    mmharness_env(
+        Some(&dir.0),
+        &["import", s(&crash)],
+        &[("MMHARNESS_HVO_MODE", "keep-3")],
+    )
+    .assert_exit(2)
+    .assert_stderr_has("MMHARNESS_HVO_MODE: unknown mode `keep-3`");
+    std::fs::write(
+        mmharness::ui::fuzz::settings_path(&crash),
+        "MMHARNESS_FROB=1\n",
+    )
+    .unwrap();
+    mmharness_in(Some(&dir.0), &["import", s(&crash)])
+        .assert_exit(2)
+        .assert_stderr_has(".settings:1: expected NAME=value");
+    mmharness_in(Some(&dir.0), &["import", s(&dir.path("missing"))])
+        .assert_exit(2)
+        .assert_stderr_has("missing: cannot read");
+    assert!(!dir.path("counterexamples").exists());
 }

@@ -1,5 +1,6 @@
 //! The command line and what it prints.
 
 pub mod cli;
+pub mod fuzz;
 pub mod progress;
 pub mod render;

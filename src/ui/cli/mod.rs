@@ -2,6 +2,7 @@
 
 mod bench;
 mod hunt;
+mod import;
 mod minimize;
 mod replay;
 
@@ -31,6 +32,8 @@ enum Command {
     Replay(replay::Replay),
     /// Shrink a failing scenario file and write the result.
     Minimize(minimize::Minimize),
+    /// Turn a cargo-fuzz or bolero crash (raw bytes) into a scenario file.
+    Import(import::Import),
     /// Measure executions per second against a bare shuttle test, or (with
     /// --variants) every engine's time to find every variant.
     Bench(bench::Bench),
@@ -54,6 +57,7 @@ pub fn main() -> ExitCode {
         Command::Hunt(c) => c.run(),
         Command::Replay(c) => c.run(),
         Command::Minimize(c) => c.run(),
+        Command::Import(c) => c.run(),
         Command::Bench(c) => c.run(),
     };
     result.unwrap_or_else(|msg| {
