@@ -6,6 +6,8 @@
 # the step at which the oracle fails on replay).
 #
 #   scripts/minimize-vs-tmin.sh [FIND_SECS] [MIN_SECS]   (default 45, 15)
+#
+# VARIANTS="a b" limits it to those variants.
 set -euo pipefail
 find_secs="${1:-45}"
 min_secs="${2:-15}"
@@ -32,6 +34,7 @@ echo "| --- | --- | --- | --- | --- |"
 mapfile -t lines <<<"$("$mm" variants)"
 for line in "${lines[@]}"; do
     read -r v sub _ <<<"$line"
+    if [[ -n "${VARIANTS:-}" && " $VARIANTS " != *" $v "* ]]; then continue; fi
     sub="${sub#[}"
     sub="${sub%,}"
     case "$sub" in
