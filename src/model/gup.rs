@@ -9,8 +9,9 @@
 use super::KResult;
 use super::ctx::Cpu;
 use super::machine::{Content, Hold, Machine, Pfn};
-use super::memory::{handle_mm_fault_locked, mmap_read_lock, mmap_read_unlock};
-use super::oracle::Violation;
+use super::memory::{FaultKind, handle_mm_fault_kind, mmap_read_lock, mmap_read_unlock};
+use super::mm_types::{Mapping, pg};
+use super::oracle::{self, Violation};
 use super::page_flags::{compound_head, folio_nr_pages};
 use super::page_ref::{folio_put_refs, folio_ref_add, folio_try_get};
 use super::pgtable::{PmdVal, PteVal, Uaddr};
@@ -27,12 +28,40 @@ pub enum Foll {
 
 /// `get_user_pages_fast` / `pin_user_pages_fast` of one page: GUP-fast,
 /// falling back to the slow path (`gup_fast_fallback`). On success the
-/// CPU holds the reference or pin.
-pub fn gup_fast_fallback(cpu: &Cpu, a: Uaddr, foll: Foll) -> KResult<()> {
-    if gup_fast(cpu, a, foll)? {
+/// CPU holds the reference or pin. `write` is `FOLL_WRITE`; the model's
+/// pins are all `FOLL_LONGTERM` as vfio and io_uring take them (for
+/// anonymous memory the flag changes nothing else: there is no
+/// ZONE_MOVABLE or CMA to migrate out of).
+pub fn gup_fast_fallback(cpu: &Cpu, a: Uaddr, foll: Foll, write: bool) -> KResult<()> {
+    if gup_fast(cpu, a, foll, write)? {
         return Ok(());
     }
-    __get_user_pages(cpu, a, foll)
+    __get_user_pages(cpu, a, foll, write)
+}
+
+/// `pin_user_pages` (`__gup_longterm_locked`): the slow path alone.
+pub fn pin_user_pages(cpu: &Cpu, a: Uaddr, write: bool) -> KResult<()> {
+    __get_user_pages(cpu, a, Foll::Pin, write)
+}
+
+/// `gup_must_unshare`: a read-only pin of an anonymous page that may be
+/// shared must not pin it: the fault path first gives the process an
+/// exclusive page (FAULT_FLAG_UNSHARE, a7f226604170). For a PMD-mapped THP
+/// `page` is the head.
+fn gup_must_unshare(
+    m: &mut Machine,
+    foll: Foll,
+    write: bool,
+    page: Pfn,
+) -> Result<bool, Violation> {
+    if foll != Foll::Pin || write {
+        return Ok(false);
+    }
+    let folio = compound_head(m, page)?;
+    if !matches!(m.page(folio)?.mapping, Mapping::Anon { .. }) {
+        return Ok(false);
+    }
+    Ok(!m.page(page)?.test(pg::ANON_EXCLUSIVE))
 }
 
 /// What GUP-fast read before taking its reference.
@@ -43,22 +72,33 @@ struct Seen {
     pte: Option<PteVal>,
     page: Pfn,
     folio: Pfn,
+    /// `pte_write` / `pmd_write` of what it read.
+    write_bit: bool,
+    /// The page `gup_must_unshare` asks about (a leaf's head).
+    unshare_page: Pfn,
+    /// `mm->write_protect_seq` as it read it, for a pin.
+    seq: Option<u32>,
 }
 
-/// The lockless walk: PMD, then PTE, then `page_folio`.
-fn gup_fast_walk(m: &mut Machine, a: Uaddr) -> Result<Option<Seen>, Violation> {
+/// The lockless walk: PMD, then PTE, then `page_folio`. A `FOLL_WRITE`
+/// walk refuses a read-only entry (`pte_access_permitted`).
+fn gup_fast_walk(m: &mut Machine, a: Uaddr, write: bool) -> Result<Option<Seen>, Violation> {
     let pmd = m.pmd(a);
-    let (pte, page) = match pmd {
+    let (pte, page, write_bit, unshare_page) = match pmd {
         PmdVal::None => return Ok(None),
-        PmdVal::Leaf(l) => (None, l.pfn + a.pmd_offset()),
+        PmdVal::Leaf(l) => (None, l.pfn + a.pmd_offset(), l.write, l.pfn),
         PmdVal::Table(t) => match m.walk_pte(t, a)? {
-            pte @ PteVal::Present(e) => (Some(pte), e.pfn),
+            pte @ PteVal::Present(e) => (Some(pte), e.pfn, e.write, e.pfn),
             pte => {
                 ktrace!(m, "{a}: ptep_get_lockless = {pte:?}: slow path");
                 return Ok(None);
             }
         },
     };
+    if write && !write_bit {
+        ktrace!(m, "{a}: FOLL_WRITE on a read-only entry: slow path");
+        return Ok(None);
+    }
     // try_get_folio(): folio = page_folio(page).
     let folio = compound_head(m, page)?;
     ktrace!(
@@ -70,6 +110,9 @@ fn gup_fast_walk(m: &mut Machine, a: Uaddr) -> Result<Option<Seen>, Violation> {
         pte,
         page,
         folio,
+        write_bit,
+        unshare_page,
+        seq: None,
     }))
 }
 
@@ -78,10 +121,25 @@ fn gup_fast_walk(m: &mut Machine, a: Uaddr) -> Result<Option<Seen>, Violation> {
 /// `local_irq_restore`: an RCU read section, which is what lets it walk a
 /// page table that `tlb_remove_table` is about to free. Returns whether it
 /// got the page.
-fn gup_fast(cpu: &Cpu, a: Uaddr, foll: Foll) -> KResult<bool> {
+///
+/// A pin first reads `mm->write_protect_seq` (odd: fork is write-protecting
+/// the page tables, so leave it to the slow path, which waits for fork's
+/// mmap_lock) and at the end backs off if it changed (57efa1fe5957).
+fn gup_fast(cpu: &Cpu, a: Uaddr, foll: Foll, write: bool) -> KResult<bool> {
+    let cfg = *cpu.cfg();
+    let seqcount = foll == Foll::Pin && !cfg.has(Variant::GupFastNoWriteProtectSeq);
     let seen = cpu.step("gup_fast_pte_range", |m| {
+        let mm = &m.mms[a.mm as usize];
+        if mm.in_fork {
+            return Ok(None);
+        }
+        let seq = seqcount.then_some(mm.write_protect_seq);
+        if seq.is_some_and(|s| s & 1 == 1) {
+            ktrace!(m, "{a}: write_protect_seq is odd (fork): slow path");
+            return Ok(None);
+        }
         m.local_irq_save();
-        let seen = gup_fast_walk(m, a)?;
+        let seen = gup_fast_walk(m, a, write)?.map(|s| Seen { seq, ..s });
         if seen.is_none() {
             m.local_irq_restore();
         }
@@ -97,7 +155,6 @@ fn gup_fast(cpu: &Cpu, a: Uaddr, foll: Foll) -> KResult<bool> {
         })?;
         return Ok(false);
     }
-    let cfg = *cpu.cfg();
     let kept = cpu.step("gup_fast_pte_range", |m| {
         m.local_irq_restore();
         let pmd_ok = cfg.has(Variant::GupFastNoPmdRecheck) || m.pmd(a) == seen.pmd;
@@ -116,8 +173,23 @@ fn gup_fast(cpu: &Cpu, a: Uaddr, foll: Foll) -> KResult<bool> {
             );
             return Ok(false);
         }
+        if !seen.write_bit && gup_must_unshare(m, foll, write, seen.unshare_page)? {
+            ktrace!(
+                m,
+                "{a}: R/O pin of a maybe-shared anon page: slow path unshares"
+            );
+            return Ok(false);
+        }
+        // read_seqcount_retry(&mm->write_protect_seq, seq)
+        if seen
+            .seq
+            .is_some_and(|s| s != m.mms[a.mm as usize].write_protect_seq)
+        {
+            ktrace!(m, "{a}: write_protect_seq changed (fork): unpin, slow path");
+            return Ok(false);
+        }
         ktrace!(m, "{a}: recheck passed: keep pfn {}", seen.folio);
-        hold(m, seen.folio, seen.page, foll);
+        hold(m, a, seen.folio, seen.page, foll, write);
         Ok(true)
     })?;
     if !kept {
@@ -126,11 +198,37 @@ fn gup_fast(cpu: &Cpu, a: Uaddr, foll: Foll) -> KResult<bool> {
     Ok(kept)
 }
 
-fn hold(m: &mut Machine, folio: Pfn, page: Pfn, foll: Foll) {
+/// The CPU's task keeps what GUP got at `a`; the ledger follows it.
+fn hold(m: &mut Machine, a: Uaddr, folio: Pfn, page: Pfn, foll: Foll, write: bool) {
+    let anon = m.anon_vma_covers(a);
+    m.cover_page(
+        "gup hold",
+        page,
+        (foll == Foll::Pin) as u64 | (write as u64) << 1 | (anon as u64) << 2,
+    );
+    // As the page tables record it (a PTE in a table khugepaged detached
+    // still maps its page).
+    let mapped = m.ledger.maps.iter().any(|e| {
+        e.a.mm == a.mm
+            && if e.leaf {
+                e.a.page == a.pmd_base() && e.pfn + a.pmd_offset() == page
+            } else {
+                e.a == a && e.pfn == page
+            }
+    });
+    let id = m
+        .ledger
+        .hold_taken(a, page, foll == Foll::Pin, write, anon, mapped);
+    m.ledger.touch(folio);
     let c = m.cpu_index();
     m.cpus[c].holds.push(match foll {
-        Foll::Get => Hold::GupRef { folio, page },
-        Foll::Pin => Hold::GupPin { folio, page },
+        Foll::Get => Hold::GupRef { folio, page, id },
+        Foll::Pin => Hold::GupPin {
+            folio,
+            page,
+            write,
+            id,
+        },
     });
 }
 
@@ -196,35 +294,66 @@ fn try_grab_folio(m: &mut Machine, folio: Pfn, foll: Foll) -> Result<(), Violati
 /// page in first.
 const GUP_SLOW_TRIES: u32 = 3;
 
+/// What `follow_page_mask` found.
+enum Follow {
+    Got,
+    /// No VMA, or `FOLL_WRITE` on a read-only one (`check_vma_flags`).
+    Efault,
+    /// Fault it in first (`faultin_page`) with this kind.
+    Fault(FaultKind),
+}
+
 /// `__get_user_pages` for one page under `mmap_lock`: `follow_page_pte`
 /// (or `follow_huge_pmd`) grabs the folio under the page-table lock; a none
-/// PTE or a migration entry goes through `faultin_page`, which waits out
-/// the migration, and then it retries.
-fn __get_user_pages(cpu: &Cpu, a: Uaddr, foll: Foll) -> KResult<()> {
+/// PTE, a migration entry, `FOLL_WRITE` on a read-only entry or a
+/// read-only pin of a maybe-shared anon page (-EMLINK: unshare) goes
+/// through `faultin_page`, and then it retries.
+fn __get_user_pages(cpu: &Cpu, a: Uaddr, foll: Foll, write: bool) -> KResult<()> {
     mmap_read_lock(cpu, a.mm)?;
     for _ in 0..GUP_SLOW_TRIES {
         let got = cpu.step("follow_page_pte", |m| {
-            let page = match m.pmd(a) {
-                PmdVal::Leaf(l) => l.pfn + a.pmd_offset(),
+            let vm = m.vm_page(a);
+            if !vm.mapped || (write && !vm.write) {
+                ktrace!(m, "{a}: no VMA, or FOLL_WRITE on a read-only one: -EFAULT");
+                return Ok(Follow::Efault);
+            }
+            let kind = if write {
+                FaultKind::Write
+            } else {
+                FaultKind::Read
+            };
+            let (page, write_bit, unshare_page) = match m.pmd(a) {
+                PmdVal::Leaf(l) => (l.pfn + a.pmd_offset(), l.write, l.pfn),
                 PmdVal::Table(t) => match m.pte_in(t, a) {
-                    PteVal::Present(e) => e.pfn,
+                    PteVal::Present(e) => (e.pfn, e.write, e.pfn),
                     pte => {
                         ktrace!(m, "{a}: {pte:?}: faultin_page");
-                        return Ok(false);
+                        return Ok(Follow::Fault(kind));
                     }
                 },
-                PmdVal::None => return Ok(false),
+                PmdVal::None => return Ok(Follow::Fault(kind)),
             };
+            if write && !write_bit {
+                ktrace!(m, "{a}: FOLL_WRITE on a read-only entry: faultin_page");
+                return Ok(Follow::Fault(FaultKind::Write));
+            }
+            if !write_bit && gup_must_unshare(m, foll, write, unshare_page)? {
+                ktrace!(
+                    m,
+                    "{a}: R/O pin of a maybe-shared anon page: -EMLINK, unshare"
+                );
+                return Ok(Follow::Fault(FaultKind::Unshare));
+            }
             let folio = compound_head(m, page)?;
             try_grab_folio(m, folio, foll)?;
-            hold(m, folio, page, foll);
+            hold(m, a, folio, page, foll, write);
             ktrace!(m, "{a}: grabbed pfn {folio} ({foll:?})");
-            Ok(true)
+            Ok(Follow::Got)
         })?;
-        if got {
-            break;
+        match got {
+            Follow::Got | Follow::Efault => break,
+            Follow::Fault(kind) => handle_mm_fault_kind(cpu, a, 0, 0, kind)?,
         }
-        handle_mm_fault_locked(cpu, a, 0, 0, false)?;
     }
     mmap_read_unlock(cpu, a.mm)
 }
@@ -239,22 +368,72 @@ fn last_gup_hold(m: &Machine) -> Option<(usize, Hold)> {
         .map(|i| (i, m.cpus[c].holds[i]))
 }
 
-/// `memcpy_to_page` through the CPU's most recent GUP reference or pin:
-/// a device or the kernel writes user memory it holds (O_DIRECT, RDMA).
-/// Each write stores a fresh value.
+/// The CPU's most recent `FOLL_PIN | FOLL_WRITE` pin.
+fn last_write_pin(m: &Machine) -> Option<Hold> {
+    let c = m.cpu_index();
+    m.cpus[c]
+        .holds
+        .iter()
+        .rev()
+        .find(|h| matches!(h, Hold::GupPin { write: true, .. }))
+        .copied()
+}
+
+/// `memcpy_to_page` through the CPU's most recent writable pin: a device
+/// or the kernel writes user memory it pinned for writing (RDMA, vfio,
+/// io_uring fixed buffers). Each write stores a fresh value, written by the
+/// process that pinned.
 pub fn memcpy_to_page(cpu: &Cpu) -> KResult<()> {
     cpu.step("memcpy_to_page", |m| {
-        let Some((_, h)) = last_gup_hold(m) else {
+        let Some(h @ Hold::GupPin { page, id, .. }) = last_write_pin(m) else {
             return Ok(());
         };
-        let (Hold::GupRef { page, .. } | Hold::GupPin { page, .. }) = h else {
+        let Some(rec) = m.ledger.hold(id).copied() else {
             return Ok(());
         };
-        let v = m.ledger.next_value();
+        let v = m.ledger.write_value(rec.pid);
         m.ledger.pin_writes += 1;
+        if m.ledger.forks > 0 {
+            m.ledger.pin_write_after_fork = true;
+        }
+        match rec.at {
+            Some(a) => m.ledger.set_view(a, v),
+            // Every detached hold of the page sees it.
+            None => m
+                .ledger
+                .holds
+                .iter_mut()
+                .filter(|r| r.at.is_none() && r.page == page)
+                .for_each(|r| r.frozen = v),
+        }
         m.frames[page as usize].content = Content::Data(v);
         ktrace!(m, "write {v} to pfn {page} through {h:?}");
         Ok(())
+    })
+}
+
+/// `memcpy_from_page` through the CPU's most recent GUP reference or pin:
+/// the pipe reading what vmsplice() took (`FOLL_GET`), or a device reading
+/// through its pin. What it reads is checked against what the holder
+/// should see.
+pub fn memcpy_from_page(cpu: &Cpu) -> KResult<()> {
+    cpu.step("memcpy_from_page", |m| {
+        let Some((_, h)) = last_gup_hold(m) else {
+            return Ok(());
+        };
+        let (Hold::GupRef { page, id, .. } | Hold::GupPin { page, id, .. }) = h else {
+            return Ok(());
+        };
+        ktrace!(
+            m,
+            "read {:?} from pfn {page} through {h:?}",
+            m.frames[page as usize].content
+        );
+        if let Some(r) = m.ledger.hold(id).copied() {
+            let bits = r.pin as u64 | (r.at.is_some() as u64) << 1 | (r.anon as u64) << 2;
+            m.cover_page("memcpy_from_page", page, bits);
+        }
+        oracle::hold_read_sees(m, id, page)
     })
 }
 
@@ -267,6 +446,10 @@ pub fn unpin_user_page(cpu: &Cpu) -> KResult<()> {
         };
         let c = m.cpu_index();
         m.cpus[c].holds.remove(i);
+        if let Hold::GupRef { id, folio, .. } | Hold::GupPin { id, folio, .. } = h {
+            m.ledger.hold_dropped(id);
+            m.ledger.touch(folio);
+        }
         Ok(Some(h))
     })?;
     match held {

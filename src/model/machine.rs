@@ -11,7 +11,7 @@ use super::kcov::Coverage;
 use super::ledger::Ledger;
 use super::mm_types::{StructPage, pg};
 use super::page_alloc::Buddy;
-use super::pgtable::{Mm, PmdVal, PteVal, UserTlb};
+use super::pgtable::{AnonVma, Mm, PmdVal, PteVal, UserTlb};
 use super::rcu::RcuState;
 use super::vmemmap::{Pte, Vmemmap};
 
@@ -99,11 +99,18 @@ impl Clone for Frame {
 pub enum Hold {
     /// A hugetlb folio allocated to this CPU's task: one reference.
     HugetlbFolio(Pfn),
-    /// A `FOLL_GET` reference from GUP on `folio`, for the user page `page`.
-    GupRef { folio: Pfn, page: Pfn },
+    /// A `FOLL_GET` reference from GUP on `folio`, for the user page `page`;
+    /// `id` names it in the ledger.
+    GupRef { folio: Pfn, page: Pfn, id: u32 },
     /// A `FOLL_PIN` pin: `GUP_PIN_COUNTING_BIAS` references on a small
-    /// folio, one reference and one `_pincount` on a large one.
-    GupPin { folio: Pfn, page: Pfn },
+    /// folio, one reference and one `_pincount` on a large one; `write` is
+    /// `FOLL_WRITE`.
+    GupPin {
+        folio: Pfn,
+        page: Pfn,
+        write: bool,
+        id: u32,
+    },
 }
 
 impl Hold {
@@ -176,6 +183,9 @@ pub struct Machine {
     pub hugetlbfs: AddressSpace,
     /// Every process: its page-table root and its locks.
     pub mms: Vec<Mm>,
+    /// Every anon_vma, by id; the first `mms` are the processes' own at
+    /// boot.
+    pub anon_vmas: Vec<AnonVma>,
     pub hstate: Hstate,
     /// `hugetlb_optimize_vmemmap_key`.
     pub hugetlb_optimize_vmemmap_key: u32,
@@ -203,6 +213,7 @@ crate::clone_by_field!(Machine {
     mapping,
     hugetlbfs,
     mms,
+    anon_vmas,
     hstate,
     hugetlb_optimize_vmemmap_key,
     fail_next_allocs,
@@ -263,7 +274,13 @@ impl Machine {
             rcu: RcuState::new(nr_cpus),
             mapping: AddressSpace::new(PAGE_CACHE_SLOTS),
             hugetlbfs: AddressSpace::new(super::config::MAX_USER_PAGES),
-            mms: (0..cfg.mms).map(|_| Mm::default()).collect(),
+            mms: (0..cfg.mms).map(|i| Mm::new(&cfg, i)).collect(),
+            anon_vmas: (0..cfg.mms)
+                .map(|i| AnonVma {
+                    root: i,
+                    ..AnonVma::default()
+                })
+                .collect(),
             hstate: Hstate::default(),
             hugetlb_optimize_vmemmap_key: 0,
             fail_next_allocs: 0,
@@ -296,6 +313,45 @@ impl Machine {
 
     pub fn log(&mut self, text: String) {
         self.trace.push(text);
+    }
+
+    /// A data-dependent decision of the running step, for guided search
+    /// (`Coverage::record_decision`).
+    pub fn cover(&mut self, what: &'static str, state: u64) {
+        if let Some(k) = self.kcov.as_mut() {
+            k.record_decision(what, state);
+        }
+    }
+
+    /// [`Machine::cover`] of a decision on page `page`, with the page's
+    /// sharing state: PageAnonExclusive, mapped more than once, its folio
+    /// referenced beyond its mappings (GUP), a large folio, the folio
+    /// mapped by more than one process; `extra` above.
+    pub fn cover_page(&mut self, what: &'static str, page: Pfn, extra: u64) {
+        if self.kcov.is_none() {
+            return;
+        }
+        let state = self.page_state(page) | extra << 8;
+        self.cover(what, state);
+    }
+
+    fn page_state(&self, page: Pfn) -> u64 {
+        let head = super::page_flags::peek_head(self, page);
+        let (p, h) = (self.peek(page), self.peek(head));
+        let large = super::page_flags::peek_nr_pages(self, head) > 1;
+        let mut mapped = 0;
+        let mut mms = 0u32;
+        for e in &self.ledger.maps {
+            if super::page_flags::peek_head(self, e.pfn) == head {
+                mapped += 1;
+                mms |= 1 << e.a.mm;
+            }
+        }
+        p.test(pg::ANON_EXCLUSIVE) as u64
+            | ((p.mapcount > 0) as u64) << 1
+            | ((h.refcount > mapped) as u64) << 2
+            | (large as u64) << 3
+            | ((mms.count_ones() > 1) as u64) << 4
     }
 
     /// What the kernel does at the end of every step on its own: RCU

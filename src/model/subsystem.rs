@@ -31,6 +31,9 @@ pub enum Subsystem {
     Migration,
     /// Fault injection (`should_fail_alloc_page`).
     Inject,
+    /// Anonymous THPs, fork and copy-on-write with GUP pins: PMD and PTE
+    /// mappings, splits, unmapping and remapping parts of them.
+    Thp,
 }
 
 impl Subsystem {
@@ -41,6 +44,7 @@ impl Subsystem {
         Subsystem::Gup,
         Subsystem::Migration,
         Subsystem::Inject,
+        Subsystem::Thp,
     ];
 
     pub fn name(self) -> &'static str {
@@ -51,12 +55,15 @@ impl Subsystem {
             Subsystem::Gup => "gup",
             Subsystem::Migration => "migration",
             Subsystem::Inject => "inject",
+            Subsystem::Thp => "thp",
         }
     }
 
     /// The subsystems whose ops a scenario about this one draws from: the
     /// paths its races involve. HVO races a page-cache folio's lifecycle;
-    /// GUP and migration race each other, faults and the page cache.
+    /// GUP and migration race each other, faults and the page cache; THP
+    /// copy-on-write races fork, faults, user accesses and GUP on
+    /// anonymous memory.
     pub fn arm(self) -> SubsystemSet {
         use Subsystem::*;
         match self {
@@ -64,6 +71,7 @@ impl Subsystem {
             Memory | Gup | Migration | Inject => {
                 SubsystemSet::of(&[PageCache, Memory, Gup, Migration, Inject])
             }
+            Thp => SubsystemSet::of(&[Memory, Gup, Inject, Thp]),
         }
     }
 
