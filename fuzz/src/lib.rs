@@ -11,7 +11,8 @@
 //!   subsystem names joined by commas (`hvo`, `migration`, ...), as
 //!   `mmharness hunt --ops` takes them. Default: as `mmharness hunt` picks
 //!   it (the variants' subsystems; `any` for the fixed model), except that
-//!   the `migration` target defaults to `migration`.
+//!   the `migration` target defaults to `migration` and the `thp` target to
+//!   `thp`.
 //! - `MMHARNESS_CRASH_DIR`: when set, a failing input's scenario is also
 //!   written to `$MMHARNESS_CRASH_DIR/<sha1 of the input>.json`; libFuzzer
 //!   names the artifact `crash-<sha1 of the input>`, so the two match.
@@ -121,6 +122,22 @@ pub fn cpu_migrates(scenario: &Scenario) -> bool {
         .iter()
         .flatten()
         .any(|op| matches!(op, Op::MigratePages { .. }))
+}
+
+/// Does the scenario fork, or map a THP (or an mTHP)? The thp target
+/// keeps only such scenarios in its corpus: without one no page is shared
+/// between processes or subpages.
+pub fn shares_anon_memory(scenario: &Scenario) -> bool {
+    scenario
+        .setup
+        .iter()
+        .chain(scenario.cpus.iter().flatten())
+        .any(|op| {
+            matches!(
+                op,
+                Op::DupMmap { .. } | Op::DoHugePmdAnonymousPage { .. } | Op::HandleMmFault { .. }
+            )
+        })
 }
 
 /// Set while the model runs under shuttle.

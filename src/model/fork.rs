@@ -340,3 +340,113 @@ fn copy_present_page(m: &mut Machine, pa: Uaddr, ca: Uaddr, e: PteEntry) -> Resu
     );
     Ok(Pte::Done)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::gup::{Foll, gup_fast_fallback};
+    use crate::model::huge_memory::do_huge_pmd_anonymous_page;
+    use crate::model::memory::user_access;
+    use crate::model::oracle::Oracle;
+    use crate::model::testing::Kernel;
+
+    /// The default layout: the anonymous VMA at pages 2-3, one PMD range.
+    ///
+    /// ```text
+    /// page   0     1     2     3
+    ///        | file shared | anon  |
+    /// ```
+    const ANON: u8 = 2;
+
+    fn present(k: &Kernel, mm: u8, page: u8) -> PteEntry {
+        match k.m.pte(Uaddr::new(mm, page)) {
+            Some(PteVal::Present(e)) => e,
+            pte => panic!("mm{mm}:{page} maps {pte:?}"),
+        }
+    }
+
+    #[test]
+    fn fork_shares_an_anon_page_read_only_in_both_processes() {
+        let mut k = Kernel::boot();
+        let a = Uaddr::new(0, ANON);
+        k.on(0, |cpu| user_access(cpu, a, true)).unwrap();
+
+        k.on(0, |cpu| dup_mmap(cpu, 0, 1)).unwrap();
+
+        let (p, c) = (present(&k, 0, ANON), present(&k, 1, ANON));
+        assert_eq!(p.pfn, c.pfn);
+        assert!(!p.write && !c.write, "both write-protected");
+        let page = k.m.peek(p.pfn);
+        assert!(!page.test(pg::ANON_EXCLUSIVE));
+        assert_eq!((page.mapcount + 1, page.refcount), (2, 2));
+        assert_eq!(k.m.mms[1].avc, k.m.mms[0].avc | 1 << k.m.mms[1].anon_vma);
+        k.quiesce().unwrap();
+    }
+
+    #[test]
+    fn fork_copies_a_maybe_pinned_page_for_the_child() {
+        let mut k = Kernel::boot();
+        let a = Uaddr::new(0, ANON);
+        k.on(0, |cpu| gup_fast_fallback(cpu, a, Foll::Pin, true))
+            .unwrap();
+
+        k.on(0, |cpu| dup_mmap(cpu, 0, 1)).unwrap();
+
+        let (p, c) = (present(&k, 0, ANON), present(&k, 1, ANON));
+        assert_ne!(p.pfn, c.pfn, "the child has a copy");
+        assert!(p.write && c.write, "neither is write-protected");
+        assert!(k.m.peek(p.pfn).test(pg::ANON_EXCLUSIVE));
+        assert!(k.m.peek(c.pfn).test(pg::ANON_EXCLUSIVE));
+        k.quiesce().unwrap();
+    }
+
+    #[test]
+    fn fork_splits_a_pinned_thp_and_copies_each_page() {
+        let mut k = Kernel::boot();
+        let a = Uaddr::new(0, ANON);
+        k.on(0, |cpu| do_huge_pmd_anonymous_page(cpu, a, 600))
+            .unwrap();
+        k.on(0, |cpu| gup_fast_fallback(cpu, a, Foll::Pin, false))
+            .unwrap();
+
+        k.on(0, |cpu| dup_mmap(cpu, 0, 1)).unwrap();
+
+        assert!(matches!(k.m.pmd(a), PmdVal::Table(_)), "split");
+        for page in [ANON, ANON + 1] {
+            assert_ne!(present(&k, 0, page).pfn, present(&k, 1, page).pfn);
+        }
+        k.quiesce().unwrap();
+    }
+
+    #[test]
+    fn fork_into_a_slot_ends_the_process_there() {
+        let mut k = Kernel::boot();
+        k.on(0, |cpu| user_access(cpu, Uaddr::new(1, ANON), true))
+            .unwrap();
+        let old = present(&k, 1, ANON).pfn;
+
+        k.on(0, |cpu| dup_mmap(cpu, 0, 1)).unwrap();
+
+        assert_eq!(k.m.pte(Uaddr::new(1, ANON)), None, "no page tables left");
+        assert_eq!(
+            k.m.frames[old as usize].owner,
+            crate::model::machine::Owner::Free
+        );
+        assert_ne!(k.m.ledger.pid_of(1), 1, "a new process");
+        k.quiesce().unwrap();
+    }
+
+    #[test]
+    fn fork_shares_pinned_page_gives_the_child_the_pinned_page() {
+        let mut k = Kernel::builder()
+            .variant(Variant::ForkSharesPinnedPage)
+            .boot();
+        let a = Uaddr::new(0, ANON);
+        k.on(0, |cpu| gup_fast_fallback(cpu, a, Foll::Pin, true))
+            .unwrap();
+
+        let err = k.on(0, |cpu| dup_mmap(cpu, 0, 1)).unwrap_err();
+
+        assert_eq!(err.oracle, Oracle::PinCoherence, "{}", err.detail);
+    }
+}

@@ -458,3 +458,78 @@ pub fn unpin_user_page(cpu: &Cpu) -> KResult<()> {
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fork::dup_mmap;
+    use crate::model::memory::user_access;
+    use crate::model::testing::Kernel;
+
+    const ANON: u8 = 2;
+
+    fn pinned(k: &Kernel) -> (Pfn, bool) {
+        match k.m.cpus[0].holds.last() {
+            Some(&Hold::GupPin { page, write, .. }) => (page, write),
+            h => panic!("no pin: {h:?}"),
+        }
+    }
+
+    #[test]
+    fn a_read_only_pin_of_a_shared_page_unshares_it_first() {
+        let mut k = Kernel::boot();
+        let a = Uaddr::new(0, ANON);
+        k.on(0, |cpu| user_access(cpu, a, true)).unwrap();
+        k.on(0, |cpu| dup_mmap(cpu, 0, 1)).unwrap();
+        let shared = k.m.pte(a).and_then(PteVal::present_pfn).unwrap();
+
+        k.on(0, |cpu| pin_user_pages(cpu, a, false)).unwrap();
+
+        let (page, write) = pinned(&k);
+        assert!(!write);
+        assert_ne!(page, shared, "the parent got its own copy");
+        let Some(PteVal::Present(e)) = k.m.pte(a) else {
+            unreachable!()
+        };
+        assert_eq!((e.pfn, e.write), (page, false), "mapped read-only");
+        assert!(k.m.peek(page).test(pg::ANON_EXCLUSIVE));
+        assert!(k.m.ledger.unshared);
+        k.quiesce().unwrap();
+    }
+
+    #[test]
+    fn foll_write_on_a_read_only_pte_takes_a_write_fault_first() {
+        let mut k = Kernel::boot();
+        let a = Uaddr::new(0, ANON);
+        k.on(0, |cpu| user_access(cpu, a, true)).unwrap();
+        k.on(0, |cpu| dup_mmap(cpu, 0, 1)).unwrap();
+
+        k.on(0, |cpu| gup_fast_fallback(cpu, a, Foll::Pin, true))
+            .unwrap();
+
+        let (page, _) = pinned(&k);
+        let Some(PteVal::Present(e)) = k.m.pte(a) else {
+            unreachable!()
+        };
+        assert_eq!((e.pfn, e.write), (page, true));
+        k.quiesce().unwrap();
+    }
+
+    #[test]
+    fn gup_fast_leaves_a_pin_to_the_slow_path_while_fork_write_protects() {
+        let mut k = Kernel::boot();
+        let a = Uaddr::new(0, ANON);
+        k.on(0, |cpu| user_access(cpu, a, true)).unwrap();
+        k.m.mms[0].write_protect_seq = 1;
+        k.trace_on();
+
+        k.on(1, |cpu| gup_fast(cpu, a, Foll::Pin, true)).unwrap();
+
+        assert!(
+            k.take_trace()
+                .iter()
+                .any(|l| l.contains("write_protect_seq is odd"))
+        );
+        assert!(k.m.cpus[1].holds.is_empty());
+    }
+}

@@ -393,3 +393,29 @@ impl Ledger {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_sees_what_its_parent_wrote_before_fork_and_nothing_after() {
+        let mut l = Ledger::default();
+        let before = l.write_value(l.pid_of(0));
+        l.new_process(1, Some(0));
+        l.forking.push(Forking {
+            parent: 0,
+            child: 1,
+            shared: 0,
+        });
+        l.fork_done(0, 1);
+        let after = l.write_value(l.pid_of(0));
+        let child = l.pid_of(1);
+
+        assert!(l.in_lineage(0, child), "zeroes are anyone's");
+        assert!(l.in_lineage(before, child));
+        assert!(!l.in_lineage(after, child));
+        let own = l.write_value(child);
+        assert!(!l.in_lineage(own, l.pid_of(0)), "nor the other way");
+    }
+}

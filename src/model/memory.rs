@@ -652,3 +652,43 @@ fn access_through_tlb(m: &mut Machine, a: Uaddr, write: bool) -> Result<Translat
     }
     Ok(Translation::Done)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fork::dup_mmap;
+    use crate::model::gup::{Foll, gup_fast_fallback, memcpy_from_page};
+    use crate::model::oracle::Oracle;
+    use crate::model::testing::Kernel;
+
+    const ANON: u8 = 2;
+
+    /// cow.c's "vmsplice() before fork(), unmap in parent after fork()":
+    /// the parent's read-only GUP reference must not see the child's write.
+    fn vmsplice_before_fork(k: &mut Kernel) -> Result<(), Violation> {
+        let (p, c) = (Uaddr::new(0, ANON), Uaddr::new(1, ANON));
+        k.on(0, |cpu| gup_fast_fallback(cpu, p, Foll::Get, false))?;
+        k.on(0, |cpu| dup_mmap(cpu, 0, 1))?;
+        k.on(0, |cpu| zap_pte_range(cpu, p))?;
+        k.on(1, |cpu| user_access(cpu, c, true))?;
+        k.on(0, memcpy_from_page)
+    }
+
+    #[test]
+    fn a_write_fault_copies_a_page_a_gup_reference_holds() {
+        let mut k = Kernel::boot();
+        vmsplice_before_fork(&mut k).unwrap();
+        k.quiesce().unwrap();
+    }
+
+    #[test]
+    fn gup_after_fork_read_pin_reuses_it_by_its_mapcount() {
+        let mut k = Kernel::builder()
+            .variant(Variant::GupAfterForkReadPin)
+            .boot();
+
+        let err = vmsplice_before_fork(&mut k).unwrap_err();
+
+        assert_eq!(err.oracle, Oracle::Isolation, "{}", err.detail);
+    }
+}

@@ -62,3 +62,55 @@ pub fn mprotect(cpu: &Cpu, a: Uaddr, len: u32, write: bool) -> KResult<()> {
     }
     mmap_write_unlock(cpu, a.mm)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::huge_memory::do_huge_pmd_anonymous_page;
+    use crate::model::memory::user_access;
+    use crate::model::testing::Kernel;
+
+    const ANON: u8 = 2;
+
+    #[test]
+    fn mprotect_of_half_a_thp_splits_it_and_write_protects_that_half() {
+        let mut k = Kernel::boot();
+        let a = Uaddr::new(0, ANON);
+        k.on(0, |cpu| do_huge_pmd_anonymous_page(cpu, a, 600))
+            .unwrap();
+
+        k.on(0, |cpu| {
+            mprotect(cpu, a.with_page(ANON as u32 + 1), 1, false)
+        })
+        .unwrap();
+
+        let write = |page| match k.m.pte(a.with_page(page)) {
+            Some(PteVal::Present(e)) => e.write,
+            pte => panic!("{pte:?}"),
+        };
+        assert!(write(ANON as u32) && !write(ANON as u32 + 1));
+        assert!(!k.m.vm_page(a.with_page(ANON as u32 + 1)).write);
+        k.quiesce().unwrap();
+    }
+
+    #[test]
+    fn a_store_to_a_read_only_range_does_nothing_and_back_to_writable_it_faults() {
+        let mut k = Kernel::boot();
+        let a = Uaddr::new(0, ANON);
+        k.on(0, |cpu| user_access(cpu, a, true)).unwrap();
+        k.on(0, |cpu| mprotect(cpu, a, 1, false)).unwrap();
+        let before = k.m.ledger.write_seq;
+
+        k.on(0, |cpu| user_access(cpu, a, true)).unwrap();
+        assert_eq!(k.m.ledger.write_seq, before, "SIGSEGV: no store");
+
+        k.on(0, |cpu| mprotect(cpu, a, 1, true)).unwrap();
+        assert!(matches!(k.m.pte(a), Some(PteVal::Present(e)) if !e.write));
+        k.on(0, |cpu| user_access(cpu, a, true)).unwrap();
+        assert!(
+            matches!(k.m.pte(a), Some(PteVal::Present(e)) if e.write),
+            "reused"
+        );
+        k.quiesce().unwrap();
+    }
+}

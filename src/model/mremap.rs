@@ -120,3 +120,82 @@ fn move_vma_page(m: &mut Machine, s: Uaddr, d: Uaddr) {
     };
     m.ledger.moved(s, d);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::{VmaSpec, Vmas};
+    use crate::model::gup::{Foll, gup_fast_fallback};
+    use crate::model::huge_memory::do_huge_pmd_anonymous_page;
+    use crate::model::machine::Hold;
+    use crate::model::memory::user_access;
+    use crate::model::mm_types::Mapping;
+    use crate::model::testing::Kernel;
+
+    /// Two anonymous VMAs: a THP at pages 0-1, room at 2-3.
+    ///
+    /// ```text
+    /// page   0     1     2     3
+    ///        | THP       | anon      |
+    /// ```
+    fn two_anon_vmas() -> Kernel {
+        let anon = |pages| VmaSpec {
+            kind: VmaKind::AnonPrivate,
+            pages,
+        };
+        Kernel::builder()
+            .config(|c| c.vmas = Vmas::new(&[anon(2), anon(2)]).unwrap())
+            .boot()
+    }
+
+    #[test]
+    fn mremap_of_half_a_thp_splits_it_and_moves_the_pin_along() {
+        let mut k = two_anon_vmas();
+        let a = Uaddr::new(0, 0);
+        k.on(0, |cpu| do_huge_pmd_anonymous_page(cpu, a, 600))
+            .unwrap();
+        k.on(0, |cpu| user_access(cpu, a.with_page(1), true))
+            .unwrap();
+        k.on(0, |cpu| {
+            gup_fast_fallback(cpu, a.with_page(1), Foll::Pin, true)
+        })
+        .unwrap();
+        let Some(&Hold::GupPin { page, id, .. }) = k.m.cpus[0].holds.last() else {
+            panic!("a pin")
+        };
+
+        k.on(0, |cpu| mremap(cpu, a.with_page(1), 1, 2)).unwrap();
+
+        let moved = a.with_page(2);
+        assert_eq!(k.m.pte(moved).and_then(PteVal::present_pfn), Some(page));
+        assert!(
+            !k.m.vm_page(a.with_page(1)).mapped,
+            "the old range is a hole"
+        );
+        assert_eq!(k.m.vm_page(moved).pgoff, 1, "the VMA keeps its offset");
+        let Mapping::Anon { anon_vma, index } = k.m.peek(page - 1).mapping else {
+            panic!("an anonymous folio")
+        };
+        assert!(
+            k.m.rmap_addresses(Mapping::Anon { anon_vma, index }, 1)
+                .contains(&moved)
+        );
+        assert_eq!(k.m.ledger.hold(id).and_then(|h| h.at), Some(moved));
+        k.quiesce().unwrap();
+    }
+
+    #[test]
+    fn mremap_of_a_whole_aligned_thp_moves_its_pmd() {
+        let mut k = two_anon_vmas();
+        let a = Uaddr::new(0, 0);
+        k.on(0, |cpu| do_huge_pmd_anonymous_page(cpu, a, 600))
+            .unwrap();
+
+        k.on(0, |cpu| mremap(cpu, a, 2, 2)).unwrap();
+
+        assert_eq!(k.m.pmd(a), PmdVal::None);
+        assert!(matches!(k.m.pmd(a.with_page(2)), PmdVal::Leaf(_)));
+        assert_eq!(k.m.mms[0].deposited, [(2, k.m.mms[0].deposited[0].1)]);
+        k.quiesce().unwrap();
+    }
+}
