@@ -21,13 +21,13 @@
 mod common;
 
 use common::{
-    MINIMIZED_MAX_OPS, assert_shrunk_case, config_with, failing_case, guided_hunt_finds, quiet,
-    replays_clean, without_variants,
+    MINIMIZED_MAX_OPS, assert_shrunk_case, config_with, failing_case, fixed_model_is_clean,
+    guided_hunt_finds, quiet, replays_clean, without_variants,
 };
 use mmharness::engine::{Engine, HuntOptions, hunt, minimize};
 use mmharness::exec::{Verdict, run_input};
 use mmharness::model::{Config, HvoMode, Oracle, Subsystem, Variant};
-use mmharness::scenario::generate::{GenOptions, scenario_strategy};
+use mmharness::scenario::generate::{GenOptions, scenario_ops_strategy, scenario_strategy};
 use mmharness::scenario::{Op, Scenario};
 use mmharness::ui::render;
 use proptest::prelude::*;
@@ -83,48 +83,61 @@ fn hvo_scenarios(config: Config) -> impl Strategy<Value = Scenario> {
         })
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: FIXED_CASES,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
-
-    /// The default configuration: keep-1 HVO with the v6.10+ fixes.
-    #[test]
-    fn fixed_keep1_has_no_violation(s in scenario_strategy(GenOptions::default())) {
-        quiet();
-        replays_clean(&s)?;
-    }
-
-    /// The v5.14 layout (vmemmap pages 0 and 1 stay private).
-    #[test]
-    fn fixed_keep2_has_no_violation(s in scenario_strategy(GenOptions::with_config(Config {
-        hvo_mode: HvoMode::Keep2,
-        ..Config::default()
-    }))) {
-        quiet();
-        replays_clean(&s)?;
-    }
+/// A runner for a "fixed model is clean" property: fixed seed, no seed
+/// files (failures are kept as scenario files instead).
+fn fixed_runner(cases: u32) -> TestRunner {
+    TestRunner::new_with_rng(
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        },
+        TestRng::from_seed(RngAlgorithm::ChaCha, &SEED),
+    )
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: FIXED_CASES / 4,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+/// The default configuration: keep-1 HVO with the v6.10+ fixes, op-level
+/// scenarios (so a failure shrinks by whole ops).
+#[test]
+fn fixed_keep1_has_no_violation() {
+    fixed_model_is_clean(
+        "hvo-fixed-keep1",
+        fixed_runner(FIXED_CASES),
+        scenario_ops_strategy(GenOptions::default()),
+    );
+}
 
-    /// Three CPUs and three memory blocks: more room for a third party
-    /// (a walker, a second HVO) to interleave with the race.
-    #[test]
-    fn fixed_keep1_three_cpus_has_no_violation(s in scenario_strategy(GenOptions {
+/// The v5.14 layout (vmemmap pages 0 and 1 stay private).
+#[test]
+fn fixed_keep2_has_no_violation() {
+    let config = Config {
+        hvo_mode: HvoMode::Keep2,
+        ..Config::default()
+    };
+    fixed_model_is_clean(
+        "hvo-fixed-keep2",
+        fixed_runner(FIXED_CASES),
+        scenario_ops_strategy(GenOptions::with_config(config)),
+    );
+}
+
+/// Three CPUs and three memory blocks: more room for a third party (a
+/// walker, a second HVO) to interleave with the race; the decoder's flat
+/// bytes, as cargo-fuzz feeds them.
+#[test]
+fn fixed_keep1_three_cpus_has_no_violation() {
+    let opts = GenOptions {
         max_cpus: 3,
-        ..GenOptions::with_config(Config { memory_blocks: 3, ..Config::default() })
-    })) {
-        quiet();
-        replays_clean(&s)?;
-    }
+        ..GenOptions::with_config(Config {
+            memory_blocks: 3,
+            ..Config::default()
+        })
+    };
+    fixed_model_is_clean(
+        "hvo-fixed-keep1-three-cpus",
+        fixed_runner(FIXED_CASES / 4),
+        scenario_strategy(opts),
+    );
 }
 
 /// Shared-tail HVO is EXPECTED to fail, with no bug variant switched on.

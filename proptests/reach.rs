@@ -1,19 +1,23 @@
 //! The "sometimes" properties: generated inputs get to every state a bug of
-//! the registry's subsystems needs (a reader meets a fake head, a folio
-//! migrates, a page table is freed), within a bounded budget of plain
-//! generated scenarios, without guidance. A generator change that loses a
-//! whole class of races fails here instead of silently finding nothing.
+//! the registry's subsystems needs (a reader meets a fake head, two HVO'd
+//! folios are alive at once, a folio migrates, a page table is freed),
+//! within a bounded budget of plain generated scenarios of the default
+//! hunt's generator (2-4 CPUs, 2-3 memory blocks), without guidance. A
+//! generator change that loses a whole class of races fails here instead of
+//! silently finding nothing.
 
 mod common;
 
 use common::quiet;
+use mmharness::engine::adaptive::AdaptiveOptions;
 use mmharness::exec::{Job, Observe, run_jobs};
-use mmharness::model::SubsystemSet;
+use mmharness::model::Config;
 use mmharness::model::oracle::REACHABLE;
 use mmharness::scenario::generate::{GenOptions, OpFamily, decode_bytes};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Generated scenarios each property may take to be reached.
 const BUDGET: usize = 400_000;
@@ -24,8 +28,12 @@ const BATCH: usize = 512;
 /// property `i` is reached; `None` within the budget.
 fn scenarios_to_reach(i: usize, rng: &mut StdRng) -> Option<usize> {
     let r = &REACHABLE[i];
+    let defaults = AdaptiveOptions::new(Config::default(), Duration::ZERO, 0);
     let opts = GenOptions {
-        ops: OpFamily::Of(SubsystemSet::of(&[r.subsystem])),
+        ops: OpFamily::Of(r.subsystem.arm()),
+        max_cpus: *defaults.cpus.iter().max().unwrap(),
+        memory_blocks: defaults.memory_blocks,
+        hugetlb_order: defaults.hugetlb_order,
         ..GenOptions::default()
     };
     let observe = Observe {

@@ -22,7 +22,7 @@ use common::{
 };
 use mmharness::engine::{Engine, minimize};
 use mmharness::exec::{Verdict, run_input};
-use mmharness::model::{Config, Oracle, Subsystem, SubsystemSet, Variant};
+use mmharness::model::{Config, Oracle, Subsystem, Variant};
 use mmharness::scenario::generate::{GenOptions, OpFamily, scenario_strategy};
 use mmharness::scenario::{Op, Scenario};
 use proptest::prelude::*;
@@ -59,7 +59,7 @@ fn runner(cases: u32) -> TestRunner {
 /// fork and VMA ops.
 fn thp_ops(config: Config) -> GenOptions {
     GenOptions {
-        ops: OpFamily::Of(SubsystemSet::of(&[Subsystem::Thp])),
+        ops: OpFamily::Of(Subsystem::Thp.arm()),
         ..GenOptions::with_config(config)
     }
 }

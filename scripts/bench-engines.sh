@@ -3,10 +3,13 @@
 #
 #   scripts/bench-engines.sh [RUNS] [SECS]     (default 5 runs x 5 s)
 #
-# Runs `mmharness hunt --engine E --time SECS` RUNS times per engine
-# (random, pct, dfs, input), takes the exec/s of each run's summary line,
-# and prints per engine the median exec/s and its ratio to the input
-# engine. Every run must come back clean: the model is the fixed one.
+# Runs `mmharness hunt --engine E --ops any --cpus 2 --memory-blocks 2
+# --jobs 1 --time SECS` (one engine on one core, each scenario drawing one
+# op family, as `hunt --engine E` hunted before the adaptive default)
+# RUNS times per engine (random, pct, dfs, input), takes the exec/s of each
+# run's summary line, and prints per engine the median exec/s and its ratio
+# to the input engine. Every run must come back clean: the model is the
+# fixed one. `mmharness bench` is the fuller measurement.
 set -euo pipefail
 
 runs="${1:-5}"
@@ -26,12 +29,12 @@ for e in "${engines[@]}"; do
     for ((i = 0; i < runs; i++)); do
         # --iterations far beyond what fits in the time box: time-bound.
         # A different seed per run, so the median is over different scenarios.
-        out="$("$bin" hunt --engine "$e" --time "$secs" --iterations 1000000000 --seed "$i")" || {
+        out="$("$bin" hunt --engine "$e" --ops any --cpus 2 --memory-blocks 2 --jobs 1 --time "$secs" --seed "$i")" || {
             echo "bench-engines: $e run $i failed (a violation on the fixed model?):" >&2
             echo "$out" >&2
             exit 1
         }
-        line="$(grep -E "^ *$e:.*exec/s" <<<"$out")"
+        line="$(grep -E "^[0-9]+ scenarios.*exec/s" <<<"$out")"
         rate="$(sed -E 's/.*\( *([0-9.]+) exec\/s\).*/\1/' <<<"$line")"
         echo "bench-engines: $line"
         rates+=("$rate")

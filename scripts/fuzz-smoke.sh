@@ -3,11 +3,11 @@
 #
 #   scripts/fuzz-smoke.sh [SECS]      (default 20)
 #
-# 1. Fuzzes the fixed model with each target (`scenario`, and `migration`
-#    and `thp` if they exist) for SECS seconds: must find nothing.
+# 1. Fuzzes the fixed model with each target (`scenario`, and `migration`,
+#    `pmd_share` and `thp` if they exist) for SECS seconds: must find nothing.
 # 2. Fuzzes a bug variant per target (scenario: hvo-restore-fail-frees,
-#    migration: migrate-expected-refs-undercount, thp:
-#    fork-shares-pinned-page) with a fixed libFuzzer
+#    migration: migrate-expected-refs-undercount, pmd_share:
+#    pmd-unshare-no-gup-fast-sync, thp: fork-shares-pinned-page) with a fixed libFuzzer
 #    seed for at most FIND_SECS seconds (default 3 x SECS; it stops at the
 #    first crash, typically within 10 s): must crash and write an artifact,
 #    and the scenario the target writes to $MMHARNESS_CRASH_DIR must replay
@@ -49,8 +49,8 @@ cargo fuzz build --sanitizer none
 cargo build --release --quiet
 targets=(scenario)
 # Not `cargo fuzz list | grep -q`: grep may exit first, and pipefail would
-# then count cargo fuzz's SIGPIPE as "no migration target".
-for t in migration thp; do
+# then count cargo fuzz's SIGPIPE as "no such target".
+for t in migration pmd_share thp; do
     if grep -qx "$t" <<<"$(cargo fuzz list)"; then
         targets+=("$t")
     fi
@@ -87,7 +87,7 @@ for t in "${targets[@]}"; do
     fi
 done
 
-declare -A variant=([scenario]=hvo-restore-fail-frees [migration]=migrate-expected-refs-undercount [thp]=fork-shares-pinned-page)
+declare -A variant=([scenario]=hvo-restore-fail-frees [migration]=migrate-expected-refs-undercount [pmd_share]=pmd-unshare-no-gup-fast-sync [thp]=fork-shares-pinned-page)
 for t in "${targets[@]}"; do
     v="${variant[$t]}"
     name="$t-$v"

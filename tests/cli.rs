@@ -127,9 +127,34 @@ fn valid_json() -> String {
     corpus_text("hvo-restore-fail-frees")
 }
 
-/// A valid scenario with user addresses.
+/// A valid scenario with user addresses: a fault on page 3 of mm0, then
+/// GUP-fast of it racing its migration.
 fn gup_json() -> String {
-    corpus_text("gup-fast-no-recheck")
+    use mmharness::model::op::{MmArg, Order, PageArg, PfnArg};
+    use mmharness::model::{Config, Op, VariantSet};
+    let (mm, addr) = (MmArg(0), PageArg(3));
+    let config = Config {
+        variants: VariantSet::new(&[Variant::GupFastNoRecheck]),
+        ..Config::default()
+    };
+    Scenario::new(
+        config,
+        vec![Op::HandleMmFault {
+            mm,
+            addr,
+            pfn_hint: PfnArg(896),
+            order: Order(0),
+        }],
+        vec![
+            vec![Op::GetUserPagesFast { mm, addr }],
+            vec![Op::MigratePages {
+                mm,
+                addr,
+                pfn_hint: PfnArg(663),
+            }],
+        ],
+    )
+    .to_json()
 }
 
 /// `valid_json()` with the first `from` replaced by `to`.
@@ -350,11 +375,19 @@ fn hunt_on_the_fixed_model_exits_0() {
     let dir = TempDir::new("fixed");
     let r = mmharness_in(
         Some(&dir.0),
-        &["hunt", "--engine", "input", "--iterations", "200"],
+        &[
+            "hunt",
+            "--engine",
+            "input",
+            "--ops",
+            "hvo",
+            "--iterations",
+            "200",
+        ],
     );
     r.assert_exit(0).assert_stdout_has("clean");
     assert!(
-        r.stdout.contains(" 200 scenarios"),
+        r.stdout.starts_with("hunting") && r.stdout.contains("\n200 scenarios"),
         "--iterations 200 not honoured: {}",
         r.show()
     );
@@ -387,14 +420,26 @@ fn hunt_finds_saves_and_never_overwrites() {
     assert!(out.exists(), "--out not written: {}", r.show());
     let first = Scenario::load(&out).expect("the saved file loads");
     assert!(first.expect.is_some(), "saved without `expect`");
+    let build = first.build.as_ref().expect("saved without its build");
+    assert_eq!(build.commit, env!("MMHARNESS_GIT_COMMIT"));
+    assert_eq!(build.model_hash, env!("MMHARNESS_MODEL_HASH"));
     assert!(first.config.variants.has(Variant::HvoRestoreFailFrees));
     mmharness(&["replay", s(&out)])
         .assert_exit(1)
         .assert_stdout_has("reproduces the expected");
-    // The unminimized finding goes under ./counterexamples.
-    let raw_dir = dir.path("counterexamples");
-    let raws = || std::fs::read_dir(&raw_dir).map_or(0, |d| d.count());
+    // The unminimized finding goes next to it.
+    let raws = || {
+        std::fs::read_dir(&dir.0)
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("x.raw") && name.ends_with(".json")
+            })
+            .count()
+    };
     assert_eq!(raws(), 1, "{}", r.show());
+    assert!(!dir.path("counterexamples").exists());
 
     // Mark the saved file, hunt again with the same --out: the mark stays
     // and the new finding goes next to it.
@@ -439,4 +484,28 @@ fn usage_errors_exit_2() {
     mmharness_in(Some(&dir.0), &["hunt", "--engine", "input", "--time", "0"])
         .assert_exit(2)
         .assert_stderr_has("--time");
+}
+
+/// Ctrl-C stops a hunt cleanly: the summary so far, and exit status 130.
+#[test]
+fn ctrl_c_stops_a_hunt_with_its_summary() {
+    let dir = TempDir::new("ctrl-c");
+    let child = Command::new(BIN)
+        .args(["hunt", "--engine", "input", "--time", "60"])
+        .current_dir(&dir.0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run mmharness");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let out = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(130), "{stdout}");
+    assert!(stdout.contains("(interrupted)"), "{stdout}");
+    assert!(stdout.contains(" scenarios "), "{stdout}");
 }

@@ -237,3 +237,46 @@ fn corpus_replay_is_deterministic() {
         );
     }
 }
+
+/// The trace a corpus file replays to, as `mmharness replay` prints it.
+fn rendered(s: &Scenario) -> String {
+    let o = run_input(s, true);
+    format!(
+        "{}\n{}\n",
+        render::interleaving_table(&o.trace, s.cpus.len()),
+        render::verdict(&o)
+    )
+}
+
+/// Every corpus file replays to the trace recorded next to it, byte for
+/// byte: a change to the executor or the engines must not move a single
+/// step. A deliberate change to the model re-records them with
+/// `MMHARNESS_BLESS=1 cargo test --release --test corpus`.
+#[test]
+fn corpus_replays_to_its_recorded_trace() {
+    let bless = std::env::var_os("MMHARNESS_BLESS").is_some();
+    let dir = corpus_dir().join("traces");
+    let mut stale = Vec::new();
+    for (path, s) in load_all() {
+        let golden = dir.join(format!("{}.txt", stem(&path)));
+        let now = rendered(&s);
+        if bless {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&golden, &now).unwrap();
+            continue;
+        }
+        let recorded = std::fs::read_to_string(&golden).unwrap_or_else(|_| {
+            panic!(
+                "{} has no recorded trace: MMHARNESS_BLESS=1 cargo test --release --test corpus",
+                path.display()
+            )
+        });
+        if recorded != now {
+            stale.push(stem(&path).to_string());
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "these corpus files replay to another trace than the one recorded in corpus/traces/: {stale:?}"
+    );
+}

@@ -81,7 +81,7 @@ fn fork() -> Op {
 }
 
 fn munmap(mm: u8, page: u8, len: u8) -> Op {
-    Op::Munmap {
+    Op::VmMunmap {
         mm: MmArg(mm),
         addr: PageArg(page),
         len: Len(len),
@@ -173,7 +173,7 @@ impl Kind {
                 vec![0, 1]
             }
             Kind::SinglePte => {
-                ops.push(Op::MadviseDontneed {
+                ops.push(Op::MadviseDontneedFree {
                     mm: MmArg(P),
                     addr: PageArg(1),
                     len: Len(1),
@@ -190,7 +190,7 @@ impl Kind {
                 vec![0]
             }
             Kind::PartialShared => {
-                let dontfork = |dofork| Op::MadviseDontfork {
+                let dontfork = |dofork| Op::MadviseUpdateVma {
                     mm: MmArg(P),
                     addr: PageArg(1),
                     len: Len(1),

@@ -7,15 +7,13 @@
 #![no_main]
 
 use libfuzzer_sys::{Corpus, fuzz_target};
-use mmharness::model::{Subsystem, SubsystemSet};
+use mmharness::model::Subsystem;
 use mmharness::scenario::generate::{OpFamily, decode_bytes};
 
 /// Migration's arm (page cache, faults, GUP, migration, collapse) unless
 /// `MMHARNESS_OPS` says otherwise.
 fn settings() -> &'static mmharness_fuzz::Settings {
-    mmharness_fuzz::settings_for(Some(OpFamily::Of(SubsystemSet::of(&[
-        Subsystem::Migration,
-    ]))))
+    mmharness_fuzz::settings_for(Some(OpFamily::Of(Subsystem::Migration.arm())))
 }
 
 // Settings are read, and checked, before fuzzing starts: a bad value exits

@@ -8,13 +8,13 @@
 #![no_main]
 
 use libfuzzer_sys::{Corpus, fuzz_target};
-use mmharness::model::{Subsystem, SubsystemSet};
+use mmharness::model::Subsystem;
 use mmharness::scenario::generate::{OpFamily, decode_bytes};
 
 /// The THP arm (faults, user accesses, GUP, fault injection, THP, fork
 /// and VMA ops) unless `MMHARNESS_OPS` says otherwise.
 fn settings() -> &'static mmharness_fuzz::Settings {
-    mmharness_fuzz::settings_for(Some(OpFamily::Of(SubsystemSet::of(&[Subsystem::Thp]))))
+    mmharness_fuzz::settings_for(Some(OpFamily::Of(Subsystem::Thp.arm())))
 }
 
 // Settings are read, and checked, before fuzzing starts: a bad value exits

@@ -11,8 +11,12 @@
 //!   subsystem names joined by commas (`hvo`, `migration`, ...), as
 //!   `mmharness hunt --ops` takes them. Default: as `mmharness hunt` picks
 //!   it (the variants' subsystems; `any` for the fixed model), except that
-//!   the `migration` target defaults to `migration` and the `thp` target to
-//!   `thp`.
+//!   the `migration` target defaults to `migration`, the `pmd_share`
+//!   target to `pmd-share` and the `thp` target to `thp`.
+//! - `MMHARNESS_MEMORY_BLOCKS`: physical memory in hugetlb-sized blocks,
+//!   2 (default) to 8, or a range `LO-HI` drawn per scenario.
+//! - `MMHARNESS_HUGETLB_ORDER`: hugetlb folio order, 7 to 10 (default 9),
+//!   or a range `LO-HI`.
 //! - `MMHARNESS_CRASH_DIR`: when set, a failing input's scenario is also
 //!   written to `$MMHARNESS_CRASH_DIR/<sha1 of the input>.json`; libFuzzer
 //!   names the artifact `crash-<sha1 of the input>`, so the two match.
@@ -88,20 +92,47 @@ fn from_env(target_ops: Option<OpFamily>) -> Settings {
         }
     };
     let ops_name = ops.label();
+    let range = |name: &str, default: u8, valid: std::ops::RangeInclusive<u8>| -> (u8, u8) {
+        let Some(text) = var(name) else {
+            return (default, default);
+        };
+        let parse = |t: &str| t.trim().parse::<u8>().ok().filter(|v| valid.contains(v));
+        let parsed = match text.split_once('-') {
+            Some((lo, hi)) => parse(lo).zip(parse(hi)).filter(|(lo, hi)| lo <= hi),
+            None => parse(&text).map(|v| (v, v)),
+        };
+        parsed.unwrap_or_else(|| {
+            usage_error(format!(
+                "{name}: `{text}` is not a value or a range LO-HI within {}..={}",
+                valid.start(),
+                valid.end()
+            ))
+        })
+    };
+    let memory_blocks = range("MMHARNESS_MEMORY_BLOCKS", 2, 2..=8);
+    let hugetlb_order = range("MMHARNESS_HUGETLB_ORDER", 9, 7..=10);
     let config = Config {
         hvo_mode,
         variants: VariantSet::new(&variants),
+        memory_blocks: memory_blocks.0,
+        hugetlb_order: hugetlb_order.0,
         ..Config::default()
     };
     let label = format!(
-        "{} model, {} HVO, up to {max_cpus} CPUs, {ops_name} ops",
+        "{} model, {} HVO, up to {max_cpus} CPUs, {ops_name} ops, memory {}-{} blocks, order {}-{}",
         config.variants.label(),
-        hvo_mode.name()
+        hvo_mode.name(),
+        memory_blocks.0,
+        memory_blocks.1,
+        hugetlb_order.0,
+        hugetlb_order.1
     );
     Settings {
         opts: GenOptions {
             max_cpus,
             ops,
+            memory_blocks,
+            hugetlb_order,
             ..GenOptions::with_config(config)
         },
         crash_dir: var("MMHARNESS_CRASH_DIR").map(PathBuf::from),
@@ -138,6 +169,22 @@ pub fn shares_anon_memory(scenario: &Scenario) -> bool {
                 Op::DupMmap { .. } | Op::DoHugePmdAnonymousPage { .. } | Op::HandleMmFault { .. }
             )
         })
+}
+
+/// Does a CPU (not the setup) unshare or free PMD tables? The pmd_share
+/// target keeps only such scenarios in its corpus.
+pub fn cpu_unshares(scenario: &Scenario) -> bool {
+    scenario.cpus.iter().flatten().any(|op| {
+        matches!(
+            op,
+            Op::Munmap { .. }
+                | Op::MadviseDontneed { .. }
+                | Op::MadviseDontfork { .. }
+                | Op::HugetlbfsPunchHole { .. }
+                | Op::HugetlbVmtruncate { .. }
+                | Op::ExitMmap { .. }
+        )
+    })
 }
 
 /// Set while the model runs under shuttle.

@@ -158,3 +158,82 @@ pub fn guided_hunt_finds(
 /// A counterexample minimized by `engine::minimize` has at most this many
 /// ops (measured: 3-8 over 24 findings; the corpus files have 3-6).
 pub const MINIMIZED_MAX_OPS: usize = 8;
+
+/// Where proptest failures are kept as scenario files: `corpus/proptest/`
+/// (seeds break when a strategy changes; a scenario file does not).
+pub fn persisted_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/proptest")
+}
+
+/// Keep a proptest failure of property `name` as a scenario file, named
+/// after its content so that the same failure is kept once. Returns its
+/// path.
+pub fn persist_failure(name: &str, s: &Scenario) -> std::path::PathBuf {
+    let text = s.to_json();
+    let hash = text.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3)
+    });
+    let dir = persisted_dir();
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join(format!("{name}-{:016x}.json", hash));
+    let _ = std::fs::write(&path, text);
+    path
+}
+
+/// The persisted failures of property `name`.
+pub fn persisted(name: &str) -> Vec<(std::path::PathBuf, Scenario)> {
+    let Ok(dir) = std::fs::read_dir(persisted_dir()) else {
+        return Vec::new();
+    };
+    let mut files: Vec<_> = dir
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{name}-")) && n.ends_with(".json"))
+        })
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let s = Scenario::load(&p).unwrap_or_else(|e| panic!("{e}"));
+            (p, s)
+        })
+        .collect()
+}
+
+/// "The model as built is clean" over `strategy`, as proptest runs it, with
+/// every earlier failure replayed first (each must be clean now) and any new
+/// one kept as a scenario file.
+pub fn fixed_model_is_clean(
+    name: &str,
+    mut runner: proptest::test_runner::TestRunner,
+    strategy: impl proptest::strategy::Strategy<Value = Scenario>,
+) {
+    quiet();
+    for (path, s) in persisted(name) {
+        let o = run_input(&s, false);
+        assert_eq!(
+            o.verdict,
+            Verdict::Clean,
+            "{}: an earlier proptest failure still fails: {}",
+            path.display(),
+            render::verdict(&o)
+        );
+    }
+    if let Err(e) = runner.run(&strategy, |s| replays_clean(&s)) {
+        match e {
+            TestError::Fail(reason, s) => {
+                let path = persist_failure(name, &s);
+                panic!(
+                    "{name}: {reason}; the shrunk case is kept in {}:\n{}",
+                    path.display(),
+                    s.to_json()
+                );
+            }
+            TestError::Abort(why) => panic!("{name}: proptest aborted: {why}"),
+        }
+    }
+}

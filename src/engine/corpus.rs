@@ -9,6 +9,29 @@
 use rand::Rng;
 use rand::rngs::StdRng;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Features are hashes already: hash them no further.
+#[derive(Default)]
+struct FeatureHasher(u64);
+
+impl Hasher for FeatureHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | b as u64;
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+type FeatureMap = HashMap<u64, u64, BuildHasherDefault<FeatureHasher>>;
 
 /// What [`Corpus::observe`] found.
 pub struct Seen {
@@ -37,7 +60,7 @@ pub struct Corpus {
     entries: Vec<Entry>,
     /// Per feature: how many executions reached it (counted per explored
     /// input: a shuttle engine's union over its executions).
-    hits: HashMap<u64, u64>,
+    hits: FeatureMap,
     /// Cumulative weights, for sampling in proportion to weight.
     cumulative: Vec<f64>,
     picks: u64,

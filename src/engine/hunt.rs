@@ -84,6 +84,10 @@ pub struct HuntReport {
     pub executions: u64,
     /// Model steps over every execution.
     pub steps: u64,
+    /// Steps the CPUs took (not the setup's).
+    pub cpu_steps: u64,
+    /// CPUs over every execution (the mean is this over `executions`).
+    pub cpus: u64,
     pub elapsed: Duration,
     pub finding: Option<Finding>,
     /// The model panicked: a harness bug, reported with its scenario.
@@ -92,6 +96,8 @@ pub struct HuntReport {
     pub corpus: usize,
     /// Distinct coverage features reached.
     pub features: usize,
+    /// The observer stopped the hunt before its budget ran out.
+    pub interrupted: bool,
 }
 
 /// The job that explores `scenario` under the hunt's engine.
@@ -183,31 +189,89 @@ fn next_input(rng: &mut StdRng, corpus: &mut Corpus, opts: &HuntOptions) -> Vec<
     m
 }
 
+/// What a hunt's observer wants after each batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// Stop now (Ctrl-C): the report says so.
+    Stop,
+}
+
 pub fn hunt(opts: &HuntOptions) -> HuntReport {
+    hunt_with(opts, &mut |_| Flow::Continue)
+}
+
+/// [`hunt`], showing `observe` the report so far after every batch.
+pub fn hunt_with(opts: &HuntOptions, observe: &mut dyn FnMut(&HuntReport) -> Flow) -> HuntReport {
     let start = Instant::now();
-    let mut rng = StdRng::seed_from_u64(opts.seed);
-    let mut report = HuntReport {
-        engine: opts.engine,
-        scenarios: 0,
-        executions: 0,
-        steps: 0,
-        elapsed: Duration::ZERO,
-        finding: None,
-        model_panic: None,
-        corpus: 0,
-        features: 0,
-    };
-    let mut corpus = Corpus::default();
-    let mut boosts: Vec<Pending> = Vec::new();
-    'hunt: while opts.iterations.is_none_or(|n| report.scenarios < n) && start.elapsed() < opts.time
-    {
-        // A batch: the boosts owed, then fresh or mutated inputs.
-        let mut batch = std::mem::take(&mut boosts);
+    let mut h = Hunter::new(opts.clone());
+    while !h.done() && start.elapsed() < opts.time {
+        h.batch();
+        h.report.elapsed = start.elapsed();
+        if observe(&h.report) == Flow::Stop {
+            h.report.interrupted = true;
+            break;
+        }
+    }
+    h.report.elapsed = start.elapsed();
+    h.report
+}
+
+/// A hunt that runs a batch at a time, so that a caller can share its
+/// budget among hunts (the adaptive default).
+pub struct Hunter {
+    pub opts: HuntOptions,
+    rng: StdRng,
+    corpus: Corpus,
+    boosts: Vec<Pending>,
+    pub report: HuntReport,
+}
+
+impl Hunter {
+    pub fn new(opts: HuntOptions) -> Hunter {
+        Hunter {
+            rng: StdRng::seed_from_u64(opts.seed),
+            corpus: Corpus::default(),
+            boosts: Vec::new(),
+            report: HuntReport {
+                engine: opts.engine,
+                scenarios: 0,
+                executions: 0,
+                steps: 0,
+                cpu_steps: 0,
+                cpus: 0,
+                elapsed: Duration::ZERO,
+                finding: None,
+                model_panic: None,
+                corpus: 0,
+                features: 0,
+                interrupted: false,
+            },
+            opts,
+        }
+    }
+
+    /// Found something, or ran its scenarios.
+    pub fn done(&self) -> bool {
+        self.report.finding.is_some()
+            || self.report.model_panic.is_some()
+            || self
+                .opts
+                .iterations
+                .is_some_and(|n| self.report.scenarios >= n)
+    }
+
+    /// One batch: the boosts owed, then fresh or mutated inputs. Returns
+    /// the features it reached that no execution of this hunt had.
+    pub fn batch(&mut self) -> usize {
+        let opts = &self.opts;
+        let report = &mut self.report;
+        let mut batch = std::mem::take(&mut self.boosts);
         let room = opts
             .iterations
             .map_or(usize::MAX, |n| (n - report.scenarios) as usize);
         while batch.len() < batch_size(opts.engine).min(room) {
-            let bytes = next_input(&mut rng, &mut corpus, opts);
+            let bytes = next_input(&mut self.rng, &mut self.corpus, opts);
             let (scenario, ops_prefix) = decode_with_ops_prefix(&bytes, &opts.generate);
             batch.push(Pending {
                 bytes,
@@ -220,23 +284,29 @@ pub fn hunt(opts: &HuntOptions) -> HuntReport {
             .iter()
             .map(|p| {
                 let executions = opts.executions_per_scenario * if p.boost { ENERGY } else { 1 };
-                job(p.scenario.clone(), opts, rng.next_u64(), executions)
+                job(p.scenario.clone(), opts, self.rng.next_u64(), executions)
             })
             .collect();
+        let mut new = 0;
         for (p, explored) in batch.into_iter().zip(run_jobs(jobs)) {
             report.scenarios += !p.boost as u64;
             report.executions += explored.executions as u64;
             report.steps += explored.steps;
-            let seen = corpus.observe(&explored.features, explored.executions as u64);
+            report.cpu_steps += explored.cpu_steps;
+            report.cpus += (p.scenario.cpus.len() * explored.executions) as u64;
+            let seen = self
+                .corpus
+                .observe(&explored.features, explored.executions as u64);
+            new += seen.new;
             if let Some(outcome) = explored.failure {
-                report_failure(&mut report, &p.scenario, outcome);
-                break 'hunt;
+                report_failure(report, &p.scenario, outcome);
+                break;
             }
             // Energy: a scenario that reaches a feature few executions have
             // explored yet (a new one above all) gets a longer exploration,
             // as AFL gives productive seeds more runs.
             if !p.boost && opts.engine != Engine::Input && seen.least_explored < RARE_BUDGET {
-                boosts.push(Pending {
+                self.boosts.push(Pending {
                     bytes: p.bytes.clone(),
                     ops_prefix: p.ops_prefix.clone(),
                     scenario: p.scenario.clone(),
@@ -244,7 +314,7 @@ pub fn hunt(opts: &HuntOptions) -> HuntReport {
                 });
             }
             if seen.new > 0 {
-                corpus.add(Entry {
+                self.corpus.add(Entry {
                     schedule: explored.replayed.map(|o| o.schedule).unwrap_or_default(),
                     nr_cpus: p.scenario.cpus.len() as u8,
                     bytes: p.bytes,
@@ -253,11 +323,10 @@ pub fn hunt(opts: &HuntOptions) -> HuntReport {
                 });
             }
         }
+        report.corpus = self.corpus.len();
+        report.features = self.corpus.features();
+        new
     }
-    report.elapsed = start.elapsed();
-    report.corpus = corpus.len();
-    report.features = corpus.features();
-    report
 }
 
 /// A failing outcome of `scenario`: a finding, or a model panic.

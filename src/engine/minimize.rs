@@ -1,9 +1,14 @@
 //! Shrink a failing scenario while it keeps failing the same oracle:
-//! fewer CPUs, fewer ops, a shorter schedule with fewer context switches.
-//! Every candidate is replayed with the input scheduler.
+//! fewer CPUs, fewer ops (one at a time, then pairs that only matter
+//! together, such as `fail_next_allocs` and the allocation it fails),
+//! smaller field values, and a shorter schedule with fewer context
+//! switches. Every candidate is replayed with the input scheduler; one
+//! whose old schedule no longer lines up gets a short PCT search for a new
+//! one.
 
 use crate::exec::{Plan, run_input, run_shuttle};
 use crate::model::Oracle;
+use crate::model::op::Role;
 use crate::scenario::{Expect, Scenario};
 use std::time::{Duration, Instant};
 
@@ -59,32 +64,45 @@ impl Shrinker {
         if self.try_replace(best, cand.clone()) {
             return true;
         }
-        if cand.cpus.len() < 2 || self.exhausted() {
+        if self.exhausted() {
             return false;
         }
-        // Races of one, two and three ordered preemptions.
-        for depth in RESCHEDULE_DEPTHS {
-            if self.exhausted() {
-                return false;
-            }
-            let seed = self.runs as u64;
-            let (n, found) = run_shuttle(
-                &cand,
-                Plan::Pct {
-                    seed,
-                    depth,
-                    executions: RESCHEDULE_EXECUTIONS,
-                },
-            );
-            self.runs += n;
-            if let Some(o) = found.filter(|o| o.oracle() == Some(self.target)) {
+        let (runs, schedule) = find_schedule(&cand, self.target, self.runs as u64);
+        self.runs += runs;
+        match schedule {
+            Some(schedule) => {
                 let mut c = cand;
-                c.schedule = o.schedule;
-                return self.try_replace(best, c);
+                c.schedule = schedule;
+                self.try_replace(best, c)
             }
+            None => false,
         }
-        false
     }
+}
+
+/// A schedule on which `s` fails `target`, by a short PCT search for races
+/// of one, two and three ordered preemptions (seeded by `seed`), and the
+/// executions it took.
+pub fn find_schedule(s: &Scenario, target: Oracle, seed: u64) -> (usize, Option<Vec<u8>>) {
+    if s.cpus.len() < 2 {
+        return (0, None);
+    }
+    let mut runs = 0;
+    for depth in RESCHEDULE_DEPTHS {
+        let (n, found) = run_shuttle(
+            s,
+            Plan::Pct {
+                seed: seed.wrapping_add(runs as u64),
+                depth,
+                executions: RESCHEDULE_EXECUTIONS,
+            },
+        );
+        runs += n;
+        if let Some(o) = found.filter(|o| o.oracle() == Some(target)) {
+            return (runs, Some(o.schedule));
+        }
+    }
+    (runs, None)
 }
 
 fn without_cpu(s: &Scenario, cpu: usize) -> Scenario {
@@ -113,9 +131,36 @@ fn list_mut(s: &mut Scenario, which: Option<usize>) -> &mut Vec<crate::scenario:
     }
 }
 
-fn one_pass(sh: &mut Shrinker, best: &mut Scenario) -> bool {
+/// Every op as (list, index).
+fn op_slots(s: &Scenario) -> Vec<(Option<usize>, usize)> {
+    op_lists(s)
+        .into_iter()
+        .flat_map(|w| {
+            let n = match w {
+                None => s.setup.len(),
+                Some(c) => s.cpus[c].len(),
+            };
+            (0..n).map(move |i| (w, i))
+        })
+        .collect()
+}
+
+/// `s` without the ops at `slots` (removed from the end, so indexes hold).
+fn without_ops(s: &Scenario, slots: &[(Option<usize>, usize)]) -> Scenario {
+    let mut c = s.clone();
+    let mut sorted = slots.to_vec();
+    sorted.sort_by_key(|s| std::cmp::Reverse(s.1));
+    for (w, i) in sorted {
+        let list = list_mut(&mut c, w);
+        if i < list.len() {
+            list.remove(i);
+        }
+    }
+    c
+}
+
+fn shrink_cpus(sh: &mut Shrinker, best: &mut Scenario) -> bool {
     let mut progress = false;
-    // Whole CPUs.
     let mut cpu = best.cpus.len();
     while cpu > 0 && best.cpus.len() > 1 {
         cpu -= 1;
@@ -123,23 +168,94 @@ fn one_pass(sh: &mut Shrinker, best: &mut Scenario) -> bool {
             progress |= sh.try_replace_rescheduled(best, without_cpu(best, cpu));
         }
     }
-    // Single ops, last first; then move setup ops... never: setup is
-    // sequential, so an op there is a fact, not part of the race.
-    for which in op_lists(best) {
-        let mut i = list_mut(best, which).len();
-        while i > 0 {
-            i -= 1;
-            let mut c = best.clone();
-            let list = list_mut(&mut c, which);
-            if i >= list.len() {
-                continue;
-            }
-            list.remove(i);
-            progress |= sh.try_replace_rescheduled(best, c);
+    progress
+}
+
+/// Single ops, last first; then, if none could go, pairs.
+fn shrink_ops(sh: &mut Shrinker, best: &mut Scenario) -> bool {
+    let mut progress = false;
+    for slot in op_slots(best).into_iter().rev() {
+        if sh.exhausted() {
+            return progress;
+        }
+        if op_slots(best).contains(&slot) {
+            progress |= sh.try_replace_rescheduled(best, without_ops(best, &[slot]));
         }
     }
-    // The schedule: chop the tail, then drop single choices, then make a
-    // choice repeat its predecessor (one context switch fewer).
+    if progress {
+        return true;
+    }
+    let slots = op_slots(best);
+    for a in 0..slots.len() {
+        for b in a + 1..slots.len() {
+            if sh.exhausted() {
+                return false;
+            }
+            if sh.try_replace_rescheduled(best, without_ops(best, &[slots[a], slots[b]])) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Lower each field: to a smaller value another op already uses for the
+/// same role (fewer distinct numbers), or to its role's least value (not
+/// for pfns: a hint that is not free means "any page", a different
+/// allocation).
+fn lower_numbers(sh: &mut Shrinker, best: &mut Scenario) -> bool {
+    let mut progress = false;
+    for (w, i) in op_slots(best) {
+        let op = list_mut(best, w)[i].clone();
+        let kind = op.kind();
+        for (f, &role) in kind.roles().iter().enumerate() {
+            let value = op.values()[f];
+            let least = *role.range(&best.config).0.start();
+            let mut candidates: Vec<u32> = best
+                .ops()
+                .filter(|(_, o)| o.kind() != kind || **o != op)
+                .flat_map(|(_, o)| {
+                    o.kind()
+                        .roles()
+                        .iter()
+                        .zip(o.values())
+                        .filter(|(r, _)| **r == role)
+                        .map(|(_, v)| v)
+                        .collect::<Vec<_>>()
+                })
+                .filter(|&v| v < value)
+                .collect();
+            if role != Role::Pfn {
+                candidates.push(least);
+            }
+            candidates.sort_unstable();
+            candidates.dedup();
+            for v in candidates.into_iter().filter(|&v| v < value) {
+                if sh.exhausted() {
+                    return progress;
+                }
+                let cur = list_mut(best, w)[i].clone();
+                let mut values = cur.values();
+                if values[f] <= v {
+                    break;
+                }
+                values[f] = v;
+                let mut c = best.clone();
+                list_mut(&mut c, w)[i] = kind.with(&values);
+                if sh.try_replace_rescheduled(best, c) {
+                    progress = true;
+                    break;
+                }
+            }
+        }
+    }
+    progress
+}
+
+/// The schedule: chop the tail, then drop single choices, then make a
+/// choice repeat its predecessor (one context switch fewer).
+fn shrink_schedule(sh: &mut Shrinker, best: &mut Scenario) -> bool {
+    let mut progress = false;
     let mut chunk = best.schedule.len().div_ceil(2);
     while chunk > 0 && !sh.exhausted() {
         let mut c = best.clone();
@@ -168,6 +284,17 @@ fn one_pass(sh: &mut Shrinker, best: &mut Scenario) -> bool {
             progress |= sh.try_replace(best, c);
         }
     }
+    progress
+}
+
+/// Structure first; numbers only once no CPU or op can go.
+fn one_pass(sh: &mut Shrinker, best: &mut Scenario) -> bool {
+    let mut progress = shrink_cpus(sh, best);
+    progress |= shrink_ops(sh, best);
+    if !progress {
+        progress |= lower_numbers(sh, best);
+    }
+    progress |= shrink_schedule(sh, best);
     progress
 }
 

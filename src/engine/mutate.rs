@@ -56,9 +56,16 @@ pub fn mutate(rng: &mut StdRng, base: &[u8], other: &[u8]) -> Vec<u8> {
 
 /// Edit a schedule (the CPU chosen at each decision, as an execution
 /// recorded it) and encode it as schedule bytes. The edits are the ones a
-/// race needs: move a context switch a few decisions earlier or later,
-/// preempt a CPU for a few decisions, drop a preemption, or stop choosing
-/// (the running CPU then continues).
+/// race needs: move a context switch earlier or later, preempt a CPU for a
+/// while, drop a preemption, or stop choosing (the running CPU then
+/// continues).
+/// A distance of 1 to 32 decisions, log-uniform: a race's next step may be
+/// one decision away or a whole kernel path later.
+fn distance(rng: &mut StdRng) -> usize {
+    let top = 1usize << rng.gen_range(0..=5);
+    rng.gen_range(top / 2 + 1..=top)
+}
+
 pub fn mutate_schedule(rng: &mut StdRng, schedule: &[u8], nr_cpus: u8) -> Vec<u8> {
     let mut d = schedule.to_vec();
     for _ in 0..rng.gen_range(1..=2) {
@@ -67,7 +74,7 @@ pub fn mutate_schedule(rng: &mut StdRng, schedule: &[u8], nr_cpus: u8) -> Vec<u8
             // Move a switch: the run before it grows or shrinks.
             0 | 1 if !switches.is_empty() => {
                 let i = switches[rng.gen_range(0..switches.len())];
-                let by = rng.gen_range(1..=4usize);
+                let by = distance(rng);
                 if rng.gen_bool(0.5) {
                     let (cpu, end) = (d[i - 1], (i + by).min(d.len()));
                     d[i..end].fill(cpu);
@@ -80,7 +87,7 @@ pub fn mutate_schedule(rng: &mut StdRng, schedule: &[u8], nr_cpus: u8) -> Vec<u8
             2 => {
                 let at = rng.gen_range(0..=d.len());
                 let cpu = rng.gen_range(0..nr_cpus);
-                let n = rng.gen_range(1..=4);
+                let n = distance(rng);
                 d.splice(at..at, std::iter::repeat_n(cpu, n));
             }
             // Drop a preemption: a run takes its predecessor's CPU.

@@ -1,13 +1,16 @@
-//! Running jobs: many executions of many scenarios in one shuttle run.
+//! Running jobs: many executions of many scenarios, at the speed of the
+//! scheduler.
 //!
-//! shuttle's continuation pool lives for one `Runner::run`, so a runner per
-//! execution would allocate fresh coroutine stacks every time. Here one
-//! runner serves a whole batch: its scheduler hands out the next
-//! execution (of the running job, or of the next job), and the body picks
-//! the job up from the shared batch state. The machine is booted once per
-//! configuration and reset between executions; a job with many executions
-//! runs its (sequential) setup once. A panic in one execution is reported
-//! as that job's verdict, and the batch carries on in a new runner.
+//! shuttle's `Runner` makes a continuation pool per `run`, so a runner per
+//! execution would allocate fresh coroutine stacks (mmap, mprotect,
+//! munmap) every time. Here each thread keeps one pool and one booted
+//! machine for its whole life, and runs every execution through shuttle's
+//! `Execution` inside that pool: a batch, a single replay (a fuzz target's
+//! input), the minimizer's candidates all reuse the stacks and the machine.
+//! The machine is reset to its booted state between executions (no
+//! allocation); a job with many executions runs its (sequential) setup
+//! once. A panic in one execution is reported as that job's verdict, and
+//! the batch carries on.
 
 use super::executor::{ExecState, STEP_BOUND, SharedState, ShuttleExecutor, lock};
 use super::schedulers::{Decision, InputScheduler, classify, cpu_of};
@@ -19,8 +22,11 @@ use shuttle::scheduler::{
     DfsScheduler, PctScheduler, RandomScheduler, Schedule, Scheduler, Task, TaskId,
 };
 use shuttle::{FailurePersistence, MaxSteps, Runner};
-use std::cell::Cell;
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use shuttle_engine::runtime::execution::Execution;
+use shuttle_engine::runtime::thread::continuation::{CONTINUATION_POOL, ContinuationPool};
+use std::cell::{Cell, RefCell};
+use std::panic::{AssertUnwindSafe, Location, catch_unwind};
+use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard, Once};
 
 /// What an execution records besides its verdict.
@@ -122,8 +128,11 @@ pub struct Outcome {
     pub verdict: Verdict,
     /// The CPU chosen at each decision, as the input scheduler replays it.
     pub schedule: Vec<u8>,
-    /// Model steps executed.
+    /// Model steps executed, setup included.
     pub steps: u32,
+    /// Of those, the setup's (run before the CPUs start, not scheduling
+    /// points).
+    pub setup_steps: u32,
     pub trace: Vec<TraceEvent>,
     /// Coverage features, when asked for (see `model::kcov::Coverage`).
     pub features: Vec<u64>,
@@ -150,6 +159,8 @@ pub struct Explored {
     pub executions: usize,
     /// Model steps over every execution.
     pub steps: u64,
+    /// Of those, the steps the CPUs took (each a scheduling point).
+    pub cpu_steps: u64,
     /// The first non-clean outcome; its schedule replays under
     /// [`Plan::Replay`].
     pub failure: Option<Outcome>,
@@ -168,52 +179,65 @@ fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The batch, shared by its scheduler and its body.
-struct BatchState {
-    jobs: Vec<Job>,
-    results: Vec<Explored>,
-    /// The job whose executions are running.
-    current: Option<usize>,
-    next: usize,
-    /// The running job found a violation: start no more of its executions.
-    stop_job: bool,
-    /// The booted machine of the last configuration.
+/// What a thread keeps from one run of jobs to the next: the booted
+/// machine of the last configuration, and the state executions run on.
+#[derive(Default)]
+struct Cache {
     booted: Option<(Config, usize, Machine)>,
-    /// The running job's machine after its setup, when it has more than one
-    /// execution.
-    after_setup: Option<(Machine, Record)>,
-    /// The machine of the running execution, reused between executions.
     exec: Option<SharedState>,
+    /// What the execution state's machine was last reset from.
+    source: Source,
 }
 
-impl BatchState {
-    /// Start the next job; false when there is none.
-    fn start_next(&mut self) -> bool {
-        self.after_setup = None;
-        self.stop_job = false;
-        if self.next >= self.jobs.len() {
-            self.current = None;
-            return false;
-        }
-        self.current = Some(self.next);
-        self.next += 1;
-        true
-    }
+/// A machine an execution starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Source {
+    #[default]
+    None,
+    Booted,
+    /// The setup of the job with this serial number.
+    AfterSetup(u64),
+}
 
+thread_local! {
+    /// Coroutine stacks, reused by every execution on this thread.
+    static POOL: ContinuationPool = ContinuationPool::new();
+    static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+}
+
+/// The running job, shared by the run loop and the body.
+struct Running {
+    job: Option<Job>,
+    /// The job's machine after its setup, when it has more than one
+    /// execution.
+    after_setup: Option<(Machine, Record)>,
+    cache: Cache,
+    result: Explored,
+    /// An execution failed: start no more of the job's.
+    stop: bool,
+    /// Numbers jobs, for `Source::AfterSetup`.
+    serial: u64,
+}
+
+impl Running {
     fn job(&self) -> &Job {
-        &self.jobs[self.current.expect("a job is running")]
+        self.job.as_ref().expect("a job is running")
     }
 
     fn report(&mut self, o: Outcome) {
-        let i = self.current.expect("a job is running");
-        let replay = self.jobs[i].plan == Plan::Replay;
+        let replay = self.job().plan == Plan::Replay;
         let failed = o.verdict != Verdict::Clean;
-        self.stop_job |= failed;
-        let r = &mut self.results[i];
+        self.stop |= failed;
+        let r = &mut self.result;
         r.executions += 1;
         r.steps += o.steps as u64;
+        r.cpu_steps += (o.steps - o.setup_steps) as u64;
         r.reached |= o.reached;
-        r.features.extend_from_slice(&o.features);
+        if r.features.is_empty() {
+            r.features.clone_from(&o.features);
+        } else {
+            r.features.extend_from_slice(&o.features);
+        }
         if replay {
             if failed && r.failure.is_none() {
                 r.failure = Some(o.clone());
@@ -225,32 +249,17 @@ impl BatchState {
     }
 }
 
-/// The scheduler of a batch: forced moves are made without asking, each
-/// decision is delegated to the running job's scheduler and logged.
-struct BatchScheduler {
-    batch: Arc<Mutex<BatchState>>,
+/// A job's scheduler: forced moves are made without asking, each decision
+/// is delegated to the plan's scheduler and logged.
+struct JobScheduler {
+    inner: Box<dyn Scheduler + Send>,
     log: ScheduleLog,
-    inner: Option<Box<dyn Scheduler + Send>>,
 }
 
-impl Scheduler for BatchScheduler {
+impl Scheduler for JobScheduler {
     fn new_execution(&mut self) -> Option<Schedule> {
-        loop {
-            let mut b = guard(&self.batch);
-            if let Some(inner) = self.inner.as_mut()
-                && !b.stop_job
-                && let Some(s) = inner.new_execution()
-            {
-                guard(&self.log).clear();
-                return Some(s);
-            }
-            if !b.start_next() {
-                self.inner = None;
-                return None;
-            }
-            let job = b.job();
-            self.inner = Some(job.plan.scheduler(&job.scenario));
-        }
+        guard(&self.log).clear();
+        self.inner.new_execution()
     }
 
     fn next_task(
@@ -262,10 +271,7 @@ impl Scheduler for BatchScheduler {
         match classify(runnable) {
             Decision::Forced(t) => Some(t),
             Decision::Choose => {
-                let t = self
-                    .inner
-                    .as_mut()?
-                    .next_task(runnable, current, yielding)?;
+                let t = self.inner.next_task(runnable, current, yielding)?;
                 guard(&self.log).push(cpu_of(t));
                 Some(t)
             }
@@ -273,40 +279,48 @@ impl Scheduler for BatchScheduler {
     }
 
     fn next_u64(&mut self) -> u64 {
-        self.inner.as_mut().map_or(0, |s| s.next_u64())
+        self.inner.next_u64()
     }
 }
 
 /// Prepare the running execution's state: the booted machine of its
 /// configuration, then its setup (run now, or copied from the job's first
-/// execution). Returns the scenario, what to observe and the state.
-fn begin_execution(batch: &Mutex<BatchState>) -> (Arc<Scenario>, SharedState) {
-    let mut b = guard(batch);
-    let job = b.job().clone();
+/// execution). Returns the scenario and the state.
+fn begin_execution(running: &Mutex<Running>) -> (Arc<Scenario>, SharedState) {
+    let mut r = guard(running);
+    let r = &mut *r;
+    let job = r.job().clone();
     let s = &job.scenario;
     let nr_cpus = s.cpus.len();
-    let exec = b
+    let exec = r
+        .cache
         .exec
         .get_or_insert_with(|| {
             Arc::new(Mutex::new(ExecState {
                 machine: Machine::new(s.config, nr_cpus),
                 record: Record::default(),
+                setup_steps: 0,
                 running: 0,
                 waiters: 0,
             }))
         })
         .clone();
     let mut st = lock(&exec);
-    if let Some((m, r)) = &b.after_setup {
-        st.machine.clone_from(m);
-        st.record.clone_from(r);
+    if let Some((m, rec)) = &r.after_setup {
+        let source = Source::AfterSetup(r.serial);
+        st.machine.reset_to(m, r.cache.source == source);
+        r.cache.source = source;
+        st.record.clone_from(rec);
     } else {
-        let fresh = matches!(&b.booted, Some((c, n, _)) if *c == s.config && *n == nr_cpus);
+        let fresh = matches!(&r.cache.booted, Some((c, n, _)) if *c == s.config && *n == nr_cpus);
         if !fresh {
-            b.booted = Some((s.config, nr_cpus, Machine::new(s.config, nr_cpus)));
+            r.cache.booted = Some((s.config, nr_cpus, Machine::new(s.config, nr_cpus)));
+            r.cache.source = Source::None;
         }
-        let (_, _, booted) = b.booted.as_ref().expect("booted above");
-        st.machine.clone_from(booted);
+        let (_, _, booted) = r.cache.booted.as_ref().expect("booted above");
+        st.machine
+            .reset_to(booted, r.cache.source == Source::Booted);
+        r.cache.source = Source::Booted;
         st.machine.trace.set_enabled(job.observe.tracing);
         st.machine.kcov = None;
         st.machine.reached = job.observe.reach.then_some(0);
@@ -321,9 +335,10 @@ fn begin_execution(batch: &Mutex<BatchState>) -> (Arc<Scenario>, SharedState) {
         st.record = seq.into_record();
         st.machine.flush_tlb_all();
         if job.plan.executions() > 1 {
-            b.after_setup = Some((st.machine.clone(), st.record.clone()));
+            r.after_setup = Some((st.machine.clone(), st.record.clone()));
         }
     }
+    st.setup_steps = st.record.steps;
     if job.observe.coverage {
         st.machine.kcov = Some(Coverage::new(st.machine.nr_pfns(), job.observe.conflicts));
     }
@@ -342,6 +357,7 @@ fn outcome_of(st: &mut ExecState, log: &ScheduleLog) -> Outcome {
         },
         schedule: guard(log).clone(),
         steps: st.record.steps,
+        setup_steps: st.setup_steps,
         trace: st.record.trace.take().unwrap_or_default(),
         features: st
             .machine
@@ -355,9 +371,9 @@ fn outcome_of(st: &mut ExecState, log: &ScheduleLog) -> Outcome {
 
 /// The closure shuttle runs for every execution: set up, spawn one thread
 /// per CPU, join, check quiescence, report.
-fn body(batch: Arc<Mutex<BatchState>>, log: ScheduleLog) -> impl Fn() + Send + Sync + 'static {
+fn body(running: Arc<Mutex<Running>>, log: ScheduleLog) -> impl FnOnce() + Send + 'static {
     move || {
-        let (scenario, state) = begin_execution(&batch);
+        let (scenario, state) = begin_execution(&running);
         let ex = Arc::new(ShuttleExecutor::new(scenario.config, state.clone()));
         let handles: Vec<_> = (0..scenario.cpus.len())
             .map(|i| {
@@ -387,7 +403,7 @@ fn body(batch: Arc<Mutex<BatchState>>, log: ScheduleLog) -> impl Fn() + Send + S
         }
         let o = outcome_of(&mut st, &log);
         drop(st);
-        guard(&batch).report(o);
+        guard(&running).report(o);
     }
 }
 
@@ -426,13 +442,13 @@ pub fn classify_failure(message: &str) -> Option<Oracle> {
 }
 
 /// The verdict on the execution that a panic stopped.
-fn failed_outcome(message: String, batch: &Mutex<BatchState>, log: &ScheduleLog) -> Outcome {
-    let exec = guard(batch).exec.clone();
+fn failed_outcome(message: String, exec: Option<SharedState>, log: &ScheduleLog) -> Outcome {
     let Some(exec) = exec else {
         return Outcome {
             verdict: Verdict::ModelPanic(message),
-            schedule: Vec::new(),
+            schedule: guard(log).clone(),
             steps: 0,
+            setup_steps: 0,
             trace: Vec::new(),
             features: Vec::new(),
             reached: 0,
@@ -481,46 +497,76 @@ pub fn quiet_shuttle_panics() {
 
 /// Run every job; one result per job, in order.
 pub fn run_jobs(jobs: Vec<Job>) -> Vec<Explored> {
-    let n = jobs.len();
-    let batch = Arc::new(Mutex::new(BatchState {
-        jobs,
-        results: vec![Explored::default(); n],
-        current: None,
-        next: 0,
-        stop_job: false,
-        booted: None,
-        after_setup: None,
-        exec: None,
-    }));
     let log = ScheduleLog::default();
-    loop {
-        let scheduler = BatchScheduler {
-            batch: batch.clone(),
-            log: log.clone(),
-            inner: None,
-        };
-        let f = body(batch.clone(), log.clone());
-        IN_EXECUTION.with(|c| c.set(true));
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            Runner::new(scheduler, shuttle_config()).run(f)
-        }));
-        IN_EXECUTION.with(|c| c.set(false));
-        let Err(payload) = result else { break };
-        let o = failed_outcome(panic_message(payload.as_ref()), &batch, &log);
-        let mut b = guard(&batch);
-        // The machine may be mid-step: boot afresh for the next execution.
-        b.exec = None;
-        b.report(o);
-        if b.next >= b.jobs.len() {
-            break;
-        }
-    }
-    let mut b = guard(&batch);
-    let mut results = std::mem::take(&mut b.results);
-    for r in &mut results {
-        r.features.sort_unstable();
-        r.features.dedup();
-    }
+    let config = shuttle_config();
+    let running = Arc::new(Mutex::new(Running {
+        job: None,
+        after_setup: None,
+        cache: CACHE.with(|c| {
+            let mut cache = std::mem::take(&mut *c.borrow_mut());
+            // Job serial numbers start again with this run.
+            if matches!(cache.source, Source::AfterSetup(_)) {
+                cache.source = Source::None;
+            }
+            cache
+        }),
+        result: Explored::default(),
+        stop: false,
+        serial: 0,
+    }));
+    let mut results = Vec::with_capacity(jobs.len());
+    POOL.with(|pool| {
+        CONTINUATION_POOL.set(pool, || {
+            for job in jobs {
+                let scheduler = Rc::new(RefCell::new(JobScheduler {
+                    inner: job.plan.scheduler(&job.scenario),
+                    log: log.clone(),
+                }));
+                {
+                    let mut r = guard(&running);
+                    r.job = Some(job);
+                    r.after_setup = None;
+                    r.stop = false;
+                    r.serial += 1;
+                }
+                loop {
+                    let Some(schedule) = scheduler.borrow_mut().new_execution() else {
+                        break;
+                    };
+                    let f = body(running.clone(), log.clone());
+                    IN_EXECUTION.with(|c| c.set(true));
+                    let ran = catch_unwind(AssertUnwindSafe(|| {
+                        Execution::new(scheduler.clone(), schedule).run(
+                            &config,
+                            f,
+                            Location::caller(),
+                        )
+                    }));
+                    IN_EXECUTION.with(|c| c.set(false));
+                    let mut r = guard(&running);
+                    if let Err(payload) = ran {
+                        let exec = r.cache.exec.take();
+                        r.cache.source = Source::None;
+                        let o = failed_outcome(panic_message(payload.as_ref()), exec, &log);
+                        r.report(o);
+                    }
+                    if r.stop {
+                        // Run the plan out without executing it: shuttle's
+                        // random scheduler reports a failing seed on
+                        // stderr if it is dropped early.
+                        while scheduler.borrow_mut().inner.new_execution().is_some() {}
+                        break;
+                    }
+                }
+                let mut r = std::mem::take(&mut guard(&running).result);
+                r.features.sort_unstable();
+                r.features.dedup();
+                results.push(r);
+            }
+        })
+    });
+    let cache = std::mem::take(&mut guard(&running).cache);
+    CACHE.with(|c| *c.borrow_mut() = cache);
     results
 }
 

@@ -16,6 +16,8 @@ pub const STEP_BOUND: u32 = 100_000;
 pub struct ExecState {
     pub machine: Machine,
     pub record: Record,
+    /// Steps the setup took, before the CPUs started.
+    pub setup_steps: u32,
     /// CPU threads that have not finished.
     pub running: u32,
     /// CPUs blocked on the gate and not notified since (changed only with
@@ -92,8 +94,17 @@ impl Executor for ShuttleExecutor {
         body: &mut dyn FnMut(&mut Machine) -> Result<(), Violation>,
     ) -> KResult<()> {
         // The one scheduling point of a step (shuttle's sleep is a plain
-        // context switch).
-        shuttle::thread::sleep(Duration::ZERO);
+        // context switch), unless no other CPU could run: it would be a
+        // forced move, never a decision, so skipping it changes no
+        // schedule (the main thread only waits for the CPUs, and a CPU
+        // woken but not yet run is no longer counted as a waiter).
+        let alone = {
+            let st = lock(&self.state);
+            st.running <= st.waiters + 1
+        };
+        if !alone {
+            shuttle::thread::sleep(Duration::ZERO);
+        }
         let mut gate = None;
         let mut st = lock(&self.state);
         let ready = |st: &ExecState| ready.is_none_or(|r| r(&st.machine));
@@ -158,6 +169,7 @@ mod tests {
         Arc::new(Mutex::new(ExecState {
             machine: Machine::new(Config::default(), nr_cpus as usize),
             record: Record::default(),
+            setup_steps: 0,
             running: nr_cpus,
             waiters: 0,
         }))

@@ -6,6 +6,7 @@
 mod batch;
 mod executor;
 pub mod schedulers;
+pub mod toy;
 
 pub use batch::{
     Explored, Job, Observe, Outcome, Plan, Verdict, classify_failure, quiet_shuttle_panics, replay,

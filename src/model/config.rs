@@ -294,6 +294,11 @@ pub struct Config {
     /// (see [`Config::cow`]).
     #[serde(default, skip_serializing_if = "is_default_cow")]
     pub cow: CowDesign,
+    /// `hugepages=N` on the kernel command line: hugetlb folios put in the
+    /// pool at boot (`hugetlb_hstate_alloc_pages`, HVO'd as they join it),
+    /// from blocks 1, 2, ...
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hugepages: u8,
     /// Enabled bug variants.
     #[serde(default)]
     pub variants: VariantSet,
@@ -315,6 +320,10 @@ fn is_default_cow(cow: &CowDesign) -> bool {
     *cow == CowDesign::default()
 }
 
+fn is_zero(n: &u8) -> bool {
+    *n == 0
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -324,6 +333,7 @@ impl Default for Config {
             mms: default_mms(),
             vmas: Vmas::default(),
             cow: CowDesign::default(),
+            hugepages: 0,
             variants: VariantSet::default(),
         }
     }
@@ -345,6 +355,23 @@ impl Config {
                 "memory_blocks {} is out of range 2..=8",
                 self.memory_blocks
             ));
+        }
+        if self.hugepages >= self.memory_blocks {
+            return Err(format!(
+                "hugepages {} does not fit in {} memory blocks (block 0 holds the memmap)",
+                self.hugepages, self.memory_blocks
+            ));
+        }
+        if self
+            .vmas
+            .slots()
+            .filter(|v| v.kind == VmaKind::HugetlbShared)
+            .count()
+            > 1
+        {
+            return Err(
+                "at most one hugetlb VMA: each maps the hugetlbfs file from offset 0".into(),
+            );
         }
         if !(1..=MAX_MMS).contains(&self.mms) {
             return Err(format!("mms {} is out of range 1..={MAX_MMS}", self.mms));

@@ -9,6 +9,7 @@ use super::machine::{Machine, Pfn};
 use super::mm_types::{Mapping, pg};
 use super::oracle::Violation;
 use super::page_ref::{folio_put, folio_try_get};
+use super::pgtable::RwSem;
 use crate::ktrace;
 
 #[derive(Debug)]
@@ -17,15 +18,24 @@ pub struct AddressSpace {
     pub slots: Vec<Option<Pfn>>,
     /// The CPU holding `xa_lock`, if any.
     pub xa_lock: Option<u8>,
+    /// `mapping->i_mmap_rwsem`, the file rmap lock: readers walk the VMAs
+    /// that map the file (`i_mmap`) and their page tables; PMD unsharing
+    /// and VMA insertion and removal take it for write.
+    pub i_mmap_rwsem: RwSem,
 }
 
-crate::clone_by_field!(AddressSpace { slots, xa_lock });
+crate::clone_by_field!(AddressSpace {
+    slots,
+    xa_lock,
+    i_mmap_rwsem
+});
 
 impl AddressSpace {
     pub fn new(nr_slots: u32) -> Self {
         AddressSpace {
             slots: vec![None; nr_slots as usize],
             xa_lock: None,
+            i_mmap_rwsem: RwSem::default(),
         }
     }
 

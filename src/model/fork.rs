@@ -26,7 +26,7 @@ use super::ledger::Forking;
 use super::machine::{Machine, Pfn};
 use super::memory::new_anon_mapping;
 use super::mm_types::pg;
-use super::mmap::exit_mmap_locked;
+use super::mmap::{ExitPlan, exit_mmap_locked};
 use super::oracle::Violation;
 use super::page_flags::compound_head;
 use super::page_ref::{folio_get, folio_ref_add};
@@ -41,18 +41,22 @@ pub fn dup_mmap(cpu: &Cpu, mm: u8, child: u8) -> KResult<()> {
         return Ok(());
     }
     let me = cpu.index() as u8;
-    cpu.step_when(
+    let plan = cpu.step_when(
         "dup_mmap",
-        |m| m.mms[mm as usize].mmap_lock.can_write() && m.mms[child as usize].mmap_lock.can_write(),
+        |m| {
+            m.mms[mm as usize].mmap_lock.can_write()
+                && m.mms[child as usize].mmap_lock.can_write()
+                && m.cpus.iter().all(|c| c.gup_fast_mm != Some(child))
+        },
         |m| {
             m.mms[mm as usize].mmap_lock.writer = Some(me);
             m.mms[child as usize].mmap_lock.writer = Some(me);
             m.mms[child as usize].in_fork = true;
             ktrace!(m, "fork of mm{mm} into slot {child}: mm{child} exits first");
-            Ok(())
+            Ok(ExitPlan::of(m, child))
         },
     )?;
-    exit_mmap_locked(cpu, child)?;
+    exit_mmap_locked(cpu, child, plan)?;
     let linked = cpu.step("anon_vma_fork", |m| anon_vma_fork(m, mm, child))?;
     let copied = linked && copy_page_range(cpu, mm, child)?;
     cpu.step("dup_mmap", |m| {
@@ -70,7 +74,8 @@ pub fn dup_mmap(cpu: &Cpu, mm: u8, child: u8) -> KResult<()> {
     })?;
     if !copied {
         // copy_process's error path: mmput() of the half-built child.
-        exit_mmap_locked(cpu, child)?;
+        let plan = cpu.step("mmput", |m| Ok(ExitPlan::of(m, child)))?;
+        exit_mmap_locked(cpu, child, plan)?;
         cpu.step("mmput", |m| {
             super::mmap::exec_new_process(m, child);
             m.mms[child as usize].in_fork = false;
@@ -86,6 +91,12 @@ pub fn dup_mmap(cpu: &Cpu, mm: u8, child: u8) -> KResult<()> {
 fn anon_vma_fork(m: &mut Machine, mm: u8, child: u8) -> Result<bool, Violation> {
     let parent = &m.mms[mm as usize];
     let (avc, vm) = (parent.avc, parent.vm);
+    let hugetlb: Vec<_> = parent
+        .hugetlb_vmas
+        .iter()
+        .filter(|v| v.lock.is_some())
+        .map(|v| (v.start, v.end, v.pgoff))
+        .collect();
     let root = m.anon_vmas[parent.anon_vma as usize].root;
     let Some(id) = m.anon_vma_alloc(Some(root)) else {
         return Ok(false);
@@ -94,6 +105,13 @@ fn anon_vma_fork(m: &mut Machine, mm: u8, child: u8) -> Result<bool, Violation> 
     c.anon_vma = id;
     c.avc = avc | 1 << id;
     c.vm = vm;
+    c.exited = false;
+    // The child's hugetlb VMAs, each with a new VMA lock
+    // (`hugetlb_vm_op_open`); their pages fault in again.
+    c.hugetlb_vmas.clear();
+    for (start, end, pgoff) in hugetlb {
+        c.new_vma(start, end, pgoff);
+    }
     for v in c.vm.iter_mut().filter(|v| v.dontcopy) {
         v.mapped = false;
         v.dontcopy = false;

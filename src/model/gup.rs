@@ -7,7 +7,9 @@
 //! high (seed 003).
 
 use super::KResult;
+use super::config::VmaKind;
 use super::ctx::Cpu;
+use super::hugetlb::{hugetlb_vma_lock_read, hugetlb_vma_unlock_read, hugetlb_walk};
 use super::machine::{Content, Hold, Machine, Pfn};
 use super::memory::{FaultKind, handle_mm_fault_kind, mmap_read_lock, mmap_read_unlock};
 use super::mm_types::{Mapping, pg};
@@ -67,6 +69,8 @@ fn gup_must_unshare(
 /// What GUP-fast read before taking its reference.
 #[derive(Clone, Copy)]
 struct Seen {
+    /// The PMD table the PUD pointed at (`pmdp` points into it).
+    table: Pfn,
     pmd: PmdVal,
     /// The PTE, unless the PMD is a leaf (`gup_fast_pmd_leaf`).
     pte: Option<PteVal>,
@@ -80,10 +84,16 @@ struct Seen {
     seq: Option<u32>,
 }
 
-/// The lockless walk: PMD, then PTE, then `page_folio`. A `FOLL_WRITE`
-/// walk refuses a read-only entry (`pte_access_permitted`).
-fn gup_fast_walk(m: &mut Machine, a: Uaddr, write: bool) -> Result<Option<Seen>, Violation> {
-    let pmd = m.pmd(a);
+/// The lockless walk below the PUD: the PMD entry in the table the PUD
+/// pointed at (`pmdp_get_lockless`), then the PTE, then `page_folio`. A
+/// `FOLL_WRITE` walk refuses a read-only entry (`pte_access_permitted`).
+fn gup_fast_walk(
+    m: &mut Machine,
+    a: Uaddr,
+    table: Pfn,
+    write: bool,
+) -> Result<Option<Seen>, Violation> {
+    let pmd = m.walk_pmd(a, table)?;
     let (pte, page, write_bit, unshare_page) = match pmd {
         PmdVal::None => return Ok(None),
         PmdVal::Leaf(l) => (None, l.pfn + a.pmd_offset(), l.write, l.pfn),
@@ -106,6 +116,7 @@ fn gup_fast_walk(m: &mut Machine, a: Uaddr, write: bool) -> Result<Option<Seen>,
         "{a}: pmd {pmd:?}, ptep_get_lockless = {pte:?}; page_folio = pfn {folio}"
     );
     Ok(Some(Seen {
+        table,
         pmd,
         pte,
         page,
@@ -116,11 +127,12 @@ fn gup_fast_walk(m: &mut Machine, a: Uaddr, write: bool) -> Result<Option<Seen>,
     }))
 }
 
-/// `gup_fast` → `gup_fast_pmd_range` → `gup_fast_pte_range` (or
-/// `gup_fast_pmd_leaf`) for one page, between `local_irq_save` and
-/// `local_irq_restore`: an RCU read section, which is what lets it walk a
-/// page table that `tlb_remove_table` is about to free. Returns whether it
-/// got the page.
+/// `gup_fast` → `gup_fast_pud_range` → `gup_fast_pmd_range` →
+/// `gup_fast_pte_range` (or `gup_fast_pmd_leaf`) for one page, between
+/// `local_irq_save` and `local_irq_restore`: with interrupts off it is in
+/// an RCU read section (which holds `tlb_remove_table` off) and takes no
+/// IPI (which holds `tlb_remove_table_sync_one` off). The PUD and the PMD
+/// entry are separate loads. Returns whether it got the page.
 ///
 /// A pin first reads `mm->write_protect_seq` (odd: fork is write-protecting
 /// the page tables, so leave it to the slow path, which waits for fork's
@@ -128,9 +140,9 @@ fn gup_fast_walk(m: &mut Machine, a: Uaddr, write: bool) -> Result<Option<Seen>,
 fn gup_fast(cpu: &Cpu, a: Uaddr, foll: Foll, write: bool) -> KResult<bool> {
     let cfg = *cpu.cfg();
     let seqcount = foll == Foll::Pin && !cfg.has(Variant::GupFastNoWriteProtectSeq);
-    let seen = cpu.step("gup_fast_pte_range", |m| {
+    let start = cpu.step("gup_fast_pud_range", |m| {
         let mm = &m.mms[a.mm as usize];
-        if mm.in_fork {
+        if mm.exited || mm.in_fork {
             return Ok(None);
         }
         let seq = seqcount.then_some(mm.write_protect_seq);
@@ -139,9 +151,21 @@ fn gup_fast(cpu: &Cpu, a: Uaddr, foll: Foll, write: bool) -> KResult<bool> {
             return Ok(None);
         }
         m.local_irq_save();
-        let seen = gup_fast_walk(m, a, write)?.map(|s| Seen { seq, ..s });
+        let c = m.cpu_index();
+        m.cpus[c].gup_fast_mm = Some(a.mm);
+        let t = m.walk_started(a);
+        if t.is_none() {
+            gup_fast_end(m);
+        }
+        Ok(t.map(|t| (t, seq)))
+    })?;
+    let Some((table, seq)) = start else {
+        return Ok(false);
+    };
+    let seen = cpu.step("gup_fast_pmd_range", |m| {
+        let seen = gup_fast_walk(m, a, table, write)?.map(|s| Seen { seq, ..s });
         if seen.is_none() {
-            m.local_irq_restore();
+            gup_fast_end(m);
         }
         Ok(seen)
     })?;
@@ -150,19 +174,26 @@ fn gup_fast(cpu: &Cpu, a: Uaddr, foll: Foll, write: bool) -> KResult<bool> {
     };
     if !try_grab_folio_fast(cpu, seen, foll)? {
         cpu.step("local_irq_restore", |m| {
-            m.local_irq_restore();
+            gup_fast_end(m);
             Ok(())
         })?;
         return Ok(false);
     }
-    let kept = cpu.step("gup_fast_pte_range", |m| {
-        m.local_irq_restore();
-        let pmd_ok = cfg.has(Variant::GupFastNoPmdRecheck) || m.pmd(a) == seen.pmd;
+    let func = match seen.pmd {
+        PmdVal::Leaf(_) => "gup_fast_pmd_leaf",
+        _ => "gup_fast_pte_range",
+    };
+    let kept = cpu.step(func, |m| {
+        // The recheck reloads through `pmdp`, the pointer into the table
+        // the PUD pointed at, not through the PUD again.
+        let pmd_ok =
+            cfg.has(Variant::GupFastNoPmdRecheck) || m.walk_pmd(a, seen.table)? == seen.pmd;
         let pte_ok = cfg.has(Variant::GupFastNoRecheck)
             || match (seen.pmd, seen.pte) {
                 (PmdVal::Table(t), Some(pte)) => m.walk_pte(t, a)? == pte,
                 _ => true,
             };
+        gup_fast_end(m);
         if !(pmd_ok && pte_ok) {
             ktrace!(
                 m,
@@ -198,6 +229,13 @@ fn gup_fast(cpu: &Cpu, a: Uaddr, foll: Foll, write: bool) -> KResult<bool> {
     Ok(kept)
 }
 
+/// GUP-fast is done with the page tables: `local_irq_restore`.
+fn gup_fast_end(m: &mut Machine) {
+    let c = m.cpu_index();
+    m.cpus[c].gup_fast_mm = None;
+    m.local_irq_restore();
+}
+
 /// The CPU's task keeps what GUP got at `a`; the ledger follows it.
 fn hold(m: &mut Machine, a: Uaddr, folio: Pfn, page: Pfn, foll: Foll, write: bool) {
     let anon = m.anon_vma_covers(a);
@@ -207,15 +245,18 @@ fn hold(m: &mut Machine, a: Uaddr, folio: Pfn, page: Pfn, foll: Foll, write: boo
         (foll == Foll::Pin) as u64 | (write as u64) << 1 | (anon as u64) << 2,
     );
     // As the page tables record it (a PTE in a table khugepaged detached
-    // still maps its page).
-    let mapped = m.ledger.maps.iter().any(|e| {
-        e.a.mm == a.mm
-            && if e.leaf {
-                e.a.page == a.pmd_base() && e.pfn + a.pmd_offset() == page
-            } else {
-                e.a == a && e.pfn == page
-            }
-    });
+    // still maps its page; a migration entry for the page keeps its place
+    // until migration ends, the same page again or the new one).
+    let migrating = matches!(m.pte(a), Some(PteVal::Migration { pfn, .. }) if pfn == page);
+    let mapped = migrating
+        || m.ledger.maps.iter().any(|e| {
+            e.a.mm == a.mm
+                && if e.leaf {
+                    e.a.page == a.pmd_base() && e.pfn + a.pmd_offset() == page
+                } else {
+                    e.a == a && e.pfn == page
+                }
+        });
     let id = m
         .ledger
         .hold_taken(a, page, foll == Foll::Pin, write, anon, mapped);
@@ -310,7 +351,19 @@ enum Follow {
 /// through `faultin_page`, and then it retries.
 fn __get_user_pages(cpu: &Cpu, a: Uaddr, foll: Foll, write: bool) -> KResult<()> {
     mmap_read_lock(cpu, a.mm)?;
+    let hugetlb = cpu
+        .cfg()
+        .vmas
+        .find(a.page)
+        .is_some_and(|v| v.kind == VmaKind::HugetlbShared);
     for _ in 0..GUP_SLOW_TRIES {
+        if hugetlb {
+            if follow_hugetlb_page(cpu, a, foll)? {
+                break;
+            }
+            handle_mm_fault_kind(cpu, a, 0, 0, FaultKind::Read)?;
+            continue;
+        }
         let got = cpu.step("follow_page_pte", |m| {
             let vm = m.vm_page(a);
             if !vm.mapped || (write && !vm.write) {
@@ -356,6 +409,50 @@ fn __get_user_pages(cpu: &Cpu, a: Uaddr, foll: Foll, write: bool) -> KResult<()>
         }
     }
     mmap_read_unlock(cpu, a.mm)
+}
+
+/// `follow_page_mask` on a hugetlb VMA, under `mmap_lock` for read: since
+/// v6.10 (9cb28da54643) the generic walk, between `vma_pgtable_walk_begin`
+/// and `_end`, which take the hugetlb VMA lock for read; the PUD
+/// (`follow_pud_mask`), the PMD entry (`follow_pmd_mask`), then under the
+/// page-table lock the entry again and the grab (`follow_huge_pmd`). With
+/// `pmd-walk-without-vma-lock`, as `follow_hugetlb_page` before v6.2
+/// (eefc7fa53608), no VMA lock. Returns whether it got the page.
+fn follow_hugetlb_page(cpu: &Cpu, a: Uaddr, foll: Foll) -> KResult<bool> {
+    let locked = !cpu.cfg().has(Variant::PmdWalkWithoutVmaLock);
+    let Some(vma) = cpu.step("follow_page_mask", |m| {
+        Ok(m.mms[a.mm as usize].hugetlb_vma(a.page))
+    })?
+    else {
+        return Ok(false);
+    };
+    if locked {
+        hugetlb_vma_lock_read(cpu, a.mm, vma.id)?;
+    }
+    let mut got = false;
+    if let Some(table) = hugetlb_walk(cpu, a, "follow_pud_mask")?
+        && let PmdVal::Leaf(_) = cpu.step("follow_pmd_mask", |m| m.walk_pmd(a, table))?
+    {
+        got = cpu.step_when(
+            "follow_huge_pmd",
+            |m| m.ptl_free(table),
+            |m| {
+                let PmdVal::Leaf(l) = m.walk_pmd(a, table)? else {
+                    return Ok(false);
+                };
+                let page = l.pfn + a.pmd_offset();
+                let folio = compound_head(m, page)?;
+                try_grab_folio(m, folio, foll)?;
+                hold(m, a, folio, page, foll, false);
+                ktrace!(m, "{a}: grabbed hugetlb pfn {folio} ({foll:?})");
+                Ok(true)
+            },
+        )?;
+    }
+    if locked {
+        hugetlb_vma_unlock_read(cpu, a.mm, vma.id)?;
+    }
+    Ok(got)
 }
 
 /// The CPU's most recent GUP reference or pin.

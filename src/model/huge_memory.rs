@@ -281,7 +281,7 @@ mod tests {
     use crate::model::Variant;
     use crate::model::fork::dup_mmap;
     use crate::model::memory::user_access;
-    use crate::model::mmap::munmap;
+    use crate::model::mmap::vm_munmap as munmap;
     use crate::model::oracle::Oracle;
     use crate::model::testing::Kernel;
 

@@ -76,13 +76,13 @@ impl Coverage {
             decisions: NameIds::default(),
             cur: (None, 0),
             last_step: None,
-            pairs: Vec::new(),
+            pairs: Vec::with_capacity(128),
             last: if conflicts {
                 vec![None; nr_pfns as usize]
             } else {
                 Vec::new()
             },
-            features: Vec::new(),
+            features: Vec::with_capacity(256),
         }
     }
 

@@ -119,6 +119,26 @@ pub struct Ledger {
     pub pin_write_after_fork: bool,
     /// A read-only pin made GUP unshare a page (FAULT_FLAG_UNSHARE).
     pub unshared: bool,
+    /// Unshares under way: (process, PMD table) whose PUD entry is cleared
+    /// but whose share is not dropped yet. The table is still that
+    /// process's for its walkers, and its share count counts it.
+    pub unsharing: Vec<(u8, Pfn)>,
+    /// PMD tables whose PUD references or share count the running step
+    /// changed, for the per-step share-count check.
+    pub pmd_tables_touched: Vec<Pfn>,
+    /// Lockless walks between their PUD load and their next load: (CPU,
+    /// process, the PMD table read).
+    pub walks: Vec<(u8, u8, Pfn)>,
+    /// PMD tables that have been shared, until they are freed.
+    pub shared: Vec<Pfn>,
+    /// Shares taken (`huge_pmd_share` populated a PUD with a sibling's
+    /// table).
+    pub pmd_shares: u32,
+    /// Unshares of a table a walker of that process was between its PUD
+    /// and its PMD load on.
+    pub walks_across_unshare: u32,
+    /// Freed PMD tables that had been shared.
+    pub shared_tables_freed: u32,
 }
 
 crate::clone_by_field!(Ledger {
@@ -140,7 +160,14 @@ crate::clone_by_field!(Ledger {
     thp_pte_mapped,
     fork_shared_anon,
     pin_write_after_fork,
-    unshared
+    unshared,
+    unsharing,
+    pmd_tables_touched,
+    walks,
+    shared,
+    pmd_shares,
+    walks_across_unshare,
+    shared_tables_freed
 });
 
 impl Default for Ledger {
@@ -171,6 +198,13 @@ impl Default for Ledger {
             fork_shared_anon: false,
             pin_write_after_fork: false,
             unshared: false,
+            unsharing: Vec::new(),
+            pmd_tables_touched: Vec::new(),
+            walks: Vec::new(),
+            shared: Vec::new(),
+            pmd_shares: 0,
+            walks_across_unshare: 0,
+            shared_tables_freed: 0,
         }
     }
 }
@@ -198,6 +232,56 @@ impl Ledger {
     pub fn forget(&mut self, folio: Pfn) {
         self.unfreeze(folio);
         self.migrated.retain(|x| x.src != folio);
+    }
+
+    pub fn touch_pmd_table(&mut self, table: Pfn) {
+        if !self.pmd_tables_touched.contains(&table) {
+            self.pmd_tables_touched.push(table);
+        }
+    }
+
+    /// A share of `table` was taken.
+    pub fn shared_table(&mut self, table: Pfn) {
+        self.pmd_shares += 1;
+        if !self.shared.contains(&table) {
+            self.shared.push(table);
+        }
+    }
+
+    /// `table` is freed: was it ever shared?
+    pub fn forget_shared(&mut self, table: Pfn) -> bool {
+        let was = self.shared.contains(&table);
+        self.shared.retain(|&t| t != table);
+        was
+    }
+
+    pub fn walk_started(&mut self, cpu: u8, mm: u8, table: Pfn) {
+        self.walk_done(cpu);
+        self.walks.push((cpu, mm, table));
+    }
+
+    pub fn walk_done(&mut self, cpu: u8) {
+        self.walks.retain(|w| w.0 != cpu);
+    }
+
+    /// CPU `cpu` starts unsharing `table` from process `mm` (its PUD entry
+    /// is cleared).
+    pub fn unshare_begins(&mut self, cpu: u8, mm: u8, table: Pfn) {
+        self.unsharing.push((mm, table));
+        if self
+            .walks
+            .iter()
+            .any(|&(c, wm, t)| c != cpu && wm == mm && t == table)
+        {
+            self.walks_across_unshare += 1;
+        }
+        self.touch_pmd_table(table);
+    }
+
+    /// The share is dropped.
+    pub fn unshare_done(&mut self, mm: u8, table: Pfn) {
+        self.unsharing.retain(|&x| x != (mm, table));
+        self.touch_pmd_table(table);
     }
 
     /// A fresh value for process `pid` to write.

@@ -94,6 +94,110 @@ impl Clone for Frame {
     }
 }
 
+/// Physical memory: every frame; which ones changed since the machine was
+/// last reset, so that a reset copies only those; and which ones changed
+/// since boot, so that the quiescence oracles look only at those.
+#[derive(Debug, Default)]
+pub struct Frames {
+    frames: Vec<Frame>,
+    dirty: Vec<u32>,
+    is_dirty: Vec<bool>,
+    touched: Vec<u32>,
+    is_touched: Vec<bool>,
+}
+
+impl Frames {
+    fn new(frames: Vec<Frame>) -> Frames {
+        let n = frames.len();
+        Frames {
+            frames,
+            dirty: Vec::new(),
+            is_dirty: vec![false; n],
+            touched: Vec::new(),
+            is_touched: vec![false; n],
+        }
+    }
+
+    /// The frames written since boot; every other frame is as booted.
+    pub fn touched(&self) -> &[u32] {
+        &self.touched
+    }
+
+    /// The booted machine has changed nothing.
+    fn forget_boot(&mut self) {
+        self.touched.clear();
+        self.is_touched.fill(false);
+        self.dirty.clear();
+        self.is_dirty.fill(false);
+    }
+
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Frame> {
+        self.frames.iter()
+    }
+
+    /// Become `source` again. `same_source`: this is the state `source`
+    /// was last copied into, so only the frames changed since differ.
+    pub fn reset_to(&mut self, source: &Frames, same_source: bool) {
+        if same_source && self.frames.len() == source.frames.len() {
+            for &i in &self.dirty {
+                self.frames[i as usize].clone_from(&source.frames[i as usize]);
+            }
+        } else {
+            self.frames.clone_from(&source.frames);
+        }
+        for &i in &self.dirty {
+            self.is_dirty[i as usize] = false;
+        }
+        self.dirty.clear();
+        self.is_dirty.resize(self.frames.len(), false);
+        self.touched.clone_from(&source.touched);
+        self.is_touched.clone_from(&source.is_touched);
+    }
+}
+
+impl Clone for Frames {
+    fn clone(&self) -> Self {
+        Frames {
+            frames: self.frames.clone(),
+            dirty: Vec::new(),
+            is_dirty: vec![false; self.frames.len()],
+            touched: self.touched.clone(),
+            is_touched: self.is_touched.clone(),
+        }
+    }
+}
+
+impl std::ops::Index<usize> for Frames {
+    type Output = Frame;
+
+    fn index(&self, i: usize) -> &Frame {
+        &self.frames[i]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Frames {
+    /// A write access: the frame is dirty until the next reset.
+    fn index_mut(&mut self, i: usize) -> &mut Frame {
+        if !self.is_dirty[i] {
+            self.is_dirty[i] = true;
+            self.dirty.push(i as u32);
+        }
+        if !self.is_touched[i] {
+            self.is_touched[i] = true;
+            self.touched.push(i as u32);
+        }
+        &mut self.frames[i]
+    }
+}
+
 /// What a CPU holds across operations (a user's mapping, a pinned page).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hold {
@@ -131,12 +235,22 @@ pub struct CpuState {
     pub user_tlb: UserTlb,
     /// What the task running on this CPU holds.
     pub holds: Vec<Hold>,
+    /// `local_irq_save` nesting: interrupts are off while non-zero.
+    pub irqs_off: u8,
+    /// Interrupts-off sections entered, for IPI waits.
+    pub irq_sections: u32,
+    /// The process whose page tables this CPU is walking in GUP-fast (its
+    /// task's `current->mm`): that process cannot exit meanwhile.
+    pub gup_fast_mm: Option<u8>,
 }
 
 crate::clone_by_field!(CpuState {
     tlb,
     user_tlb,
-    holds
+    holds,
+    irqs_off,
+    irq_sections,
+    gup_fast_mm
 });
 
 /// The lines a step traces (`trace_printk`), until the executor stamps
@@ -171,7 +285,7 @@ impl TraceBuf {
 #[derive(Debug)]
 pub struct Machine {
     pub cfg: Config,
-    pub frames: Vec<Frame>,
+    pub frames: Frames,
     pub buddy: Buddy,
     pub vmemmap: Vmemmap,
     pub cpus: Vec<CpuState>,
@@ -181,11 +295,15 @@ pub struct Machine {
     /// The page cache of the hugetlbfs file hugetlb VMAs map: one slot per
     /// huge page.
     pub hugetlbfs: AddressSpace,
+    /// The hugetlbfs file's inode: size and lock.
+    pub hugetlbfs_inode: super::hugetlbfs::Inode,
     /// Every process: its page-table root and its locks.
     pub mms: Vec<Mm>,
     /// Every anon_vma, by id; the first `mms` are the processes' own at
     /// boot.
     pub anon_vmas: Vec<AnonVma>,
+    /// Page-table locks held across steps: (table frame, CPU).
+    pub pt_locks: Vec<(Pfn, u8)>,
     pub hstate: Hstate,
     /// `hugetlb_optimize_vmemmap_key`.
     pub hugetlb_optimize_vmemmap_key: u32,
@@ -203,26 +321,17 @@ pub struct Machine {
     pub reached: Option<u64>,
 }
 
-crate::clone_by_field!(Machine {
-    cfg,
-    frames,
-    buddy,
-    vmemmap,
-    cpus,
-    rcu,
-    mapping,
-    hugetlbfs,
-    mms,
-    anon_vmas,
-    hstate,
-    hugetlb_optimize_vmemmap_key,
-    fail_next_allocs,
-    ledger,
-    this_cpu,
-    trace,
-    kcov,
-    reached
-});
+impl Clone for Machine {
+    fn clone(&self) -> Self {
+        let mut m = Machine::new(self.cfg, self.cpus.len());
+        m.reset_to(self, false);
+        m
+    }
+
+    fn clone_from(&mut self, source: &Self) {
+        self.reset_to(source, false);
+    }
+}
 
 /// Number of slots in the model's single file mapping.
 pub const PAGE_CACHE_SLOTS: u32 = 8;
@@ -260,7 +369,7 @@ impl Machine {
         let nr_cpus = nr_cpus.max(1);
         let mut m = Machine {
             cfg,
-            frames,
+            frames: Frames::new(frames),
             buddy: Buddy::new(cfg.hugetlb_order),
             vmemmap: Vmemmap::new(nr_vmemmap),
             cpus: vec![
@@ -268,12 +377,16 @@ impl Machine {
                     tlb: vec![None; nr_vmemmap as usize],
                     user_tlb: UserTlb::default(),
                     holds: Vec::new(),
+                    irqs_off: 0,
+                    irq_sections: 0,
+                    gup_fast_mm: None,
                 };
                 nr_cpus
             ],
             rcu: RcuState::new(nr_cpus),
             mapping: AddressSpace::new(PAGE_CACHE_SLOTS),
             hugetlbfs: AddressSpace::new(super::config::MAX_USER_PAGES),
+            hugetlbfs_inode: super::hugetlbfs::Inode::new(super::config::MAX_USER_PAGES),
             mms: (0..cfg.mms).map(|i| Mm::new(&cfg, i)).collect(),
             anon_vmas: (0..cfg.mms)
                 .map(|i| AnonVma {
@@ -281,7 +394,8 @@ impl Machine {
                     ..AnonVma::default()
                 })
                 .collect(),
-            hstate: Hstate::default(),
+            pt_locks: Vec::new(),
+            hstate: Hstate::new(super::config::MAX_USER_PAGES),
             hugetlb_optimize_vmemmap_key: 0,
             fail_next_allocs: 0,
             ledger: Ledger::default(),
@@ -295,11 +409,61 @@ impl Machine {
             m.peek_mut(pfn).flags = pg::BUDDY;
             m.peek_mut(pfn).private = order as u32;
         }
+        super::hugetlb::hugetlb_hstate_alloc_pages(&mut m);
+        m.frames.forget_boot();
         m
     }
 
     pub fn nr_pfns(&self) -> u32 {
         self.frames.len() as u32
+    }
+
+    /// Become `source` again, copying only what changed if this machine
+    /// was last reset from `source` (`same_source`).
+    pub fn reset_to(&mut self, source: &Machine, same_source: bool) {
+        // Every field, so that a new one cannot be forgotten.
+        let Machine {
+            cfg,
+            frames,
+            buddy,
+            vmemmap,
+            cpus,
+            rcu,
+            mapping,
+            hugetlbfs,
+            hugetlbfs_inode,
+            mms,
+            anon_vmas,
+            pt_locks,
+            hstate,
+            hugetlb_optimize_vmemmap_key,
+            fail_next_allocs,
+            ledger,
+            this_cpu,
+            trace,
+            kcov,
+            reached,
+        } = self;
+        *cfg = source.cfg;
+        frames.reset_to(&source.frames, same_source);
+        buddy.clone_from(&source.buddy);
+        vmemmap.clone_from(&source.vmemmap);
+        cpus.clone_from(&source.cpus);
+        rcu.clone_from(&source.rcu);
+        mapping.clone_from(&source.mapping);
+        hugetlbfs.clone_from(&source.hugetlbfs);
+        hugetlbfs_inode.clone_from(&source.hugetlbfs_inode);
+        mms.clone_from(&source.mms);
+        anon_vmas.clone_from(&source.anon_vmas);
+        pt_locks.clone_from(&source.pt_locks);
+        hstate.clone_from(&source.hstate);
+        *hugetlb_optimize_vmemmap_key = source.hugetlb_optimize_vmemmap_key;
+        *fail_next_allocs = source.fail_next_allocs;
+        ledger.clone_from(&source.ledger);
+        *this_cpu = source.this_cpu;
+        trace.clone_from(&source.trace);
+        kcov.clone_from(&source.kcov);
+        *reached = source.reached;
     }
 
     /// The per-CPU state index of the running step.
@@ -373,4 +537,34 @@ macro_rules! ktrace {
             $m.log(format!($($arg)*));
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::testing::Kernel;
+    use crate::model::{filemap, hugetlb};
+
+    /// A reset copies only the frames written since the last reset, and
+    /// leaves exactly the booted machine.
+    #[test]
+    fn reset_to_the_booted_machine_copies_only_what_changed_and_restores_all() {
+        let booted = Machine::new(Config::default(), 2);
+        let mut k = Kernel::boot();
+        k.m.reset_to(&booted, false);
+        assert!(k.m.frames.dirty.is_empty());
+        k.on(0, |cpu| {
+            filemap::filemap_add_folio(cpu, 0, 600)?;
+            hugetlb::alloc_pool_huge_folio(cpu, 512)
+        })
+        .unwrap();
+        assert!(!k.m.frames.dirty.is_empty());
+        assert!(k.m.frames.dirty.len() < k.m.frames.len() / 2);
+        k.m.reset_to(&booted, true);
+        assert!(k.m.frames.iter().eq(booted.frames.iter()));
+        assert_eq!(k.m.buddy.free_blocks(), booted.buddy.free_blocks());
+        assert!(k.m.hstate.free_folios.is_empty());
+        assert_eq!(k.m.hugetlb_optimize_vmemmap_key, 0);
+        assert_eq!(k.m.vmemmap.ptes, booted.vmemmap.ptes);
+    }
 }

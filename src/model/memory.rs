@@ -39,6 +39,47 @@ pub fn mmap_read_unlock(cpu: &Cpu, mm: u8) -> KResult<()> {
     })
 }
 
+/// `mmap_read_lock(mm)`, then `then` in the same step (the VMA lookup).
+pub fn mmap_read_lock_then<T>(
+    cpu: &Cpu,
+    mm: u8,
+    then: impl FnOnce(&mut Machine) -> Result<T, Violation>,
+) -> KResult<T> {
+    cpu.step_when(
+        "mmap_read_lock",
+        |m| m.mms[mm as usize].mmap_lock.can_read(),
+        |m| {
+            m.mms[mm as usize].mmap_lock.readers += 1;
+            then(m)
+        },
+    )
+}
+
+/// `mmap_write_lock(mm)`, then `then` in the same step.
+pub fn mmap_write_lock_then<T>(
+    cpu: &Cpu,
+    mm: u8,
+    then: impl FnOnce(&mut Machine) -> Result<T, Violation>,
+) -> KResult<T> {
+    let me = cpu.index() as u8;
+    cpu.step_when(
+        "mmap_write_lock",
+        |m| m.mms[mm as usize].mmap_lock.can_write(),
+        |m| {
+            m.mms[mm as usize].mmap_lock.writer = Some(me);
+            then(m)
+        },
+    )
+}
+
+/// `mmap_write_unlock(mm)`.
+pub fn mmap_write_unlock(cpu: &Cpu, mm: u8) -> KResult<()> {
+    cpu.step("mmap_write_unlock", |m| {
+        m.mms[mm as usize].mmap_lock.writer = None;
+        Ok(())
+    })
+}
+
 /// How many times a fault retries after waiting out a migration entry or
 /// losing a race (`VM_FAULT_RETRY` / `VM_FAULT_NOPAGE`); the kernel retries
 /// while the task runs, the model a bounded number of times.
@@ -112,7 +153,8 @@ pub fn handle_mm_fault_kind(
         // pte_alloc before handle_pte_fault looks at the entry.
         let found = cpu.step("handle_pte_fault", |m| {
             let vm = m.vm_page(a);
-            if !vm.mapped || (kind == FaultKind::Write && !vm.write) {
+            if m.mms[a.mm as usize].exited || !vm.mapped || (kind == FaultKind::Write && !vm.write)
+            {
                 ktrace!(m, "{a}: no VMA, or not writable: SIGSEGV");
                 return Ok(Found::Segv);
             }
@@ -517,7 +559,20 @@ pub fn zap_pte_range(cpu: &Cpu, a: Uaddr) -> KResult<()> {
     Ok(())
 }
 
-fn zap_locked(m: &mut Machine, a: Uaddr) -> Result<Option<Pfn>, Violation> {
+/// `zap_pte_range` of one page under the page-table lock: the folio whose
+/// mapping reference goes after the flush.
+pub fn zap_locked(m: &mut Machine, a: Uaddr) -> Result<Option<Pfn>, Violation> {
+    if m.vma(a.page)
+        .is_some_and(|v| v.kind == VmaKind::HugetlbShared)
+    {
+        // madvise_dontneed_free_valid_vma: a hugetlb range must be huge-page
+        // aligned; one base page is -EINVAL.
+        ktrace!(
+            m,
+            "{a}: MADV_DONTNEED of one page of a hugetlb VMA: -EINVAL"
+        );
+        return Ok(None);
+    }
     match m.pmd(a) {
         PmdVal::Leaf(_) => zap_huge_pmd(m, a),
         PmdVal::None => Ok(None),
@@ -609,10 +664,13 @@ fn access_through_tlb(m: &mut Machine, a: Uaddr, write: bool) -> Result<Translat
         Some(e) if !write || e.write => e,
         _ => {
             // The hardware walker: PUD, PMD, PTE.
-            let (pfn, pte_write) = match m.pmd(a) {
-                PmdVal::Leaf(l) => (l.pfn + a.pmd_offset(), l.write),
+            let Some(pmd_table) = m.pmd_table(a) else {
+                return Ok(Translation::Fault);
+            };
+            let (pfn, pte_write, table) = match m.pmd_in(pmd_table, a) {
+                PmdVal::Leaf(l) => (l.pfn + a.pmd_offset(), l.write, pmd_table),
                 PmdVal::Table(t) => match m.pte_in(t, a) {
-                    PteVal::Present(e) => (e.pfn, e.write),
+                    PteVal::Present(e) => (e.pfn, e.write, t),
                     _ => return Ok(Translation::Fault),
                 },
                 PmdVal::None => return Ok(Translation::Fault),
@@ -626,11 +684,14 @@ fn access_through_tlb(m: &mut Machine, a: Uaddr, write: bool) -> Result<Translat
                 pfn,
                 write: pte_write,
                 generation: m.frames[pfn as usize].generation,
+                table,
+                table_generation: m.frames[table as usize].generation,
             };
             m.cpus[c].user_tlb.fill(e);
             e
         }
     };
+    oracle::user_tlb_table_current(m, &entry)?;
     oracle::user_tlb_entry_current(m, &entry)?;
     let anon = m.anon_vma_covers(a);
     if anon {

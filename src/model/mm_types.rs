@@ -71,6 +71,10 @@ pub struct StructPage {
     pub mapping: Mapping,
     /// `page->private`: the buddy order of a free block head.
     pub private: u32,
+    /// `ptdesc->pt_share_count` of a PMD table page: how many processes
+    /// beyond the first share it (`ptdesc_pmd_pts_inc/dec`, 59d9094df3d7,
+    /// v6.13; before it the table page's refcount counted sharers).
+    pub pt_share_count: i32,
 }
 
 impl StructPage {
@@ -85,6 +89,7 @@ impl StructPage {
         order: 0,
         mapping: Mapping::None,
         private: 0,
+        pt_share_count: 0,
     };
 
     pub fn test(&self, flag: u32) -> bool {

@@ -1,41 +1,29 @@
-//! Unmapping (mm/mmap.c, mm/vma.c): `munmap` of part of a VMA and
-//! `exit_mmap` of a whole process.
+//! Unmapping (mm/mmap.c, mm/vma.c): `vm_munmap` of part of an anonymous
+//! VMA and `exit_mmap` of a whole process.
 //!
 //! The model's VMAs are the configuration's, per process and page
-//! ([`VmPage`](super::pgtable::VmPage)): munmap leaves holes, exit restores
-//! the layout for the process exec makes next in the slot. munmap and the
-//! other VMA operations act on anonymous VMAs only; elsewhere they do
-//! nothing.
+//! ([`VmPage`](super::pgtable::VmPage)): munmap leaves holes; a fork into
+//! a slot ends the process there and execs a new one with the
+//! configuration's layout. `vm_munmap` and the other anonymous VMA
+//! operations act on anonymous VMAs only (hugetlb VMAs have their own, in
+//! `vma.rs`); elsewhere they do nothing.
 
 use super::KResult;
 use super::config::{MAX_USER_PAGES, PMD_PAGES, PTRS_PER_PMD, PUD_PAGES, PUDS};
 use super::ctx::Cpu;
+use super::hugetlb::tlb_finish_mmu;
 use super::machine::{Machine, Pfn};
-use super::memory::{zap_huge_pmd, zap_one_pte};
+pub use super::memory::mmap_write_unlock;
+use super::memory::{mmap_write_lock_then, zap_huge_pmd, zap_one_pte};
 use super::oracle::Violation;
 use super::page_ref::folio_put_refs;
-use super::pgtable::{PmdVal, PudVal, Uaddr};
+use super::pgtable::{PmdVal, PudVal, Uaddr, VmArea};
+use super::vma::{free_hugetlb_pgtables, unmap_hugetlb_vma_final};
 use crate::ktrace;
 
 /// `mmap_write_lock(mm)`.
 pub fn mmap_write_lock(cpu: &Cpu, mm: u8) -> KResult<()> {
-    let me = cpu.index() as u8;
-    cpu.step_when(
-        "mmap_write_lock",
-        |m| m.mms[mm as usize].mmap_lock.can_write(),
-        |m| {
-            m.mms[mm as usize].mmap_lock.writer = Some(me);
-            Ok(())
-        },
-    )
-}
-
-/// `mmap_write_unlock(mm)`.
-pub fn mmap_write_unlock(cpu: &Cpu, mm: u8) -> KResult<()> {
-    cpu.step("mmap_write_unlock", |m| {
-        m.mms[mm as usize].mmap_lock.writer = None;
-        Ok(())
-    })
+    mmap_write_lock_then(cpu, mm, |_| Ok(()))
 }
 
 /// The anonymous pages of `[a, a + len)` that a VMA of `a.mm` covers.
@@ -92,11 +80,11 @@ pub fn zap_pages(cpu: &Cpu, pages: &[Uaddr], then: impl Fn(&mut Machine, Uaddr))
     Ok(())
 }
 
-/// `munmap(2)` of `[a, a + len)`: zap the pages and remove the VMA there
-/// (`do_vmi_munmap`). Empty page tables stay until exit (`free_pgtables`
-/// of the gap is not modelled).
-pub fn munmap(cpu: &Cpu, a: Uaddr, len: u32) -> KResult<()> {
-    super::mmap::mmap_write_lock(cpu, a.mm)?;
+/// `vm_munmap` (`munmap(2)`) of `[a, a + len)` of anonymous memory: zap
+/// the pages and remove the VMA there (`do_vmi_munmap`). Empty page tables
+/// stay until exit (`free_pgtables` of the gap is not modelled).
+pub fn vm_munmap(cpu: &Cpu, a: Uaddr, len: u32) -> KResult<()> {
+    mmap_write_lock(cpu, a.mm)?;
     let pages = cpu.step("vma_lookup", |m| Ok(anon_pages(m, a, len)))?;
     zap_pages(cpu, &pages, |m, x| {
         m.ledger.dropped(x);
@@ -107,12 +95,19 @@ pub fn munmap(cpu: &Cpu, a: Uaddr, len: u32) -> KResult<()> {
 }
 
 /// `exit_mmap` of the process in slot `mm`, whose mmap_lock this CPU holds
-/// for write: `unmap_vmas` (every mapping, PMD range by PMD range), then
-/// `free_pgtables` (through `tlb_remove_table`: GUP-fast may still walk
-/// them). The process's GUP holders keep what they hold, detached.
-pub fn exit_mmap_locked(cpu: &Cpu, mm: u8) -> KResult<()> {
-    let ranges = cpu.step("unmap_vmas", |m| Ok(populated_pmds(m, mm)))?;
+/// for write: `unmap_vmas` (the hugetlb VMAs, unsharing their shared PMD
+/// tables and freeing their VMA locks; every other mapping, PMD range by
+/// PMD range), then `free_pgtables` (through `tlb_remove_table`: GUP-fast
+/// may still walk them) and `tlb_finish_mmu`. The process's GUP holders
+/// keep what they hold, detached.
+/// `plan` is what to unmap, as the step that took the lock found it.
+pub fn exit_mmap_locked(cpu: &Cpu, mm: u8, plan: ExitPlan) -> KResult<()> {
+    let ExitPlan { vmas, ranges } = plan;
     let mut put: Vec<Pfn> = Vec::new();
+    for &vma in &vmas {
+        put.extend(unmap_hugetlb_vma_final(cpu, mm, vma)?);
+    }
+    let mut folios_put: Vec<Pfn> = Vec::new();
     for base in ranges {
         let folios = cpu.step("unmap_page_range", |m| {
             let a = Uaddr { mm, page: base };
@@ -131,26 +126,53 @@ pub fn exit_mmap_locked(cpu: &Cpu, mm: u8) -> KResult<()> {
             }
             Ok(folios)
         })?;
-        put.extend(folios);
+        folios_put.extend(folios);
     }
-    for folio in put {
-        folio_put_refs(cpu, folio, 1)?;
+    for vma in vmas {
+        free_hugetlb_pgtables(cpu, mm, vma)?;
     }
-    cpu.step("free_pgtables", |m| free_pgtables(m, mm))
-}
-
-/// The first page of every PMD range of `mm` that maps something.
-fn populated_pmds(m: &Machine, mm: u8) -> Vec<u32> {
-    let mut out = Vec::new();
-    for pud in 0..PUDS {
-        for i in 0..PTRS_PER_PMD {
-            let base = pud * PUD_PAGES + i * PMD_PAGES;
-            if m.pmd(Uaddr { mm, page: base }) != PmdVal::None {
-                out.push(base);
+    cpu.step("free_pgtables", |m| {
+        free_pgtables(m, mm)?;
+        // An exited process has no VMAs any more (fork's child gets new
+        // ones next).
+        if m.mms[mm as usize].exited {
+            for v in m.mms[mm as usize].vm.iter_mut() {
+                v.mapped = false;
             }
         }
+        Ok(())
+    })?;
+    tlb_finish_mmu(cpu, put)?;
+    for folio in folios_put {
+        folio_put_refs(cpu, folio, 1)?;
     }
-    out
+    Ok(())
+}
+
+/// What `exit_mmap` unmaps: the hugetlb VMAs, and the first page of every
+/// other PMD range of the process that maps something. Nothing maps more
+/// while the exiting CPU holds `mmap_lock` for write.
+pub struct ExitPlan {
+    vmas: Vec<VmArea>,
+    ranges: Vec<u32>,
+}
+
+impl ExitPlan {
+    pub fn of(m: &Machine, mm: u8) -> ExitPlan {
+        let vmas = m.mms[mm as usize].hugetlb_vmas.clone();
+        let mut ranges = Vec::new();
+        for pud in 0..PUDS {
+            for i in 0..PTRS_PER_PMD {
+                let base = pud * PUD_PAGES + i * PMD_PAGES;
+                if !vmas.iter().any(|v| v.contains(base))
+                    && m.pmd(Uaddr { mm, page: base }) != PmdVal::None
+                {
+                    ranges.push(base);
+                }
+            }
+        }
+        ExitPlan { vmas, ranges }
+    }
 }
 
 fn free_pgtables(m: &mut Machine, mm: u8) -> Result<(), Violation> {
@@ -184,15 +206,35 @@ fn free_pgtables(m: &mut Machine, mm: u8) -> Result<(), Violation> {
     Ok(())
 }
 
-/// The `exit_mmap` op: the process in slot `mm` exits; exec puts a new one
-/// there, with the configuration's VMAs and nothing mapped.
+/// `exit_mmap` of process `mm`, the last user gone: the process has no
+/// VMAs any more. The kernel unmaps under `mmap_lock` for read and frees
+/// the page tables under it for write; with no task left in the process
+/// nothing of its own can run in between, so the model holds it for write
+/// throughout, and first waits for the process's GUP-fast walks, the one
+/// path of its tasks that takes no lock (exit_mmap runs only once
+/// `mm_users` is 0).
 pub fn exit_mmap(cpu: &Cpu, mm: u8) -> KResult<()> {
-    mmap_write_lock(cpu, mm)?;
-    exit_mmap_locked(cpu, mm)?;
-    cpu.step("mm_init", |m| {
-        exec_new_process(m, mm);
-        Ok(())
-    })?;
+    let me = cpu.index() as u8;
+    let plan = cpu.step_when(
+        "exit_mmap",
+        |m| {
+            m.mms[mm as usize].mmap_lock.can_write()
+                && m.cpus.iter().all(|c| c.gup_fast_mm != Some(mm))
+        },
+        |m| {
+            let x = &mut m.mms[mm as usize];
+            x.mmap_lock.writer = Some(me);
+            if x.exited {
+                return Ok(None);
+            }
+            x.exited = true;
+            ktrace!(m, "mm{mm} exits");
+            Ok(Some(ExitPlan::of(m, mm)))
+        },
+    )?;
+    if let Some(plan) = plan {
+        exit_mmap_locked(cpu, mm, plan)?;
+    }
     mmap_write_unlock(cpu, mm)
 }
 

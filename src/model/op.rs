@@ -9,8 +9,8 @@ use super::machine::PAGE_CACHE_SLOTS;
 use super::pgtable::Uaddr;
 use super::subsystem::{Subsystem, SubsystemSet};
 use super::{
-    KResult, buffer, filemap, fork, huge_memory, hugetlb, khugepaged, madvise, memory, migrate,
-    mmap, mprotect, mremap, pfn_walker, truncate, vmscan,
+    KResult, buffer, filemap, fork, huge_memory, hugetlb, hugetlbfs, khugepaged, madvise, memory,
+    migrate, mmap, mprotect, mremap, pfn_walker, truncate, vma, vmscan,
 };
 use serde::{Deserialize, Serialize};
 
@@ -194,6 +194,11 @@ macro_rules! ops {
                 match self { $( OpKind::$name => present!($($setup)?), )* }
             }
 
+            /// The roles of this kind's fields, in order.
+            pub fn roles(self) -> &'static [Role] {
+                match self { $( OpKind::$name => &[ $( <$ty as Arg>::ROLE ),* ], )* }
+            }
+
             /// An op of this kind with fields drawn from `d`.
             pub fn draw(self, d: &mut dyn Draw) -> arbitrary::Result<Op> {
                 Ok(match self {
@@ -207,6 +212,13 @@ macro_rules! ops {
         impl Op {
             pub fn kind(&self) -> OpKind {
                 match self { $( Op::$name { .. } => OpKind::$name, )* }
+            }
+
+            /// Every field's value, in the order of `OpKind::roles`.
+            pub fn values(&self) -> Vec<u32> {
+                match self {
+                    $( Op::$name { $( $field ),* } => vec![ $( $field.raw() ),* ], )*
+                }
             }
 
             /// Every field in its range for `cfg`.
@@ -343,16 +355,12 @@ ops! {
     /// process in `child` exits first; nothing if they are the same.
     DupMmap = "dup_mmap", Thp, setup { mm: MmArg, child: MmArg }
         => |cpu| fork::dup_mmap(cpu, mm.0, child.0);
-    /// The process in slot `mm` exits (`exit_mmap`); an empty one takes
-    /// the slot.
-    ExitMmap = "exit_mmap", Thp { mm: MmArg }
-        => |cpu| mmap::exit_mmap(cpu, mm.0);
-    /// `munmap(2)` of `len` anonymous pages from `addr`.
-    Munmap = "munmap", Thp { mm: MmArg, addr: PageArg, len: Len }
-        => |cpu| mmap::munmap(cpu, uaddr(mm, addr), len.get());
+    /// `munmap(2)` of `len` anonymous pages from `addr` (`vm_munmap`).
+    VmMunmap = "vm_munmap", Thp { mm: MmArg, addr: PageArg, len: Len }
+        => |cpu| mmap::vm_munmap(cpu, uaddr(mm, addr), len.get());
     /// `madvise(MADV_DONTNEED)` of `len` anonymous pages from `addr`.
-    MadviseDontneed = "madvise_dontneed", Thp { mm: MmArg, addr: PageArg, len: Len }
-        => |cpu| madvise::madvise_dontneed(cpu, uaddr(mm, addr), len.get());
+    MadviseDontneedFree = "madvise_dontneed_free", Thp { mm: MmArg, addr: PageArg, len: Len }
+        => |cpu| madvise::madvise_dontneed_free(cpu, uaddr(mm, addr), len.get());
     /// `mremap(2)` (`MREMAP_MAYMOVE | MREMAP_FIXED`) of `len` anonymous
     /// pages from `addr` to `new_addr`.
     Mremap = "mremap", Thp { mm: MmArg, addr: PageArg, len: Len, new_addr: PageArg }
@@ -362,9 +370,9 @@ ops! {
     Mprotect = "mprotect", Thp { mm: MmArg, addr: PageArg, len: Len, write: Bit }
         => |cpu| mprotect::mprotect(cpu, uaddr(mm, addr), len.get(), write.set());
     /// `madvise(MADV_DONTFORK)` of `len` anonymous pages from `addr`, with
-    /// `dofork` `MADV_DOFORK`.
-    MadviseDontfork = "madvise_dontfork", Thp { mm: MmArg, addr: PageArg, len: Len, dofork: Bit }
-        => |cpu| madvise::madvise_dontfork(cpu, uaddr(mm, addr), len.get(), dofork.set());
+    /// `dofork` `MADV_DOFORK` (`madvise_update_vma`).
+    MadviseUpdateVma = "madvise_update_vma", Thp { mm: MmArg, addr: PageArg, len: Len, dofork: Bit }
+        => |cpu| madvise::madvise_update_vma(cpu, uaddr(mm, addr), len.get(), dofork.set());
     /// `pin_user_pages` (`FOLL_PIN | FOLL_LONGTERM`, with `foll_write`
     /// also `FOLL_WRITE`) of one page through the slow path alone; the CPU
     /// keeps the pin.
@@ -374,6 +382,27 @@ ops! {
     /// pin (a pipe reading what vmsplice() took, a device reading DMA).
     MemcpyFromPage = "memcpy_from_page", Gup {}
         => |cpu| gup::memcpy_from_page(cpu);
+    /// `munmap` of the huge page holding `addr` in process `mm`: splits
+    /// the VMA around it, unmaps it (unsharing) and frees page tables.
+    Munmap = "munmap", PmdShare { mm: MmArg, addr: PageArg }
+        => |cpu| vma::munmap(cpu, uaddr(mm, addr));
+    /// `madvise(MADV_DONTNEED)` of the huge page holding `addr`.
+    MadviseDontneed = "madvise_dontneed", PmdShare { mm: MmArg, addr: PageArg }
+        => |cpu| madvise::madvise_dontneed(cpu, uaddr(mm, addr));
+    /// `madvise(MADV_DONTFORK)` of the huge page holding `addr`: a flag
+    /// change that splits the VMA around it (`__split_vma`).
+    MadviseDontfork = "madvise_dontfork", PmdShare { mm: MmArg, addr: PageArg }
+        => |cpu| madvise::madvise_dontfork(cpu, uaddr(mm, addr));
+    /// `fallocate(FALLOC_FL_PUNCH_HOLE)` of hugetlbfs huge page `index`.
+    HugetlbfsPunchHole = "hugetlbfs_punch_hole", PmdShare { index: Index }
+        => |cpu| hugetlbfs::hugetlbfs_punch_hole(cpu, index.get());
+    /// `ftruncate` of the hugetlbfs file to `index` huge pages
+    /// (`hugetlb_vmtruncate`).
+    HugetlbVmtruncate = "hugetlb_vmtruncate", PmdShare { index: Index }
+        => |cpu| hugetlbfs::hugetlb_vmtruncate(cpu, index.get());
+    /// `exit_mmap` of process `mm`.
+    ExitMmap = "exit_mmap", PmdShare { mm: MmArg }
+        => |cpu| mmap::exit_mmap(cpu, mm.0);
 }
 
 fn order_zero() -> Order {
@@ -387,7 +416,22 @@ impl Op {
     }
 }
 
+/// Field values given in order, as a [`Draw`].
+struct Values<'a>(std::slice::Iter<'a, u32>);
+
+impl Draw for Values<'_> {
+    fn draw(&mut self, _: Role) -> arbitrary::Result<u32> {
+        Ok(self.0.next().copied().unwrap_or(0))
+    }
+}
+
 impl OpKind {
+    /// The op of this kind with these field values (missing ones are 0).
+    pub fn with(self, values: &[u32]) -> Op {
+        self.draw(&mut Values(values.iter()))
+            .expect("drawing from values cannot fail")
+    }
+
     /// The kinds an arm of subsystems draws from, simplest first.
     pub fn of(arm: SubsystemSet) -> impl Iterator<Item = OpKind> {
         OpKind::ALL

@@ -139,9 +139,7 @@ impl Machine {
         } else {
             CompoundInfo::Tail(head)
         };
-        for tail in head + 1..head + (1 << order) {
-            self.page_mut(tail)?.compound_info = info;
-        }
+        self.pages_mut(head + 1..head + (1 << order), |_, p| p.compound_info = info)?;
         let second = self.page_mut(head + 1)?;
         second.order = order;
         second.pincount = 0;
@@ -152,17 +150,21 @@ impl Machine {
     /// `__free_pages(page, order)` after the last put: `free_pages_prepare`
     /// scrubs the struct pages, `__free_one_page` merges buddies.
     pub fn free_pages(&mut self, pfn: Pfn, order: u8) -> Result<(), Violation> {
+        super::oracle::no_tlb_entry_outlives_free(
+            self,
+            pfn..pfn + (1 << order),
+            "the buddy allocator",
+        )?;
         // free_tail_page_prepare for each tail, then the head; every page
         // loses PAGE_FLAGS_CHECK_AT_PREP (PG_anon_exclusive among them).
-        for tail in pfn + 1..pfn + (1 << order) {
-            let p = self.page_mut(tail)?;
+        self.pages_mut(pfn + 1..pfn + (1 << order), |_, p| {
             p.compound_info = CompoundInfo::None;
             p.mapping = Mapping::None;
             p.order = 0;
             p.pincount = 0;
             p.flags = 0;
             p.mapcount = -1;
-        }
+        })?;
         let head = self.page_mut(pfn)?;
         head.flags = 0;
         head.mapping = Mapping::None;

@@ -119,7 +119,8 @@ impl RwSem {
 /// What a process's VMAs say about one of its pages. The configuration
 /// lays out the same VMAs in every process; munmap, mremap, mprotect and
 /// madvise then change them per process, here page by page (a VMA split is
-/// the pages on either side of it differing).
+/// the pages on either side of it differing). hugetlb VMAs are also kept
+/// as [`VmArea`]s (`Mm::hugetlb_vmas`), which PMD sharing needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct VmPage {
     /// A VMA covers the page (false: outside every VMA, or unmapped).
@@ -147,6 +148,49 @@ pub struct AnonVma {
 /// exit fail with -ENOMEM beyond it.
 pub const MAX_ANON_VMAS: usize = 64;
 
+/// A hugetlb VMA of one process (`struct vm_area_struct` of a
+/// `VM_MAYSHARE` hugetlbfs mapping). The configuration lays the same VMAs
+/// out in every process at boot; munmap, splits and exit then change each
+/// process's own, and each has its own hugetlb VMA lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmArea {
+    /// Tells VMAs apart across splits: the part a split creates gets a new
+    /// one (and a new lock).
+    pub id: u32,
+    pub start: u32,
+    pub end: u32,
+    /// `vm_pgoff`: the file page that `start` maps.
+    pub pgoff: u32,
+    /// The hugetlb VMA lock (`vm_private_data`, `hugetlb_vma_lock_alloc`):
+    /// faults and page-table walkers hold it for read, unsharing for
+    /// write. `None` once the final unmap freed it
+    /// (`__hugetlb_vma_unlock_write_free`), which also makes the VMA
+    /// ineligible for PMD sharing.
+    pub lock: Option<RwSem>,
+}
+
+impl VmArea {
+    pub fn contains(&self, page: u32) -> bool {
+        (self.start..self.end).contains(&page)
+    }
+
+    /// `range_in_vma(vma, start, end)`.
+    pub fn covers(&self, pages: std::ops::Range<u32>) -> bool {
+        self.start <= pages.start && pages.end <= self.end
+    }
+
+    /// The hugetlbfs file's huge page that `page` maps.
+    pub fn huge_index(&self, page: u32) -> u32 {
+        (self.pgoff + page - self.start) / PMD_PAGES
+    }
+
+    /// The address of file page `file_page` in this VMA, if it maps it.
+    pub fn address_of(&self, file_page: u32) -> Option<u32> {
+        let page = (file_page + self.start).checked_sub(self.pgoff)?;
+        self.contains(page).then_some(page)
+    }
+}
+
 /// A process: its page-table root, its locks and its VMAs.
 #[derive(Debug, Default)]
 pub struct Mm {
@@ -168,6 +212,12 @@ pub struct Mm {
     /// PTE tables deposited for PMD leaves (`pgtable_trans_huge_deposit`),
     /// by the first page of the PMD range.
     pub deposited: Vec<(u32, Pfn)>,
+    /// Its hugetlb VMAs, by address.
+    pub hugetlb_vmas: Vec<VmArea>,
+    /// The next `VmArea::id`.
+    pub next_vma_id: u32,
+    /// `exit_mmap` ran: the process has no VMAs any more.
+    pub exited: bool,
 }
 
 crate::clone_by_field!(Mm {
@@ -178,12 +228,16 @@ crate::clone_by_field!(Mm {
     vm,
     write_protect_seq,
     in_fork,
-    deposited
+    deposited,
+    hugetlb_vmas,
+    next_vma_id,
+    exited
 });
 
 impl Mm {
-    /// A process as exec leaves it: the configuration's VMAs, nothing
-    /// mapped, anon_vma `anon_vma`.
+    /// A process as exec (or boot) leaves it: the configuration's VMAs,
+    /// nothing mapped, anon_vma `anon_vma`; each hugetlb VMA maps the
+    /// hugetlbfs file from offset 0.
     pub fn new(cfg: &Config, anon_vma: u8) -> Mm {
         let mut mm = Mm {
             anon_vma,
@@ -194,7 +248,8 @@ impl Mm {
         mm
     }
 
-    /// The configuration's VMAs, page by page.
+    /// The configuration's VMAs: page by page, and the hugetlb ones as
+    /// [`VmArea`]s with new locks.
     pub fn reset_vmas(&mut self, cfg: &Config) {
         for (page, v) in self.vm.iter_mut().enumerate() {
             let mapped = cfg.vmas.find(page as u32).is_some();
@@ -205,6 +260,45 @@ impl Mm {
                 pgoff: page as u8,
             };
         }
+        self.hugetlb_vmas.clear();
+        for v in cfg
+            .vmas
+            .slots()
+            .filter(|v| v.kind == VmaKind::HugetlbShared)
+        {
+            self.new_vma(v.start, v.end(), 0);
+        }
+        self.exited = false;
+    }
+
+    /// A new hugetlb VMA with its own lock (`hugetlb_vm_op_open` →
+    /// `hugetlb_vma_lock_alloc`).
+    pub fn new_vma(&mut self, start: u32, end: u32, pgoff: u32) -> VmArea {
+        let v = VmArea {
+            id: self.next_vma_id,
+            start,
+            end,
+            pgoff,
+            lock: Some(RwSem::default()),
+        };
+        self.next_vma_id += 1;
+        let at = self.hugetlb_vmas.partition_point(|x| x.start < start);
+        self.hugetlb_vmas.insert(at, v);
+        v
+    }
+
+    /// `vma_lookup` among the hugetlb VMAs.
+    pub fn hugetlb_vma(&self, page: u32) -> Option<VmArea> {
+        self.hugetlb_vmas.iter().copied().find(|v| v.contains(page))
+    }
+
+    /// The hugetlb VMA with identity `id`, if it still exists.
+    pub fn vma_by_id(&self, id: u32) -> Option<&VmArea> {
+        self.hugetlb_vmas.iter().find(|v| v.id == id)
+    }
+
+    pub fn vma_by_id_mut(&mut self, id: u32) -> Option<&mut VmArea> {
+        self.hugetlb_vmas.iter_mut().find(|v| v.id == id)
     }
 
     /// `pgtable_trans_huge_deposit`.
@@ -279,6 +373,11 @@ pub struct UserTlbEntry {
     pub write: bool,
     /// The frame's generation when the entry was filled.
     pub generation: u32,
+    /// The page table whose entry the walk used (a PMD table for a PMD
+    /// leaf, else the PTE table), and its generation then: the translation
+    /// was derived from that table, as the paging-structure caches keep it.
+    pub table: Pfn,
+    pub table_generation: u32,
 }
 
 /// One CPU's user TLB: entries stay until a flush, whatever the page
@@ -370,6 +469,78 @@ impl Machine {
             Content::Ptes(t) => t,
             c => unreachable!("frame {table} is not a PTE table: {c:?}"),
         }
+    }
+
+    /// The entry for `a` in the PMD table in frame `table`.
+    pub fn pmd_in(&self, table: Pfn, a: Uaddr) -> PmdVal {
+        self.pmds(table)[a.pmd_index()]
+    }
+
+    /// `set_pmd_at` through a pointer into the PMD table in frame `table`.
+    pub fn set_pmd_in(&mut self, table: Pfn, a: Uaddr, v: PmdVal) {
+        self.pmds_mut(table)[a.pmd_index()] = v;
+    }
+
+    /// `pud_populate` / `pud_clear` of `a`'s PUD entry. The PMD tables it
+    /// points at before and after are noted for the share-count oracle.
+    pub fn set_pud(&mut self, a: Uaddr, v: PudVal) {
+        let old = std::mem::replace(&mut self.mms[a.mm as usize].pud[a.pud_index()], v);
+        for t in [old, v] {
+            if let PudVal::Table(t) = t {
+                self.ledger.touch_pmd_table(t);
+            }
+        }
+    }
+
+    /// Is the frame `table` still a PMD table of process `mm` for `a`: its
+    /// PUD points at it, an unshare of it from `mm` is still under way (the
+    /// PUD is cleared but the share not yet dropped), or it is detached and
+    /// waiting for the RCU grace period that frees it (what GUP-fast relies
+    /// on)? Anything else means the table was unshared (it is some other
+    /// process's now), or freed and reused.
+    pub fn pmd_table_of(&self, mm: u8, table: Pfn, a: Uaddr) -> bool {
+        let f = &self.frames[table as usize];
+        if f.owner != Owner::PageTable || !matches!(f.content, Content::Pmds(_)) {
+            return false;
+        }
+        self.mms[mm as usize].pud[a.pud_index()] == PudVal::Table(table)
+            || self.ledger.unsharing.contains(&(mm, table))
+            || (self.pmd_table_users(table) == 0
+                && self
+                    .rcu
+                    .pending()
+                    .any(|cb| cb == super::rcu::Callback::FreeTable(table)))
+    }
+
+    /// How many PUD entries, over every process, point at `table`.
+    pub fn pmd_table_users(&self, table: Pfn) -> u32 {
+        self.mms
+            .iter()
+            .flat_map(|mm| mm.pud.iter())
+            .filter(|p| **p == PudVal::Table(table))
+            .count() as u32
+    }
+
+    /// A page-table walker's load of the PMD entry for `a` from `table`,
+    /// which it read from process `a.mm`'s PUD earlier (`pmdp_get_lockless`,
+    /// `huge_ptep_get`): the table must still be one of that process's.
+    pub fn walk_pmd(&mut self, a: Uaddr, table: Pfn) -> Result<PmdVal, Violation> {
+        let cpu = self.cpu_index() as u8;
+        self.ledger.walk_done(cpu);
+        if !self.pmd_table_of(a.mm, table, a) {
+            return Err(super::oracle::walked_pmd_table_not_of_mm(self, a, table));
+        }
+        Ok(self.pmd_in(table, a))
+    }
+
+    /// A lockless walker read `a`'s PUD: remember the PMD table it found
+    /// until its next load, for the reachability properties.
+    pub fn walk_started(&mut self, a: Uaddr) -> Option<Pfn> {
+        let t = self.pmd_table(a)?;
+        let cpu = self.cpu_index() as u8;
+        self.ledger.walk_started(cpu, a.mm, t);
+        ktrace!(self, "{a}: PUD -> PMD table in frame {t}");
+        Some(t)
     }
 
     /// `pmdp_get_lockless`: none when there is no PMD table.
@@ -464,16 +635,26 @@ impl Machine {
             Level::Pmd => Content::Pmds([PmdVal::None; PTRS_PER_PMD as usize]),
             Level::Pte => Content::Ptes([PteVal::None; PTRS_PER_PTE as usize]),
         };
-        self.page_mut(pfn)?.flags |= pg::TABLE;
+        let p = self.page_mut(pfn)?;
+        p.flags |= pg::TABLE;
+        // pagetable_pmd_ctor → ptdesc_pmd_pts_init.
+        p.pt_share_count = 0;
         ktrace!(self, "pagetable_alloc: {level:?} table in frame {pfn}");
         Ok(Some(pfn))
     }
 
     /// `pagetable_free`: the table page goes back to the buddy allocator
-    /// now (nobody may be walking it), unless a speculative reference
-    /// (GUP-fast on the page the frame held before) still holds it: then
-    /// that reference's put frees it (`__free_pages` is a put).
+    /// now (nobody may be walking it, and a PMD table must no longer be
+    /// shared), unless a speculative reference (GUP-fast on the page the
+    /// frame held before) still holds it: then that reference's put frees
+    /// it (`__free_pages` is a put).
     pub fn pagetable_free(&mut self, table: Pfn) -> Result<(), Violation> {
+        if matches!(self.frames[table as usize].content, Content::Pmds(_)) {
+            super::oracle::pmd_table_free_unshared(self, table)?;
+            if self.ledger.forget_shared(table) {
+                self.ledger.shared_tables_freed += 1;
+            }
+        }
         self.page_mut(table)?.flags &= !pg::TABLE;
         self.frames[table as usize].owner = Owner::Allocated;
         self.ledger.tables_freed += 1;
@@ -486,6 +667,24 @@ impl Machine {
             return Ok(());
         }
         self.free_pages(table, 0)
+    }
+
+    /// Take the page-table lock of the table in frame `table` (the split
+    /// PMD lock lives in the table's ptdesc, so the sharers of a PMD table
+    /// share it). Held across steps only where the kernel holds it across
+    /// a wait; a lock section within one step needs no state.
+    pub fn ptl_lock(&mut self, table: Pfn) {
+        let cpu = self.cpu_index() as u8;
+        self.pt_locks.push((table, cpu));
+    }
+
+    pub fn ptl_unlock(&mut self, table: Pfn) {
+        self.pt_locks.retain(|&(t, _)| t != table);
+    }
+
+    /// Is `table`'s page-table lock free?
+    pub fn ptl_free(&self, table: Pfn) -> bool {
+        !self.pt_locks.iter().any(|&(t, _)| t == table)
     }
 
     /// `tlb_remove_table` with `MMU_GATHER_RCU_TABLE_FREE`: free the table
@@ -508,7 +707,7 @@ impl Machine {
         let Some(t) = self.pagetable_alloc(Level::Pmd)? else {
             return Ok(false);
         };
-        self.mms[a.mm as usize].pud[a.pud_index()] = PudVal::Table(t);
+        self.set_pud(a, PudVal::Table(t));
         Ok(true)
     }
 
@@ -608,14 +807,21 @@ impl Machine {
     }
 
     /// Visit every present mapping in the page tables: its address, the
-    /// page it maps (a PMD leaf's head), and whether it is a PMD leaf.
+    /// page it maps (a PMD leaf's head), and whether it is a PMD leaf. A PMD
+    /// table shared by several processes maps its pages once: it is
+    /// visited once, at the first process that points at it.
     pub fn for_each_mapping(&self, mut f: impl FnMut(Uaddr, Pfn, bool)) {
+        let mut seen: Vec<Pfn> = Vec::new();
         for mm in 0..self.mms.len() as u8 {
             for pud in 0..PUDS {
                 let base = pud * PUD_PAGES;
                 let Some(t) = self.pmd_table(Uaddr { mm, page: base }) else {
                     continue;
                 };
+                if seen.contains(&t) {
+                    continue;
+                }
+                seen.push(t);
                 for i in 0..PTRS_PER_PMD {
                     let a = Uaddr {
                         mm,
@@ -637,17 +843,19 @@ impl Machine {
         }
     }
 
-    /// Every page-table frame a process owns: reachable from its PUDs, or
-    /// deposited for a PMD leaf. (frame, level).
+    /// Every page-table frame the processes own: reachable from their
+    /// PUDs (a shared PMD table once), or deposited for a PMD leaf.
+    /// (frame, level).
     pub fn page_table_frames(&self) -> Vec<(Pfn, Level)> {
         let mut out = Vec::new();
         for mm in &self.mms {
             out.extend(mm.deposited.iter().map(|&(_, t)| (t, Level::Pte)));
             for pud in mm.pud {
                 let PudVal::Table(t) = pud else { continue };
-                if !out.contains(&(t, Level::Pmd)) {
-                    out.push((t, Level::Pmd));
+                if out.contains(&(t, Level::Pmd)) {
+                    continue;
                 }
+                out.push((t, Level::Pmd));
                 for pmd in self.pmds(t) {
                     if let PmdVal::Table(pt) = *pmd {
                         out.push((pt, Level::Pte));
@@ -657,6 +865,13 @@ impl Machine {
         }
         out
     }
+}
+
+/// `tlb_remove_table_sync_one` (mm/mmu_gather.c): an IPI to every CPU,
+/// waiting until each took it, so that no GUP-fast that started before
+/// (with interrupts off) is still walking a table the caller detached.
+pub fn tlb_remove_table_sync_one(cpu: &super::ctx::Cpu) -> super::KResult<()> {
+    super::smp::smp_call_function(cpu, "tlb_remove_table_smp_sync")
 }
 
 /// Where page `i` of a file or hugetlbfs folio with `mapping` can be mapped:

@@ -97,17 +97,6 @@ impl Machine {
         self.rcu.nesting[cpu] -= 1;
     }
 
-    /// `local_irq_save`: with interrupts off a CPU is in an RCU read
-    /// section (since the RCU flavours were consolidated in v4.20).
-    pub fn local_irq_save(&mut self) {
-        self.rcu_read_lock();
-    }
-
-    /// `local_irq_restore`.
-    pub fn local_irq_restore(&mut self) {
-        self.rcu_read_unlock();
-    }
-
     /// `rcu_do_batch`: run the callbacks whose grace period has elapsed.
     pub fn rcu_do_batch(&mut self) -> Result<(), Violation> {
         let mut i = 0;

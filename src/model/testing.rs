@@ -48,6 +48,14 @@ impl Builder {
         self
     }
 
+    /// The layout PMD-sharing scenarios run on
+    /// (`Subsystem::PmdShare.layout`): every process maps the hugetlbfs
+    /// file with one VMA over PUD range 0, and memory holds its folios.
+    pub fn pmd_share(mut self) -> Builder {
+        self.cfg = super::Subsystem::PmdShare.layout(self.cfg);
+        self
+    }
+
     pub fn config(mut self, f: impl FnOnce(&mut Config)) -> Builder {
         f(&mut self.cfg);
         self

@@ -91,6 +91,24 @@ variants! {
     /// GUP-fast ignores `mm->write_protect_seq`.
     GupFastNoWriteProtectSeq = "gup-fast-no-write-protect-seq", Thp, PinCoherence,
         "GUP-fast ignores mm->write_protect_seq, so it pins a page between fork's maybe-pinned check and its write-protection, and fork shares the pinned page with the child (fixed by 57efa1fe5957 \"mm/gup: prevent gup_fast from racing with COW during fork\", v5.11)";
+    /// hugetlb walkers that call `huge_pte_offset()` without the hugetlb
+    /// VMA lock, as before Peter Xu's v6.2 series "Make huge_pte_offset()
+    /// thread-safe for pmd unshare" (seed 001): `hugetlb_fault`'s first
+    /// lookup (moved under the lock by fcd48540d188) and GUP's
+    /// `follow_hugetlb_page` (eefc7fa53608).
+    PmdWalkWithoutVmaLock = "pmd-walk-without-vma-lock", PmdShare, PmdTableNotOfMm,
+        "hugetlb_fault() and GUP call huge_pte_offset() without the hugetlb VMA lock, so a truncation unshares the PMD table between their PUD and PMD loads and they walk another process's table (seed 001; fixed in v6.2 by fcd48540d188 and eefc7fa53608)";
+    /// `__unmap_hugepage_range` without the TLB flush after a successful
+    /// `huge_pmd_unshare` (CVE-2021-4002).
+    PmdUnshareNoFlush = "pmd-unshare-no-flush", PmdShare, TlbFlushBeforeFree,
+        "__unmap_hugepage_range() unshares a PMD table without flushing the TLB before i_mmap_rwsem is dropped, so the table (or its pages) can be freed and reused while stale TLB entries still translate through it (CVE-2021-4002, fixed by a4a118f2eead)";
+    /// `huge_pmd_unshare` without `tlb_remove_table_sync_one()`.
+    PmdUnshareNoGupFastSync = "pmd-unshare-no-gup-fast-sync", PmdShare, PmdTableNotOfMm,
+        "huge_pmd_unshare() drops its share without waiting out GUP-fast (tlb_remove_table_sync_one()), so a GUP-fast that read the PUD with interrupts off walks a PMD table that is now another process's only (fixed by 1013af4f585f, 2025)";
+    /// A split of a hugetlb VMA at an address that is not PUD-aligned that
+    /// leaves the PMD table shared, as before b30c14cd6102.
+    PmdShareSplitVma = "pmd-share-split-vma", PmdShare, PmdUnshareExcludesWalkers,
+        "a hugetlb VMA split at a non-PUD-aligned address keeps its shared PMD table, so an unshare through one half holds only that half's VMA lock while walkers of the other half may be on the table (fixed by b30c14cd6102, v6.2; unshared under the split's locks since 081056dc00a2)";
 }
 
 impl Variant {
@@ -139,6 +157,19 @@ impl fmt::Display for Variant {
     }
 }
 
+impl serde::Serialize for Variant {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Variant {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Variant::from_name(&name).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A set of enabled variants; empty means the fixed model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct VariantSet(u64);
@@ -177,12 +208,6 @@ impl serde::Serialize for VariantSet {
 
 impl<'de> serde::Deserialize<'de> for VariantSet {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let names = Vec::<String>::deserialize(d)?;
-        let vs = names
-            .iter()
-            .map(|n| Variant::from_name(n))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(serde::de::Error::custom)?;
-        Ok(VariantSet::new(&vs))
+        Ok(VariantSet::new(&Vec::<Variant>::deserialize(d)?))
     }
 }

@@ -136,6 +136,37 @@ impl Machine {
         Ok(self.slot(&a))
     }
 
+    /// Write access to the struct pages of `pfns` as the running CPU sees
+    /// them, `f` on each in turn: a loop over consecutive struct pages, as
+    /// `prep_compound_page` runs, translates (and checks) each vmemmap page
+    /// once.
+    #[track_caller]
+    pub fn pages_mut(
+        &mut self,
+        pfns: std::ops::Range<Pfn>,
+        mut f: impl FnMut(Pfn, &mut StructPage),
+    ) -> Result<(), Violation> {
+        let site = Location::caller();
+        let observing = self.kcov.is_some() || self.reached.is_some();
+        let mut pfn = pfns.start;
+        while pfn < pfns.end {
+            let first = self.access(pfn, true, site)?;
+            let end = pfns
+                .end
+                .min((vmemmap_page_of(pfn) + 1) * STRUCT_PAGES_PER_VMEMMAP_PAGE);
+            for p in pfn..end {
+                let a = Access { pfn: p, ..first };
+                if observing {
+                    let seen = *self.slot(&a);
+                    self.observe(&a, &seen);
+                }
+                f(p, self.slot(&a));
+            }
+            pfn = end;
+        }
+        Ok(())
+    }
+
     /// The translation the running CPU would use for `pfn`'s struct page,
     /// filling its TLB, without accessing it.
     pub fn resolve(&mut self, pfn: Pfn) -> Pte {

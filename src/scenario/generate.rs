@@ -27,6 +27,11 @@ pub struct GenOptions {
     pub max_setup: usize,
     /// Which subsystems scenarios draw their ops from.
     pub ops: OpFamily,
+    /// Physical memory in blocks, drawn per scenario from this inclusive
+    /// range (the configuration's when both ends are equal).
+    pub memory_blocks: (u8, u8),
+    /// Hugetlb folio orders, likewise.
+    pub hugetlb_order: (u8, u8),
 }
 
 /// Which subsystems a generated scenario's ops come from.
@@ -36,7 +41,7 @@ pub enum OpFamily {
     /// subsystem's arm (the subsystems its races involve).
     #[default]
     Any,
-    /// The arms of these subsystems; every subsystem is every op kind.
+    /// The op kinds of exactly these subsystems.
     Of(SubsystemSet),
 }
 
@@ -48,10 +53,11 @@ impl OpFamily {
             return OpFamily::Any;
         }
         let subsystems: Vec<Subsystem> = variants.iter().map(|v| v.subsystem()).collect();
-        OpFamily::Of(SubsystemSet::of(&subsystems))
+        OpFamily::Of(SubsystemSet::of(&subsystems).arms())
     }
 
-    /// `any`, `all`, or subsystem names joined by commas.
+    /// `any`, `all`, or subsystem names joined by commas: the union of
+    /// those subsystems' arms.
     pub fn parse(text: &str) -> Result<OpFamily, String> {
         match text.trim() {
             "any" => return Ok(OpFamily::Any),
@@ -73,7 +79,7 @@ impl OpFamily {
                 })?;
             set.push(s);
         }
-        Ok(OpFamily::Of(SubsystemSet::of(&set)))
+        Ok(OpFamily::Of(SubsystemSet::of(&set).arms()))
     }
 
     pub fn label(self) -> String {
@@ -87,13 +93,7 @@ impl OpFamily {
 
 impl Default for GenOptions {
     fn default() -> Self {
-        GenOptions {
-            config: Config::default(),
-            max_cpus: 2,
-            max_ops: 5,
-            max_setup: 4,
-            ops: OpFamily::Any,
-        }
+        GenOptions::with_config(Config::default())
     }
 }
 
@@ -101,8 +101,23 @@ impl GenOptions {
     pub fn with_config(config: Config) -> Self {
         GenOptions {
             config,
-            ..GenOptions::default()
+            max_cpus: 2,
+            max_ops: 5,
+            max_setup: 4,
+            ops: OpFamily::Any,
+            memory_blocks: (config.memory_blocks, config.memory_blocks),
+            hugetlb_order: (config.hugetlb_order, config.hugetlb_order),
         }
+    }
+}
+
+/// A value from an inclusive range: one byte when the range has more than
+/// one value, none otherwise (so fixed settings decode inputs as before).
+fn draw_in(u: &mut Unstructured, (lo, hi): (u8, u8)) -> arbitrary::Result<u8> {
+    if lo < hi {
+        u.int_in_range(lo..=hi)
+    } else {
+        Ok(lo)
     }
 }
 
@@ -302,6 +317,10 @@ impl Choices {
 /// The ops of one slot: one op, or two for an idiom.
 fn decode_slot(d: &mut Drawer, choices: &Choices, ops: &mut Vec<Op>) -> arbitrary::Result<()> {
     let choices = choices.get();
+    // A family with no op for this slot (no setup op among its kinds).
+    if choices.is_empty() {
+        return Ok(());
+    }
     let choice = choices[d.u.int_in_range(0..=choices.len() - 1)?];
     d.page = None;
     match choice {
@@ -360,8 +379,13 @@ fn decode_ops_then_schedule(
     schedule_offset: &mut usize,
 ) -> arbitrary::Result<Scenario> {
     let total = u.len();
-    let cfg = &opts.config;
     let nr_cpus = u.int_in_range(2..=opts.max_cpus.clamp(2, MAX_CPUS))?;
+    let config = Config {
+        memory_blocks: draw_in(u, opts.memory_blocks)?,
+        hugetlb_order: draw_in(u, opts.hugetlb_order)?,
+        ..opts.config
+    };
+    let cfg = &config;
     let palette = Palette::decode(u, cfg)?;
     let uaddrs = Uaddrs::decode(u, cfg)?;
     // Always read the family byte, so inputs decode alike whatever the
@@ -371,8 +395,12 @@ fn decode_ops_then_schedule(
     let arm = match opts.ops {
         OpFamily::Any if decoded == 0 => SubsystemSet::all(),
         OpFamily::Any => arms[decoded as usize - 1],
-        OpFamily::Of(set) => set.arms(),
+        OpFamily::Of(set) => set,
     };
+    // The machine the arm's races need (PMD sharing: a hugetlb VMA). A
+    // layout keeps the processes, pages and frames the palette was drawn
+    // on, so the palette stays valid.
+    let cfg = &arm.layout(*cfg);
     let uaddrs = if arm.has(Subsystem::Thp) {
         uaddrs.meet_in_anon(cfg)
     } else {
@@ -481,6 +509,121 @@ impl<'a> Arbitrary<'a> for Scenario {
 pub fn scenario_strategy(opts: GenOptions) -> impl Strategy<Value = Scenario> {
     proptest::collection::vec(any::<u8>(), 0..384)
         .prop_map(move |bytes| decode_bytes(&bytes, &opts))
+}
+
+/// A scenario as structure, each part with bytes of its own for the one
+/// decoder: a head (configuration, palettes, op family), each op's slot,
+/// and the schedule. Dropping or simplifying one part leaves the others'
+/// meaning alone, which a flat byte string cannot do.
+#[derive(Debug, Clone)]
+pub struct Structured {
+    pub head: Vec<u8>,
+    pub setup: Vec<Vec<u8>>,
+    pub cpus: Vec<Vec<Vec<u8>>>,
+    /// The CPU at each decision (taken modulo the CPUs).
+    pub schedule: Vec<u8>,
+}
+
+/// Bytes one op slot may read: its kind, its fields, an idiom's two ops.
+pub const SLOT_BYTES: usize = 24;
+/// Bytes the head reads.
+pub const HEAD_BYTES: usize = 40;
+
+/// Decode a structured scenario: the head as a scenario's start, then
+/// every slot from its own bytes (zero-padded), with the head's palettes.
+pub fn decode_structured(st: &Structured, opts: &GenOptions) -> Scenario {
+    let nr_cpus = st.cpus.len().clamp(1, MAX_CPUS);
+    let mut head = st.head.clone();
+    head.resize(HEAD_BYTES, 0);
+    let u = &mut Unstructured::new(&head);
+    let config = Config {
+        memory_blocks: draw_in(u, opts.memory_blocks).unwrap_or(opts.memory_blocks.0),
+        hugetlb_order: draw_in(u, opts.hugetlb_order).unwrap_or(opts.hugetlb_order.0),
+        ..opts.config
+    };
+    let read = |u: &mut Unstructured| -> arbitrary::Result<(Palette, Uaddrs, SubsystemSet)> {
+        let palette = Palette::decode(u, &config)?;
+        let uaddrs = Uaddrs::decode(u, &config)?;
+        let arms = distinct_arms();
+        let decoded = u.int_in_range(0..=arms.len() as u8)?;
+        let arm = match opts.ops {
+            OpFamily::Any if decoded == 0 => SubsystemSet::all(),
+            OpFamily::Any => arms[decoded as usize - 1],
+            OpFamily::Of(set) => set,
+        };
+        Ok((palette, uaddrs, arm))
+    };
+    let (palette, uaddrs, arm) = read(u).expect("missing head bytes read as zero");
+    // As `decode`: the machine the arm's races need.
+    let config = arm.layout(config);
+    let (setup_choices, choices) = (Choices::of(arm, true), Choices::of(arm, false));
+    let slot = |bytes: &[u8], choices: &Choices, ops: &mut Vec<Op>| {
+        let mut b = bytes.to_vec();
+        b.resize(SLOT_BYTES, 0);
+        let mut d = Drawer {
+            u: &mut Unstructured::new(&b),
+            cfg: &config,
+            palette: &palette,
+            uaddrs: &uaddrs,
+            page: None,
+        };
+        decode_slot(&mut d, choices, ops).expect("missing slot bytes read as zero");
+    };
+    let mut setup = Vec::new();
+    for b in st.setup.iter().take(opts.max_setup) {
+        slot(b, &setup_choices, &mut setup);
+    }
+    let mut cpus: Vec<Vec<Op>> = st
+        .cpus
+        .iter()
+        .take(nr_cpus)
+        .map(|slots| {
+            let mut ops = Vec::new();
+            for b in slots.iter().take(opts.max_ops.max(1)) {
+                slot(b, &choices, &mut ops);
+            }
+            ops
+        })
+        .collect();
+    // A CPU shrunk to no ops is no CPU (one stays).
+    if cpus.iter().any(|c| !c.is_empty()) {
+        cpus.retain(|c| !c.is_empty());
+    } else {
+        cpus.truncate(1);
+    }
+    let nr_cpus = cpus.len().max(1);
+    let mut s = Scenario::new(config, setup, cpus);
+    s.schedule = st.schedule.iter().map(|c| c % nr_cpus as u8).collect();
+    s
+}
+
+/// proptest at the op level, in the style of proptest-state-machine's
+/// transitions: a scenario is CPUs of op slots plus a schedule, and proptest
+/// shrinks it by deleting whole CPUs and ops, then simplifying each op (an
+/// earlier kind, smaller fields: its slot's bytes toward zero) and the
+/// schedule (fewer, lower choices). A failing case comes out small without
+/// another minimizer pass.
+pub fn scenario_ops_strategy(opts: GenOptions) -> impl Strategy<Value = Scenario> {
+    use proptest::collection::vec;
+    let slot = || vec(any::<u8>(), SLOT_BYTES);
+    let cpus = opts.max_cpus.clamp(2, MAX_CPUS);
+    (
+        vec(any::<u8>(), HEAD_BYTES),
+        vec(slot(), 0..=opts.max_setup),
+        vec(vec(slot(), 0..=opts.max_ops.max(1)), 1..=cpus),
+        vec(0..cpus as u8, 0..64),
+    )
+        .prop_map(move |(head, setup, cpus, schedule)| {
+            decode_structured(
+                &Structured {
+                    head,
+                    setup,
+                    cpus,
+                    schedule,
+                },
+                &opts,
+            )
+        })
 }
 
 #[cfg(test)]

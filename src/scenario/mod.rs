@@ -18,6 +18,51 @@ pub const MAX_CPUS: usize = 4;
 pub const MAX_OPS_PER_CPU: usize = 16;
 pub const MAX_SCHEDULE: usize = 4096;
 
+/// The build a counterexample came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Build {
+    /// The crate version.
+    pub version: String,
+    /// The git commit, or "unknown".
+    pub commit: String,
+    /// The tree differed from the commit.
+    pub dirty: bool,
+    /// A hash of the model's source files.
+    pub model_hash: String,
+}
+
+impl Build {
+    /// This binary's build.
+    pub fn current() -> Build {
+        Build {
+            version: env!("CARGO_PKG_VERSION").into(),
+            commit: env!("MMHARNESS_GIT_COMMIT").into(),
+            dirty: env!("MMHARNESS_GIT_DIRTY") == "true",
+            model_hash: env!("MMHARNESS_MODEL_HASH").into(),
+        }
+    }
+
+    /// A clean commit: the model is what that commit says.
+    pub fn pristine(&self) -> bool {
+        !self.dirty && self.commit != "unknown"
+    }
+
+    /// "commit X", "commit X, modified", or "no git commit".
+    pub fn describe(&self) -> String {
+        match (self.commit.as_str(), self.dirty) {
+            ("unknown", _) => "no git commit".into(),
+            (c, false) => format!("commit {c}"),
+            (c, true) => format!("commit {c}, modified"),
+        }
+    }
+
+    /// Does a scenario from `other` run the same model as this build?
+    pub fn same_model(&self, other: &Build) -> bool {
+        self.model_hash == other.model_hash
+    }
+}
+
 /// The verdict a saved counterexample is expected to replay to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,6 +108,9 @@ pub struct Scenario {
     pub expect: Option<Expect>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The build that found it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<Build>,
 }
 
 /// Why a scenario file could not be used.
@@ -108,6 +156,7 @@ impl Scenario {
             schedule: Vec::new(),
             expect: None,
             note: None,
+            build: None,
         }
     }
 

@@ -171,6 +171,71 @@ pub fn user_tlb_entry_current(m: &Machine, e: &UserTlbEntry) -> Result<(), Viola
     )
 }
 
+/// A user access through a TLB entry was translated through a page table
+/// that is still that table: not freed, and not reused since (its
+/// generation unchanged). The paging-structure caches keep what the walk
+/// read from it, so once the table is freed and reused a stale entry
+/// translates through whatever it holds now (CVE-2021-4002).
+pub fn user_tlb_table_current(m: &Machine, e: &UserTlbEntry) -> Result<(), Violation> {
+    let f = &m.frames[e.table as usize];
+    if f.owner == Owner::PageTable && f.generation == e.table_generation {
+        return Ok(());
+    }
+    let now = match f.owner {
+        Owner::Free => "free in the buddy allocator".to_string(),
+        Owner::PageTable => format!(
+            "a page table again (generation {} -> {})",
+            e.table_generation, f.generation
+        ),
+        Owner::Memmap { .. } => "vmemmap now".to_string(),
+        Owner::Allocated => format!(
+            "reallocated (generation {} -> {})",
+            e.table_generation, f.generation
+        ),
+    };
+    fail(
+        Oracle::UserUseAfterFree,
+        format!(
+            "mm{}:{} reached pfn {} through a stale TLB entry translated through the page table in frame {}, which is {now}",
+            e.mm, e.page, e.pfn, e.table
+        ),
+    )
+}
+
+/// When frames are freed (to the buddy allocator, or a hugetlb folio to
+/// the pool, where the next user takes it), no CPU's TLB may still hold a
+/// translation to them, or one derived from a page table among them: the
+/// flush comes first (`tlb_finish_mmu` flushes, then frees; unsharing
+/// flushes before `i_mmap_rwsem` lets the table go, a4a118f2eead).
+/// Otherwise the next access through the entry reaches freed memory.
+pub fn no_tlb_entry_outlives_free(
+    m: &Machine,
+    frames: std::ops::Range<Pfn>,
+    to: &str,
+) -> Result<(), Violation> {
+    for (c, cpu) in m.cpus.iter().enumerate() {
+        let stale = cpu
+            .user_tlb
+            .entries()
+            .iter()
+            .find(|e| frames.contains(&e.pfn) || frames.contains(&e.table));
+        let Some(e) = stale else { continue };
+        let through = if frames.contains(&e.pfn) {
+            format!("pfn {}", e.pfn)
+        } else {
+            format!("pfn {} through the page table in frame {}", e.pfn, e.table)
+        };
+        return fail(
+            Oracle::TlbFlushBeforeFree,
+            format!(
+                "frames {}..{} go back to {to}, but CPU {c}'s TLB still translates mm{}:{} to {through}",
+                frames.start, frames.end, e.mm, e.page
+            ),
+        );
+    }
+    Ok(())
+}
+
 /// A lockless page-table walker read a frame that is no longer a page table.
 pub fn walked_freed_table(table: Pfn, a: crate::model::pgtable::Uaddr, owner: Owner) -> Violation {
     Violation {

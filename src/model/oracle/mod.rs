@@ -10,20 +10,28 @@
 
 mod access;
 mod migration;
+mod pmd_share;
 mod quiescent;
 mod state;
 mod thp;
 
 pub use access::{
     RefKind, RefUpdate, cmpxchg_through_ro_vmemmap, no_access_to_unowned_vmemmap_frame,
-    no_increment_from_zero, no_underflow, no_write_through_ro_vmemmap, ref_target_is_genuine,
-    unfreeze_from_zero, user_tlb_entry_current, walked_freed_table,
+    no_increment_from_zero, no_tlb_entry_outlives_free, no_underflow, no_write_through_ro_vmemmap,
+    ref_target_is_genuine, unfreeze_from_zero, user_tlb_entry_current, user_tlb_table_current,
+    walked_freed_table,
 };
 pub use migration::{
     folio_is_quiet, migration_carries_data, migration_expected_refs, migration_makes_progress,
     migration_refcount_exact,
 };
-pub use quiescent::{every_frame_accounted, every_reference_put, no_migration_entry_left};
+pub use pmd_share::{
+    pmd_table_free_unshared, share_counts_at_quiescence, share_counts_match,
+    unshare_holds_off_walkers, walked_pmd_table_not_of_mm,
+};
+pub use quiescent::{
+    Quiescence, every_frame_accounted, every_reference_put, no_migration_entry_left,
+};
 pub use state::{frozen_stays_frozen, pinned_writes_not_lost};
 pub use thp::{
     anon_rmap_reaches_mappings, hold_read_sees, holds_stay_private, load_sees_own_data,
@@ -81,8 +89,14 @@ oracles! {
     /// Migration gave up with -EAGAIN on a folio nobody else referenced.
     MigrationProgress = "migration-makes-progress";
     /// A user access through a stale TLB entry reached a frame that no
-    /// longer holds the page it cached (freed, or reused by someone else).
+    /// longer holds the page it cached (freed, or reused by someone else),
+    /// or was translated through a page table that has since been freed
+    /// (and maybe reused).
     UserUseAfterFree = "no-user-access-after-free";
+    /// Frames went back to the buddy allocator (or a hugetlb folio to the
+    /// pool) while a CPU's TLB still translated to them, or through a page
+    /// table among them.
+    TlbFlushBeforeFree = "no-free-before-tlb-flush";
     /// A lockless page-table walker read a frame that is no longer a page
     /// table (freed, or reused).
     PageTableUseAfterFree = "no-walk-of-freed-page-table";
@@ -99,6 +113,17 @@ oracles! {
     /// A mapping of an anonymous folio that an rmap walk from the folio's
     /// anon_vma cannot reach.
     AnonRmap = "anon-rmap-reaches-every-mapping";
+    /// A page-table walker loaded from a PMD table that is no longer a page
+    /// table of its process: unshared from it (another process's table
+    /// now), or freed, or reused.
+    PmdTableNotOfMm = "no-walk-of-page-table-not-of-its-mm";
+    /// A PMD table's `pt_share_count` is not one less than the processes
+    /// using it, or a PMD table was freed while still in use.
+    PmdShareCount = "pmd-share-count-matches";
+    /// An unshare of a PMD table held off neither through `mmap_lock` for
+    /// write nor through the VMA locks every walker of its process that
+    /// may be on the table.
+    PmdUnshareExcludesWalkers = "pmd-unshare-holds-off-walkers";
     /// Every CPU is blocked.
     Deadlock = "no-deadlock";
     /// The execution did not finish within the step bound.
@@ -129,6 +154,7 @@ pub(crate) fn fail(oracle: Oracle, detail: String) -> Result<(), Violation> {
 }
 
 type Check<T> = fn(&T) -> Result<(), Violation>;
+type QuiescentCheck = for<'a> fn(&Quiescence<'a>) -> Result<(), Violation>;
 
 /// When an invariant is checked, and with what.
 pub enum When {
@@ -139,7 +165,7 @@ pub enum When {
     /// After every step.
     Step(Check<Machine>),
     /// Once every CPU has finished.
-    Quiescent(Check<Machine>),
+    Quiescent(QuiescentCheck),
     /// On the kernel path that knows what it expects; the path calls the
     /// named function.
     Path(&'static str),
@@ -240,6 +266,34 @@ pub static INVARIANTS: &[Invariant] = &[
         when: When::Path("memory::user_access, gup::memcpy_from_page"),
     },
     Invariant {
+        oracle: Oracle::UserUseAfterFree,
+        when: When::Path("memory::user_access: the table the entry was walked through"),
+    },
+    Invariant {
+        oracle: Oracle::TlbFlushBeforeFree,
+        when: When::Path("page_alloc::free_pages and hugetlb::enqueue_hugetlb_folio"),
+    },
+    Invariant {
+        oracle: Oracle::PmdTableNotOfMm,
+        when: When::Path("pgtable::walk_pmd, at each load of a PMD table"),
+    },
+    Invariant {
+        oracle: Oracle::PmdUnshareExcludesWalkers,
+        when: When::Path("hugetlb::huge_pmd_unshare"),
+    },
+    Invariant {
+        oracle: Oracle::PmdShareCount,
+        when: When::Step(share_counts_match),
+    },
+    Invariant {
+        oracle: Oracle::PmdShareCount,
+        when: When::Path("pgtable::pagetable_free"),
+    },
+    Invariant {
+        oracle: Oracle::PmdShareCount,
+        when: When::Quiescent(share_counts_at_quiescence),
+    },
+    Invariant {
         oracle: Oracle::FrameAccounting,
         when: When::Quiescent(every_frame_accounted),
     },
@@ -262,7 +316,7 @@ struct ByKind {
     access: Vec<Check<Access>>,
     refs: Vec<Check<RefUpdate>>,
     step: Vec<Check<Machine>>,
-    quiescent: Vec<Check<Machine>>,
+    quiescent: Vec<QuiescentCheck>,
 }
 
 fn by_kind() -> &'static ByKind {
@@ -301,6 +355,7 @@ pub fn at_ref_update(r: &RefUpdate) -> Result<(), Violation> {
 pub fn after_step(m: &mut Machine) -> Result<(), Violation> {
     by_kind().step.iter().try_for_each(|check| check(m))?;
     m.ledger.touched.clear();
+    m.ledger.pmd_tables_touched.clear();
     if m.reached.is_some() {
         let mut got = 0;
         for (i, r) in REACHABLE.iter().enumerate() {
@@ -319,7 +374,8 @@ pub fn after_step(m: &mut Machine) -> Result<(), Violation> {
 /// callbacks run first (`rcu_barrier`).
 pub fn at_quiescence(m: &mut Machine) -> Result<(), Violation> {
     m.rcu_barrier()?;
-    by_kind().quiescent.iter().try_for_each(|check| check(m))
+    let q = Quiescence::new(m);
+    by_kind().quiescent.iter().try_for_each(|check| check(&q))
 }
 
 /// Where a reachability property is observed.
@@ -361,6 +417,11 @@ pub static REACHABLE: &[Reachable] = &[
         name: "hugetlb-folio-vmemmap-optimized",
         subsystem: super::subsystem::Subsystem::Hvo,
         when: Reach::Step(|m| m.hugetlb_optimize_vmemmap_key > 0),
+    },
+    Reachable {
+        name: "two-hugetlb-folios-vmemmap-optimized",
+        subsystem: super::subsystem::Subsystem::Hvo,
+        when: Reach::Step(|m| m.hugetlb_optimize_vmemmap_key >= 2),
     },
     Reachable {
         name: "surplus-hugetlb-folio",
@@ -412,6 +473,21 @@ pub static REACHABLE: &[Reachable] = &[
         name: "read-only-pin-unshared",
         subsystem: super::subsystem::Subsystem::Thp,
         when: Reach::Step(|m| m.ledger.unshared),
+    },
+    Reachable {
+        name: "pmd-table-shared",
+        subsystem: super::subsystem::Subsystem::PmdShare,
+        when: Reach::Step(|m| m.ledger.pmd_shares > 0),
+    },
+    Reachable {
+        name: "walker-between-pud-and-pmd-load-across-unshare",
+        subsystem: super::subsystem::Subsystem::PmdShare,
+        when: Reach::Step(|m| m.ledger.walks_across_unshare > 0),
+    },
+    Reachable {
+        name: "shared-pmd-table-freed",
+        subsystem: super::subsystem::Subsystem::PmdShare,
+        when: Reach::Step(|m| m.ledger.shared_tables_freed > 0),
     },
 ];
 

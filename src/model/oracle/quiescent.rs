@@ -108,72 +108,128 @@ fn live_folios(m: &Machine) -> Vec<LiveFolio> {
     out
 }
 
-/// Who claims each frame at quiescence.
-fn claims(m: &Machine) -> (Vec<u8>, Vec<&'static str>) {
-    let n = m.nr_pfns() as usize;
-    let mut claims = vec![0u8; n];
-    let mut claimant: Vec<&'static str> = vec![""; n];
-    let mut claim = |pfn: usize, who: &'static str| {
-        claims[pfn] += 1;
-        claimant[pfn] = who;
-    };
-    for (pfn, order) in m.buddy.free_blocks() {
-        for p in pfn..pfn + (1 << order) {
-            claim(p as usize, "buddy");
+/// What claims a frame at quiescence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Claimant {
+    Nobody,
+    Buddy,
+    Vmemmap,
+    PageTable,
+    Folio,
+}
+
+impl Claimant {
+    fn of(owner: Owner) -> Claimant {
+        match owner {
+            Owner::Free => Claimant::Buddy,
+            Owner::Memmap { .. } => Claimant::Vmemmap,
+            Owner::PageTable => Claimant::PageTable,
+            Owner::Allocated => Claimant::Folio,
         }
     }
-    let mut memmap: Vec<Pfn> = m.vmemmap.ptes.iter().map(|p| p.frame).collect();
-    memmap.extend(m.hstate.vmemmap_tail);
-    memmap.sort_unstable();
-    memmap.dedup();
-    for f in memmap {
-        claim(f as usize, "vmemmap");
-    }
-    for (t, _) in m.page_table_frames() {
-        claim(t as usize, "page table");
-    }
-    for cb in m.rcu.pending() {
-        match cb {
-            Callback::FreeTable(t) => claim(t as usize, "page table"),
+
+    fn name(self) -> &'static str {
+        match self {
+            Claimant::Nobody => "nobody",
+            Claimant::Buddy => "buddy",
+            Claimant::Vmemmap => "vmemmap",
+            Claimant::PageTable => "page table",
+            Claimant::Folio => "folio",
         }
     }
-    for f in live_folios(m) {
-        for p in f.head..f.head + f.nr {
-            claim(p as usize, f.what);
+}
+
+/// What the quiescence oracles share, computed once: the live folios, and
+/// who claims each frame how many times.
+pub struct Quiescence<'a> {
+    pub m: &'a Machine,
+    live: Vec<LiveFolio>,
+    claims: Vec<u8>,
+    claimant: Vec<Claimant>,
+}
+
+impl<'a> Quiescence<'a> {
+    pub fn new(m: &'a Machine) -> Quiescence<'a> {
+        let live = live_folios(m);
+        let n = m.nr_pfns() as usize;
+        let mut claims = vec![0u8; n];
+        let mut claimant = vec![Claimant::Nobody; n];
+        let mut claim = |pfns: std::ops::Range<usize>, who: Claimant| {
+            claims[pfns.clone()].iter_mut().for_each(|c| *c += 1);
+            claimant[pfns].fill(who);
+        };
+        for (pfn, order) in m.buddy.free_blocks() {
+            claim(pfn as usize..(pfn + (1 << order)) as usize, Claimant::Buddy);
+        }
+        let mut memmap: Vec<Pfn> = m.vmemmap.ptes.iter().map(|p| p.frame).collect();
+        memmap.extend(m.hstate.vmemmap_tail);
+        memmap.sort_unstable();
+        memmap.dedup();
+        for f in memmap {
+            claim(f as usize..f as usize + 1, Claimant::Vmemmap);
+        }
+        for (t, _) in m.page_table_frames() {
+            claim(t as usize..t as usize + 1, Claimant::PageTable);
+        }
+        for cb in m.rcu.pending() {
+            match cb {
+                Callback::FreeTable(t) => claim(t as usize..t as usize + 1, Claimant::PageTable),
+            }
+        }
+        for f in &live {
+            claim(f.head as usize..(f.head + f.nr) as usize, Claimant::Folio);
+        }
+        Quiescence {
+            m,
+            live,
+            claims,
+            claimant,
         }
     }
-    (claims, claimant)
+
+    /// Who claims `pfn`, in words.
+    fn claimed_by(&self, pfn: usize) -> &'static str {
+        match self.claimant[pfn] {
+            Claimant::Folio => self
+                .live
+                .iter()
+                .rev()
+                .find(|f| (f.head..f.head + f.nr).contains(&(pfn as u32)))
+                .map_or("folio", |f| f.what),
+            c => c.name(),
+        }
+    }
+
+    fn frame_unaccounted(&self, pfn: usize) -> Violation {
+        let owner = Claimant::of(self.m.frames[pfn].owner);
+        Violation {
+            oracle: Oracle::FrameAccounting,
+            detail: format!(
+                "frame {pfn} is owned as {} but claimed {} time(s) (last by {})",
+                owner.name(),
+                self.claims[pfn],
+                self.claimed_by(pfn)
+            ),
+        }
+    }
 }
 
 /// At quiescence every frame has exactly one owner: a free buddy block, the
-/// vmemmap, a page table, or a live folio.
-pub fn every_frame_accounted(m: &Machine) -> Result<(), Violation> {
-    let (claims, claimant) = claims(m);
-    for (pfn, frame) in m.frames.iter().enumerate() {
-        let expected = match frame.owner {
-            Owner::Free => "buddy",
-            Owner::Memmap { .. } => "vmemmap",
-            Owner::PageTable => "page table",
-            Owner::Allocated => "folio",
-        };
-        let ok = claims[pfn] == 1
-            && (claimant[pfn] == expected
-                || (expected == "folio"
-                    && !matches!(claimant[pfn], "buddy" | "vmemmap" | "page table")));
-        if !ok {
-            return fail(
-                Oracle::FrameAccounting,
-                format!(
-                    "frame {pfn} is owned as {expected} but claimed {} time(s) (last by {})",
-                    claims[pfn],
-                    if claimant[pfn].is_empty() {
-                        "nobody"
-                    } else {
-                        claimant[pfn]
-                    }
-                ),
-            );
-        }
+/// vmemmap, a page table, or a live folio, and a freed frame is poisoned.
+pub fn every_frame_accounted(q: &Quiescence) -> Result<(), Violation> {
+    let m = q.m;
+    if let Some(pfn) = q.claims.iter().position(|&c| c != 1) {
+        return Err(q.frame_unaccounted(pfn));
+    }
+    if let Some(pfn) =
+        (0..q.claims.len()).find(|&p| q.claimant[p] != Claimant::of(m.frames[p].owner))
+    {
+        return Err(q.frame_unaccounted(pfn));
+    }
+    // Only a frame written since boot can have been freed without poison.
+    for &pfn in m.frames.touched() {
+        let frame = &m.frames[pfn as usize];
         if matches!(frame.owner, Owner::Free) && !matches!(frame.content, Content::Poison) {
             return fail(
                 Oracle::FrameAccounting,
@@ -187,8 +243,9 @@ pub fn every_frame_accounted(m: &Machine) -> Result<(), Violation> {
 /// At quiescence every reference taken was put: each live folio's refcount
 /// equals the references its owners hold, tails hold none, and each page
 /// table holds the one reference `pagetable_alloc` gave it.
-pub fn every_reference_put(m: &Machine) -> Result<(), Violation> {
-    for f in live_folios(m) {
+pub fn every_reference_put(q: &Quiescence) -> Result<(), Violation> {
+    let m = q.m;
+    for f in &q.live {
         let count = m.peek(f.head).refcount;
         if count != f.expected_refs {
             return fail(
@@ -200,7 +257,7 @@ pub fn every_reference_put(m: &Machine) -> Result<(), Violation> {
             );
         }
         if let Some(u) = &f.user {
-            user_folio_counts(m, &f, u)?;
+            user_folio_counts(m, f, u)?;
         }
         for tail in (f.head + 1..f.head + f.nr).filter(|&t| !m.peek_aliased(t)) {
             let c = m.peek(tail).refcount;
@@ -281,7 +338,8 @@ fn user_folio_counts(m: &Machine, f: &LiveFolio, u: &UserRefs) -> Result<(), Vio
 
 /// At quiescence no migration entry is left: every migration restored the
 /// PTEs, to the new folio or the old one.
-pub fn no_migration_entry_left(m: &Machine) -> Result<(), Violation> {
+pub fn no_migration_entry_left(q: &Quiescence) -> Result<(), Violation> {
+    let m = q.m;
     for (t, _) in m.page_table_frames() {
         let Content::Ptes(ptes) = &m.frames[t as usize].content else {
             continue;

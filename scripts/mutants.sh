@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Mutation score of the default hunt: cargo-mutants mutates the model's
+# kernel paths (src/model without the oracles, the coverage, tracing and
+# test support, and the execution plumbing), and for each mutant runs
+# tests/mutant_hunt.rs, which hunts the mutated model with the old default
+# (every engine in turn) and the adaptive default, SECS seconds each. A
+# violation kills the mutant. Runs on demand, not in CI: about 1.5 min per
+# mutant on 2 cores.
+#
+#   scripts/mutants.sh [SHARD] [SHARDS] [SECS]    (default 0 16 20)
+#
+# SHARD/SHARDS take every SHARDS-th mutant (cargo-mutants' round-robin
+# sharding), a deterministic sample of about 1/SHARDS of them. Results:
+# mutants.out/ (cargo-mutants) and mutants.out/hunts.tsv (one line per
+# mutant: where it differs from this tree, and what each hunt found).
+set -euo pipefail
+shard="${1:-0}"
+shards="${2:-16}"
+secs="${3:-20}"
+cd "$(dirname "$0")/.."
+if ! cargo mutants --version >/dev/null 2>&1; then
+    cargo install --locked cargo-mutants
+fi
+export MMHARNESS_MUTANT_SECS="$secs"
+export MMHARNESS_MUTANT_LOG="$PWD/mutants.hunts.tsv"
+# The unmutated model, to tell each mutant by its difference from it.
+orig="$(mktemp -d "${TMPDIR:-/tmp}/mmharness-mutants-orig.XXXXXX")"
+trap 'rm -rf "$orig"' EXIT
+mkdir -p "$orig/src" && cp -r src/model "$orig/src/"
+export MMHARNESS_MUTANT_ORIG="$orig"
+: >"$MMHARNESS_MUTANT_LOG"
+model_files=(buffer filemap gup hugetlb hugetlb_vmemmap khugepaged memory migrate mm_types
+    page_alloc page_flags page_ref pfn_walker pgtable rcu rmap truncate vmemmap vmscan)
+files=()
+for f in "${model_files[@]}"; do
+    [[ -f "src/model/$f.rs" ]] && files+=(-f "src/model/$f.rs")
+done
+cargo mutants "${files[@]}" \
+    --shard "$shard/$shards" --sharding round-robin \
+    --profile release --timeout 300 --jobs 1 \
+    -- --test mutant_hunt -- --ignored || true
+mv "$MMHARNESS_MUTANT_LOG" mutants.out/hunts.tsv
+echo "mutants.out/hunts.tsv: $(wc -l <mutants.out/hunts.tsv) mutants hunted"
+for which in before after; do
+    killed=$(grep -c "$which=[^c]" mutants.out/hunts.tsv || true)
+    echo "$which: $killed killed"
+done

@@ -1,0 +1,326 @@
+//! The default hunt: one budget spread over *arms* (an engine, a
+//! subsystem's arm of op kinds, a CPU count), moved towards the arms that
+//! keep finding new coverage, never starving one, on every core.
+//!
+//! Each arm is a [`Hunter`] with its own corpus. Workers (one per core)
+//! take turns on arms in slices of a fixed number of executions; an arm's
+//! reward is the new features its last slices found per execution (an
+//! exponential moving average), and the next arm is drawn in proportion to
+//! its reward plus a floor that keeps every arm in play. Memory size and
+//! folio order vary per scenario within each arm (the decoder draws them).
+//! With one worker the hunt is deterministic for a given seed.
+
+use super::hunt::{Engine, Finding, Flow, HuntOptions, HuntReport, Hunter};
+use crate::model::subsystem::distinct_arms;
+use crate::model::{Config, SubsystemSet};
+use crate::scenario::Scenario;
+use crate::scenario::generate::{GenOptions, OpFamily};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One arm: how its scenarios are generated and explored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arm {
+    pub engine: Engine,
+    /// Where its scenarios' ops come from.
+    pub ops: OpFamily,
+    /// CPUs per scenario, at most (each scenario draws 2 up to this).
+    pub cpus: usize,
+}
+
+impl Arm {
+    pub fn label(&self) -> String {
+        format!(
+            "{} / {} / {} CPUs",
+            self.engine.name(),
+            match self.ops {
+                OpFamily::Any => "any".to_string(),
+                OpFamily::Of(set) => set.arm_name(),
+            },
+            self.cpus
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AdaptiveOptions {
+    pub config: Config,
+    pub engines: Vec<Engine>,
+    /// Op arms; every subsystem's arm and every op kind by default.
+    pub op_arms: Vec<OpFamily>,
+    pub cpus: Vec<usize>,
+    pub memory_blocks: (u8, u8),
+    pub hugetlb_order: (u8, u8),
+    pub time: Duration,
+    pub seed: u64,
+    /// Parallel workers.
+    pub jobs: usize,
+    /// Executions per slice of an arm.
+    pub slice: u64,
+    /// Each arm stops after this many scenarios.
+    pub iterations: Option<u64>,
+    pub guided: bool,
+    pub pct_depth: Option<usize>,
+    pub executions_per_scenario: usize,
+}
+
+impl AdaptiveOptions {
+    /// Every engine, every subsystem's arm and all ops together, scenarios
+    /// of 2-4 CPUs and two or three memory blocks (so that two hugetlb
+    /// folios can be alive at once), one worker per core.
+    pub fn new(config: Config, time: Duration, seed: u64) -> AdaptiveOptions {
+        let mut op_arms: Vec<OpFamily> = distinct_arms().into_iter().map(OpFamily::Of).collect();
+        op_arms.push(OpFamily::Of(SubsystemSet::all()));
+        AdaptiveOptions {
+            config,
+            engines: Engine::ALL.to_vec(),
+            op_arms,
+            cpus: vec![4],
+            memory_blocks: (2, 3),
+            hugetlb_order: (config.hugetlb_order, config.hugetlb_order),
+            time,
+            seed,
+            jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            slice: 2048,
+            iterations: None,
+            guided: true,
+            pct_depth: None,
+            executions_per_scenario: 32,
+        }
+    }
+
+    /// Every combination; fewer than workers are repeated (each copy with
+    /// its own seed and corpus, as libFuzzer's jobs), so that every core
+    /// hunts.
+    pub fn arms(&self) -> Vec<Arm> {
+        let mut arms = Vec::new();
+        for &engine in &self.engines {
+            for &ops in &self.op_arms {
+                for &cpus in &self.cpus {
+                    arms.push(Arm { engine, ops, cpus });
+                }
+            }
+        }
+        let distinct = arms.len();
+        for i in distinct..self.jobs.max(1) {
+            arms.push(arms[i % distinct]);
+        }
+        arms
+    }
+
+    fn hunter(&self, i: usize, arm: Arm) -> Hunter {
+        let mut generate = GenOptions {
+            max_cpus: arm.cpus,
+            ops: arm.ops,
+            ..GenOptions::with_config(self.config)
+        };
+        generate.memory_blocks = self.memory_blocks;
+        generate.hugetlb_order = self.hugetlb_order;
+        let mut opts = HuntOptions::new(arm.engine, generate);
+        // Arm 0 hunts with the seed itself, as a single-arm hunt always did.
+        opts.seed = self.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        opts.time = Duration::MAX;
+        opts.iterations = self.iterations;
+        opts.guided = self.guided;
+        opts.pct_depth = self.pct_depth;
+        opts.executions_per_scenario = self.executions_per_scenario;
+        Hunter::new(opts)
+    }
+}
+
+/// One arm's share of the hunt.
+#[derive(Debug, Clone)]
+pub struct ArmReport {
+    pub arm: Arm,
+    pub report: HuntReport,
+    pub slices: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdaptiveReport {
+    pub arms: Vec<ArmReport>,
+    /// The first violation, and the arm that found it.
+    pub finding: Option<(Arm, Finding)>,
+    pub model_panic: Option<(Arm, Scenario, String)>,
+    pub elapsed: Duration,
+    pub interrupted: bool,
+}
+
+impl AdaptiveReport {
+    pub fn executions(&self) -> u64 {
+        self.arms.iter().map(|a| a.report.executions).sum()
+    }
+
+    pub fn scenarios(&self) -> u64 {
+        self.arms.iter().map(|a| a.report.scenarios).sum()
+    }
+
+    pub fn features(&self) -> usize {
+        self.arms.iter().map(|a| a.report.features).sum()
+    }
+}
+
+struct ArmState {
+    arm: Arm,
+    hunter: Hunter,
+    slices: u64,
+    /// New features per execution, smoothed.
+    reward: f64,
+    busy: bool,
+}
+
+/// The pick rule: in proportion to reward, plus a floor (a share of the
+/// best reward, and a constant while nothing has rewards) so that every
+/// arm keeps being tried.
+fn pick(arms: &[Mutex<ArmState>], rng: &mut StdRng) -> Option<usize> {
+    let rewards: Vec<Option<f64>> = arms
+        .iter()
+        .map(|a| {
+            let a = a.lock().unwrap_or_else(|e| e.into_inner());
+            (!a.busy && !a.hunter.done()).then_some(if a.slices == 0 {
+                f64::INFINITY
+            } else {
+                a.reward
+            })
+        })
+        .collect();
+    // Every arm once first, in order.
+    if let Some(i) = rewards.iter().position(|r| *r == Some(f64::INFINITY)) {
+        return Some(i);
+    }
+    let best = rewards.iter().flatten().fold(0.0f64, |a, &b| a.max(b));
+    let floor = best / (2.0 * arms.len() as f64) + 1e-6;
+    let weights: Vec<f64> = rewards
+        .iter()
+        .map(|r| r.map_or(0.0, |r| r + floor))
+        .collect();
+    let total: f64 = weights.iter().sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let mut x = rng.gen_range(0.0..total);
+    for (i, w) in weights.iter().enumerate() {
+        if x < *w {
+            return Some(i);
+        }
+        x -= w;
+    }
+    weights.iter().rposition(|w| *w > 0.0)
+}
+
+/// What a worker's slice of an arm found.
+struct Slice {
+    executions: u64,
+    new: usize,
+}
+
+fn run_slice(h: &mut Hunter, executions: u64) -> Slice {
+    let before = h.report.executions;
+    let mut new = 0;
+    while !h.done() && h.report.executions - before < executions {
+        new += h.batch();
+    }
+    Slice {
+        executions: h.report.executions - before,
+        new,
+    }
+}
+
+/// Run the adaptive hunt; `observe` sees every arm's report after each
+/// slice, and may stop the hunt.
+pub fn adaptive_hunt(
+    opts: &AdaptiveOptions,
+    observe: &mut (dyn FnMut(&[ArmReport]) -> Flow + Send),
+) -> AdaptiveReport {
+    let start = Instant::now();
+    let arms: Vec<Mutex<ArmState>> = opts
+        .arms()
+        .into_iter()
+        .enumerate()
+        .map(|(i, arm)| {
+            Mutex::new(ArmState {
+                arm,
+                hunter: opts.hunter(i, arm),
+                slices: 0,
+                reward: 0.0,
+                busy: false,
+            })
+        })
+        .collect();
+    let arms = Arc::new(arms);
+    let shared = Mutex::new((StdRng::seed_from_u64(opts.seed), false, false));
+    let observe = Mutex::new(observe);
+    let snapshot = |arms: &[Mutex<ArmState>]| -> Vec<ArmReport> {
+        arms.iter()
+            .map(|a| {
+                let a = a.lock().unwrap_or_else(|e| e.into_inner());
+                let mut report = a.hunter.report.clone();
+                report.elapsed = start.elapsed();
+                ArmReport {
+                    arm: a.arm,
+                    report,
+                    slices: a.slices,
+                }
+            })
+            .collect()
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..opts.jobs.max(1) {
+            scope.spawn(|| {
+                crate::exec::quiet_shuttle_panics();
+                loop {
+                    let i = {
+                        let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+                        let (rng, stop, _) = &mut *s;
+                        if *stop || start.elapsed() >= opts.time {
+                            return;
+                        }
+                        let Some(i) = pick(&arms, rng) else { return };
+                        arms[i].lock().unwrap_or_else(|e| e.into_inner()).busy = true;
+                        i
+                    };
+                    let mut a = arms[i].lock().unwrap_or_else(|e| e.into_inner());
+                    let slice = run_slice(&mut a.hunter, opts.slice);
+                    let rate = slice.new as f64 / slice.executions.max(1) as f64;
+                    a.reward = if a.slices == 0 {
+                        rate
+                    } else {
+                        0.7 * a.reward + 0.3 * rate
+                    };
+                    a.slices += 1;
+                    a.busy = false;
+                    let found =
+                        a.hunter.report.finding.is_some() || a.hunter.report.model_panic.is_some();
+                    drop(a);
+                    let reports = snapshot(&arms);
+                    let flow = (observe.lock().unwrap_or_else(|e| e.into_inner()))(&reports);
+                    let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+                    if found {
+                        s.1 = true;
+                    }
+                    if flow == Flow::Stop {
+                        s.1 = true;
+                        s.2 = true;
+                    }
+                }
+            });
+        }
+    });
+    let interrupted = shared.lock().unwrap_or_else(|e| e.into_inner()).2;
+    let reports = snapshot(&arms);
+    let finding = reports
+        .iter()
+        .find_map(|a| a.report.finding.clone().map(|f| (a.arm, f)));
+    let model_panic = reports
+        .iter()
+        .find_map(|a| a.report.model_panic.clone().map(|(s, m)| (a.arm, s, m)));
+    AdaptiveReport {
+        arms: reports,
+        finding,
+        model_panic,
+        elapsed: start.elapsed(),
+        interrupted,
+    }
+}

@@ -1,0 +1,321 @@
+//! `mmharness bench`: throughput beside a bare shuttle test, libFuzzer's
+//! own speed, and (with `--variants`) the time-to-find scoreboard. Prints
+//! each table and writes it to BENCHMARKS.md with the command and the
+//! machine.
+
+use super::seconds;
+use crate::engine::Engine;
+use crate::engine::bench::{FuzzFigures, Score, Throughput, scoreboard, throughput};
+use crate::model::{Config, Variant};
+use crate::ui::progress::{Progress, catch_ctrl_c, interrupted};
+use clap::Args;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct Bench {
+    /// Runs per figure (medians are quoted).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS", value_parser = seconds)]
+    time: f64,
+    /// Print the throughput as one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Skip the cargo-fuzz targets even if cargo-fuzz is installed.
+    #[arg(long)]
+    no_fuzz: bool,
+    /// The time-to-find scoreboard instead: every variant and engine.
+    #[arg(long)]
+    variants: bool,
+    /// Scoreboard: only these variants (repeatable).
+    #[arg(long = "variant", value_name = "NAME", value_parser = Variant::from_name)]
+    only: Vec<Variant>,
+    /// Scoreboard: only these engines (repeatable).
+    #[arg(long = "engine", value_enum)]
+    engines: Vec<Engine>,
+    /// Scoreboard: seeds per variant and engine.
+    #[arg(long, default_value_t = 5)]
+    seeds: u64,
+    /// Scoreboard: seconds each hunt may take.
+    #[arg(long, default_value_t = 60.0, value_name = "SECS", value_parser = seconds)]
+    budget: f64,
+    /// Where the tables go.
+    #[arg(long, value_name = "FILE", default_value = "BENCHMARKS.md")]
+    out: PathBuf,
+    /// Print only; leave the file alone.
+    #[arg(long)]
+    no_write: bool,
+}
+
+impl Bench {
+    pub fn run(self) -> Result<ExitCode, String> {
+        catch_ctrl_c();
+        crate::exec::quiet_shuttle_panics();
+        if self.variants {
+            return self.scoreboard();
+        }
+        let mut progress = Progress::new("bench");
+        let mut t = throughput(
+            Config::default(),
+            self.runs,
+            Duration::from_secs_f64(self.time),
+            &mut |m| progress.message(m),
+        );
+        if !self.no_fuzz {
+            t.fuzz = fuzz_figures(self.time, &mut |m| progress.message(m));
+        }
+        progress.finish();
+        if self.json {
+            println!("{}", json(&t));
+        }
+        let table = throughput_table(&t);
+        if !self.json {
+            print!("{table}");
+        }
+        if !self.no_write {
+            let command = format!("mmharness bench --runs {} --time {}", self.runs, self.time);
+            write_section(&self.out, "throughput", &command, &table)?;
+            eprintln!("written: {}", self.out.display());
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    fn scoreboard(&self) -> Result<ExitCode, String> {
+        let variants = if self.only.is_empty() {
+            Variant::ALL.to_vec()
+        } else {
+            self.only.clone()
+        };
+        let engines = if self.engines.is_empty() {
+            Engine::ALL.to_vec()
+        } else {
+            self.engines.clone()
+        };
+        let mut progress = Progress::new("scoreboard");
+        let mut scores = Vec::new();
+        for v in variants {
+            if interrupted() {
+                break;
+            }
+            scores.extend(scoreboard(
+                &[v],
+                &engines,
+                self.seeds,
+                Duration::from_secs_f64(self.budget),
+                &mut |m| progress.message(m),
+            ));
+        }
+        progress.finish();
+        let table = scoreboard_table(&scores, self.budget, self.seeds);
+        print!("{table}");
+        if !self.no_write && !interrupted() {
+            let command = format!(
+                "mmharness bench --variants --seeds {} --budget {}",
+                self.seeds, self.budget
+            );
+            write_section(&self.out, "scoreboard", &command, &table)?;
+            eprintln!("written: {}", self.out.display());
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// The machine, as the tables record it.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let rustc = Command::new("rustc")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!("{cores} cores ({cpu}), {rustc}")
+}
+
+fn json(t: &Throughput) -> String {
+    let input = t.engine(Engine::Input).expect("the input engine ran");
+    let mut v = serde_json::to_value(t).expect("figures serialise");
+    let o = v.as_object_mut().expect("an object");
+    o.insert("input_exec_per_s".into(), input.exec_per_s.into());
+    o.insert("mean_steps".into(), input.mean_steps.into());
+    o.insert("mean_cpu_steps".into(), input.mean_cpu_steps.into());
+    o.insert("mean_cpus".into(), input.mean_cpus.into());
+    o.insert(
+        "ratio_input_to_toy".into(),
+        (input.exec_per_s / t.toy_exec_per_s).into(),
+    );
+    v.to_string()
+}
+
+fn throughput_table(t: &Throughput) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Fixed model, default configuration; medians of {} runs x {} s each, in one process, alternating.\n",
+        t.runs, t.secs
+    );
+    let _ = writeln!(s, "| what | exec/s | steps/s | vs bare shuttle |");
+    let _ = writeln!(s, "|---|---:|---:|---:|");
+    for e in &t.engines {
+        let _ = writeln!(
+            s,
+            "| {} engine (mean {:.2} CPUs, {:.1} steps, {:.1} of them CPU steps) | {:.0} | {:.0} | {:.2} |",
+            e.engine.name(),
+            e.mean_cpus,
+            e.mean_steps,
+            e.mean_cpu_steps,
+            e.exec_per_s,
+            e.steps_per_s,
+            e.exec_per_s / t.toy_exec_per_s
+        );
+    }
+    let _ = writeln!(
+        s,
+        "| bare shuttle: {} threads x {} locked updates, one Runner, random scheduler | {:.0} | {:.0} | 1.00 |",
+        t.toy_threads,
+        t.toy_steps,
+        t.toy_exec_per_s,
+        t.toy_exec_per_s * (t.toy_threads * t.toy_steps) as f64
+    );
+    for f in &t.fuzz {
+        let _ = writeln!(
+            s,
+            "| cargo-fuzz `{}` target (libFuzzer, --sanitizer none) | {:.0} | | {:.2} |",
+            f.target,
+            f.exec_per_s,
+            f.exec_per_s / t.toy_exec_per_s
+        );
+    }
+    s
+}
+
+fn scoreboard_table(scores: &[Score], budget: f64, seeds: u64) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Every variant with its own subsystems' ops (`mmharness hunt --variant V --engine E --seed S --time {budget}`), seeds 0..{seeds}. Medians count a miss as more than the budget.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| variant | engine | found | median time | median executions |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|");
+    for sc in scores {
+        let time = sc
+            .median_secs(budget)
+            .map_or(format!("> {budget} s"), |t| format!("{t:.1} s"));
+        let execs = sc
+            .median_executions()
+            .map_or("-".to_string(), |e| format!("{e:.0}"));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {}/{} | {time} | {execs} |",
+            sc.variant,
+            sc.engine.name(),
+            sc.found(),
+            sc.hunts.len()
+        );
+    }
+    s
+}
+
+/// Replace (or add) one section of the benchmarks file, keeping the others.
+fn write_section(path: &Path, name: &str, command: &str, table: &str) -> Result<(), String> {
+    let (start, end) = (format!("<!-- {name} -->"), format!("<!-- /{name} -->"));
+    let body = format!(
+        "{start}\nCommand: `{command}` on {} (commit {}).\n\n{table}{end}",
+        machine(),
+        commit()
+    );
+    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let new = match (old.find(&start), old.find(&end)) {
+        (Some(a), Some(b)) if a < b => format!("{}{body}{}", &old[..a], &old[b + end.len()..]),
+        _ => format!("{}\n{body}\n", old.trim_end()),
+    };
+    std::fs::write(path, new).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn commit() -> String {
+    let out = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let hash = out(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty =
+        out(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    if dirty {
+        format!("{hash}, modified")
+    } else {
+        hash
+    }
+}
+
+/// libFuzzer's speed on the `scenario` target and on a target that does
+/// nothing, when cargo-fuzz is installed and `fuzz/` is here.
+fn fuzz_figures(secs: f64, progress: &mut dyn FnMut(&str)) -> Vec<FuzzFigures> {
+    let has_fuzz = Path::new("fuzz/Cargo.toml").exists()
+        && Command::new("cargo")
+            .args(["fuzz", "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !has_fuzz {
+        return Vec::new();
+    }
+    progress("building the cargo-fuzz targets");
+    let built = Command::new("cargo")
+        .args(["fuzz", "build", "--sanitizer", "none"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !built {
+        eprintln!("mmharness bench: `cargo fuzz build` failed; skipping the fuzz targets");
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for target in ["scenario", "trivial"] {
+        progress(&format!("cargo fuzz run {target}"));
+        let dir =
+            std::env::temp_dir().join(format!("mmharness-bench-{target}-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let run = Command::new("cargo")
+            .args(["fuzz", "run", target, "--sanitizer", "none"])
+            .arg(&dir)
+            .args([
+                "--",
+                &format!("-max_total_time={}", secs.ceil() as u64),
+                "-print_final_stats=1",
+            ])
+            .env_remove("MMHARNESS_VARIANTS")
+            .output();
+        let _ = std::fs::remove_dir_all(&dir);
+        let Ok(run) = run else { continue };
+        let stats = String::from_utf8_lossy(&run.stderr);
+        if let Some(rate) = stats
+            .lines()
+            .find_map(|l| l.strip_prefix("stat::average_exec_per_sec:"))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+        {
+            out.push(FuzzFigures {
+                target: target.into(),
+                exec_per_s: rate,
+            });
+        }
+    }
+    out
+}
