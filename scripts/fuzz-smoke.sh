@@ -99,6 +99,7 @@ declare -A variant=(
     [hvo]=hvo-no-rcu-sync
     [migration]=migrate-expected-refs-undercount
     [pmd_share]=pmd-unshare-no-gup-fast-sync
+    [thp]=fork-shares-pinned-page
 )
 for t in "${targets[@]}"; do
     v="${variant[$t]:-}"

@@ -29,8 +29,9 @@ trap 'rm -rf "$orig"' EXIT
 mkdir -p "$orig/src" && cp -r src/model "$orig/src/"
 export MMHARNESS_MUTANT_ORIG="$orig"
 : >"$MMHARNESS_MUTANT_LOG"
-model_files=(buffer filemap gup hugetlb hugetlb_vmemmap hugetlbfs khugepaged madvise memory migrate
-    mm_types mmap page_alloc page_flags page_ref pfn_walker pgtable rcu rmap smp truncate vma
+model_files=(buffer filemap fork gup huge_memory hugetlb hugetlb_vmemmap hugetlbfs khugepaged madvise
+    memory migrate mm_types mmap mprotect mremap page_alloc page_flags page_ref pfn_walker pgtable rcu
+    rmap smp truncate vma
     vmemmap vmscan)
 files=()
 for f in "${model_files[@]}"; do

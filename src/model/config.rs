@@ -61,6 +61,58 @@ impl HvoMode {
     }
 }
 
+/// How a write fault on an anonymous THP decides between reusing the page
+/// and copying it: the three designs of do_wp_page / do_huge_pmd_wp_page
+/// for THPs (MODEL-NOTES §6, seed 002). Each is that kernel's rule for a
+/// large folio, run with the rest of the v5.19+ machinery
+/// (PageAnonExclusive, fork copying maybe-pinned pages, FAULT_FLAG_UNSHARE
+/// for read-only pins, `write_protect_seq`) and the v5.19+ rule for small
+/// pages, as keep-2 HVO runs with the v6.10 guards: the designs differ in
+/// their THP rule alone. A variant that is one of these designs
+/// (`Variant::design`: `thp-cow-breaks-pin`) selects it; one that changes
+/// a design's path (`Variant::needs_design`) requires it.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
+)]
+pub enum CowDesign {
+    /// The 2016 THP refcount redesign (v4.5, 53f9263baba6 "mm: rework
+    /// mapcount accounting to enable 4k mapping of THPs"):
+    /// `reuse_swap_page()` refuses every PageTransCompound page, so a write
+    /// to a PTE-mapped THP subpage always copies; `do_huge_pmd_wp_page`
+    /// reuses only at `page_mapcount == 1 && page_count == 1`, which a pin
+    /// fails.
+    #[serde(rename = "v4.5")]
+    #[value(name = "v4.5")]
+    V4_5,
+    /// Andrea Arcangeli's fix as posted in seed 002 (merged, with a guard,
+    /// as 6d0a07edd17c in v4.6): reuse when `page_trans_huge_mapcount()`
+    /// (the largest subpage mapcount plus the PMD mappings) is 1, then
+    /// `page_move_anon_rmap()` of the whole compound page.
+    #[serde(rename = "2016-fix")]
+    #[value(name = "2016-fix")]
+    Fix2016,
+    /// PageAnonExclusive (6c287605fd56, v5.19): reuse an exclusive page;
+    /// otherwise a PMD-mapped THP is reused only at refcount 1 and a
+    /// PTE-mapped THP subpage is copied (`wp_can_reuse_anon_folio` refuses
+    /// large folios, as through v6.14).
+    #[default]
+    #[serde(rename = "v5.19")]
+    #[value(name = "v5.19")]
+    V5_19,
+}
+
+impl CowDesign {
+    pub const ALL: [CowDesign; 3] = [CowDesign::V4_5, CowDesign::Fix2016, CowDesign::V5_19];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CowDesign::V4_5 => "v4.5",
+            CowDesign::Fix2016 => "2016-fix",
+            CowDesign::V5_19 => "v5.19",
+        }
+    }
+}
+
 /// What a VMA maps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -238,6 +290,10 @@ pub struct Config {
     /// Every process's VMAs.
     #[serde(default, skip_serializing_if = "is_default_vmas")]
     pub vmas: Vmas,
+    /// The THP write-fault design; a variant that is a design selects it
+    /// (see [`Config::cow`]).
+    #[serde(default, skip_serializing_if = "is_default_cow")]
+    pub cow: CowDesign,
     /// `hugepages=N` on the kernel command line: hugetlb folios put in the
     /// pool at boot (`hugetlb_hstate_alloc_pages`, HVO'd as they join it),
     /// from blocks 1, 2, ...
@@ -260,6 +316,10 @@ fn is_default_vmas(vmas: &Vmas) -> bool {
     *vmas == Vmas::default()
 }
 
+fn is_default_cow(cow: &CowDesign) -> bool {
+    *cow == CowDesign::default()
+}
+
 fn is_zero(n: &u8) -> bool {
     *n == 0
 }
@@ -272,6 +332,7 @@ impl Default for Config {
             memory_blocks: 2,
             mms: default_mms(),
             vmas: Vmas::default(),
+            cow: CowDesign::default(),
             hugepages: 0,
             variants: VariantSet::default(),
         }
@@ -326,6 +387,37 @@ impl Config {
                 ));
             }
         }
+        let mut selected = self
+            .variants
+            .iter()
+            .filter_map(|v| v.design().map(|d| (v, d)));
+        if let Some((v, d)) = selected.next() {
+            if let Some((w, e)) = selected.find(|&(_, e)| e != d) {
+                return Err(format!(
+                    "variants {v} and {w} are two write-fault designs ({} and {})",
+                    d.name(),
+                    e.name()
+                ));
+            }
+            if self.cow != d && self.cow != CowDesign::default() {
+                return Err(format!(
+                    "variant {v} is the {} design, but cow is {}",
+                    d.name(),
+                    self.cow.name()
+                ));
+            }
+        }
+        for v in self.variants.iter() {
+            if let Some(d) = v.needs_design()
+                && self.cow() != d
+            {
+                return Err(format!(
+                    "variant {v} changes the {} design, but the design is {}",
+                    d.name(),
+                    self.cow().name()
+                ));
+            }
+        }
         if self.vmas.end() > MAX_USER_PAGES {
             return Err(format!(
                 "the VMAs end at page {}, past the {MAX_USER_PAGES} pages of the user address space",
@@ -355,6 +447,15 @@ impl Config {
 
     pub fn has(&self, v: Variant) -> bool {
         self.variants.has(v)
+    }
+
+    /// The THP write-fault design that runs: the one a variant selects,
+    /// else `cow`.
+    pub fn cow(&self) -> CowDesign {
+        self.variants
+            .iter()
+            .find_map(|v| v.design())
+            .unwrap_or(self.cow)
     }
 
     /// One past the last user page of every process.

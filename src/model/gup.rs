@@ -11,8 +11,9 @@ use super::config::VmaKind;
 use super::ctx::Cpu;
 use super::hugetlb::{hugetlb_vma_lock_read, hugetlb_vma_unlock_read, hugetlb_walk};
 use super::machine::{Content, Hold, Machine, Pfn};
-use super::memory::{handle_mm_fault_locked, mmap_read_lock, mmap_read_unlock};
-use super::oracle::Violation;
+use super::memory::{FaultKind, handle_mm_fault_kind, mmap_read_lock, mmap_read_unlock};
+use super::mm_types::{Mapping, pg};
+use super::oracle::{self, Violation};
 use super::page_flags::{compound_head, folio_nr_pages};
 use super::page_ref::{folio_put_refs, folio_ref_add, folio_try_get};
 use super::pgtable::{PmdVal, PteVal, Uaddr};
@@ -29,12 +30,40 @@ pub enum Foll {
 
 /// `get_user_pages_fast` / `pin_user_pages_fast` of one page: GUP-fast,
 /// falling back to the slow path (`gup_fast_fallback`). On success the
-/// CPU holds the reference or pin.
-pub fn gup_fast_fallback(cpu: &Cpu, a: Uaddr, foll: Foll) -> KResult<()> {
-    if gup_fast(cpu, a, foll)? {
+/// CPU holds the reference or pin. `write` is `FOLL_WRITE`; the model's
+/// pins are all `FOLL_LONGTERM` as vfio and io_uring take them (for
+/// anonymous memory the flag changes nothing else: there is no
+/// ZONE_MOVABLE or CMA to migrate out of).
+pub fn gup_fast_fallback(cpu: &Cpu, a: Uaddr, foll: Foll, write: bool) -> KResult<()> {
+    if gup_fast(cpu, a, foll, write)? {
         return Ok(());
     }
-    __get_user_pages(cpu, a, foll)
+    __get_user_pages(cpu, a, foll, write)
+}
+
+/// `pin_user_pages` (`__gup_longterm_locked`): the slow path alone.
+pub fn pin_user_pages(cpu: &Cpu, a: Uaddr, write: bool) -> KResult<()> {
+    __get_user_pages(cpu, a, Foll::Pin, write)
+}
+
+/// `gup_must_unshare`: a read-only pin of an anonymous page that may be
+/// shared must not pin it: the fault path first gives the process an
+/// exclusive page (FAULT_FLAG_UNSHARE, a7f226604170). For a PMD-mapped THP
+/// `page` is the head.
+fn gup_must_unshare(
+    m: &mut Machine,
+    foll: Foll,
+    write: bool,
+    page: Pfn,
+) -> Result<bool, Violation> {
+    if foll != Foll::Pin || write {
+        return Ok(false);
+    }
+    let folio = compound_head(m, page)?;
+    if !matches!(m.page(folio)?.mapping, Mapping::Anon { .. }) {
+        return Ok(false);
+    }
+    Ok(!m.page(page)?.test(pg::ANON_EXCLUSIVE))
 }
 
 /// What GUP-fast read before taking its reference.
@@ -47,23 +76,39 @@ struct Seen {
     pte: Option<PteVal>,
     page: Pfn,
     folio: Pfn,
+    /// `pte_write` / `pmd_write` of what it read.
+    write_bit: bool,
+    /// The page `gup_must_unshare` asks about (a leaf's head).
+    unshare_page: Pfn,
+    /// `mm->write_protect_seq` as it read it, for a pin.
+    seq: Option<u32>,
 }
 
 /// The lockless walk below the PUD: the PMD entry in the table the PUD
-/// pointed at (`pmdp_get_lockless`), then the PTE, then `page_folio`.
-fn gup_fast_walk(m: &mut Machine, a: Uaddr, table: Pfn) -> Result<Option<Seen>, Violation> {
+/// pointed at (`pmdp_get_lockless`), then the PTE, then `page_folio`. A
+/// `FOLL_WRITE` walk refuses a read-only entry (`pte_access_permitted`).
+fn gup_fast_walk(
+    m: &mut Machine,
+    a: Uaddr,
+    table: Pfn,
+    write: bool,
+) -> Result<Option<Seen>, Violation> {
     let pmd = m.walk_pmd(a, table)?;
-    let (pte, page) = match pmd {
+    let (pte, page, write_bit, unshare_page) = match pmd {
         PmdVal::None => return Ok(None),
-        PmdVal::Leaf(l) => (None, l.pfn + a.pmd_offset()),
+        PmdVal::Leaf(l) => (None, l.pfn + a.pmd_offset(), l.write, l.pfn),
         PmdVal::Table(t) => match m.walk_pte(t, a)? {
-            pte @ PteVal::Present(e) => (Some(pte), e.pfn),
+            pte @ PteVal::Present(e) => (Some(pte), e.pfn, e.write, e.pfn),
             pte => {
                 ktrace!(m, "{a}: ptep_get_lockless = {pte:?}: slow path");
                 return Ok(None);
             }
         },
     };
+    if write && !write_bit {
+        ktrace!(m, "{a}: FOLL_WRITE on a read-only entry: slow path");
+        return Ok(None);
+    }
     // try_get_folio(): folio = page_folio(page).
     let folio = compound_head(m, page)?;
     ktrace!(
@@ -76,6 +121,9 @@ fn gup_fast_walk(m: &mut Machine, a: Uaddr, table: Pfn) -> Result<Option<Seen>, 
         pte,
         page,
         folio,
+        write_bit,
+        unshare_page,
+        seq: None,
     }))
 }
 
@@ -85,9 +133,21 @@ fn gup_fast_walk(m: &mut Machine, a: Uaddr, table: Pfn) -> Result<Option<Seen>, 
 /// an RCU read section (which holds `tlb_remove_table` off) and takes no
 /// IPI (which holds `tlb_remove_table_sync_one` off). The PUD and the PMD
 /// entry are separate loads. Returns whether it got the page.
-fn gup_fast(cpu: &Cpu, a: Uaddr, foll: Foll) -> KResult<bool> {
-    let table = cpu.step("gup_fast_pud_range", |m| {
-        if m.mms[a.mm as usize].exited {
+///
+/// A pin first reads `mm->write_protect_seq` (odd: fork is write-protecting
+/// the page tables, so leave it to the slow path, which waits for fork's
+/// mmap_lock) and at the end backs off if it changed (57efa1fe5957).
+fn gup_fast(cpu: &Cpu, a: Uaddr, foll: Foll, write: bool) -> KResult<bool> {
+    let cfg = *cpu.cfg();
+    let seqcount = foll == Foll::Pin && !cfg.has(Variant::GupFastNoWriteProtectSeq);
+    let start = cpu.step("gup_fast_pud_range", |m| {
+        let mm = &m.mms[a.mm as usize];
+        if mm.exited || mm.in_fork {
+            return Ok(None);
+        }
+        let seq = seqcount.then_some(mm.write_protect_seq);
+        if seq.is_some_and(|s| s & 1 == 1) {
+            ktrace!(m, "{a}: write_protect_seq is odd (fork): slow path");
             return Ok(None);
         }
         m.local_irq_save();
@@ -97,13 +157,13 @@ fn gup_fast(cpu: &Cpu, a: Uaddr, foll: Foll) -> KResult<bool> {
         if t.is_none() {
             gup_fast_end(m);
         }
-        Ok(t)
+        Ok(t.map(|t| (t, seq)))
     })?;
-    let Some(table) = table else {
+    let Some((table, seq)) = start else {
         return Ok(false);
     };
     let seen = cpu.step("gup_fast_pmd_range", |m| {
-        let seen = gup_fast_walk(m, a, table)?;
+        let seen = gup_fast_walk(m, a, table, write)?.map(|s| Seen { seq, ..s });
         if seen.is_none() {
             gup_fast_end(m);
         }
@@ -119,7 +179,6 @@ fn gup_fast(cpu: &Cpu, a: Uaddr, foll: Foll) -> KResult<bool> {
         })?;
         return Ok(false);
     }
-    let cfg = *cpu.cfg();
     let func = match seen.pmd {
         PmdVal::Leaf(_) => "gup_fast_pmd_leaf",
         _ => "gup_fast_pte_range",
@@ -145,8 +204,23 @@ fn gup_fast(cpu: &Cpu, a: Uaddr, foll: Foll) -> KResult<bool> {
             );
             return Ok(false);
         }
+        if !seen.write_bit && gup_must_unshare(m, foll, write, seen.unshare_page)? {
+            ktrace!(
+                m,
+                "{a}: R/O pin of a maybe-shared anon page: slow path unshares"
+            );
+            return Ok(false);
+        }
+        // read_seqcount_retry(&mm->write_protect_seq, seq)
+        if seen
+            .seq
+            .is_some_and(|s| s != m.mms[a.mm as usize].write_protect_seq)
+        {
+            ktrace!(m, "{a}: write_protect_seq changed (fork): unpin, slow path");
+            return Ok(false);
+        }
         ktrace!(m, "{a}: recheck passed: keep pfn {}", seen.folio);
-        hold(m, seen.folio, seen.page, foll);
+        hold(m, a, seen.folio, seen.page, foll, write);
         Ok(true)
     })?;
     if !kept {
@@ -162,11 +236,40 @@ fn gup_fast_end(m: &mut Machine) {
     m.local_irq_restore();
 }
 
-fn hold(m: &mut Machine, folio: Pfn, page: Pfn, foll: Foll) {
+/// The CPU's task keeps what GUP got at `a`; the ledger follows it.
+fn hold(m: &mut Machine, a: Uaddr, folio: Pfn, page: Pfn, foll: Foll, write: bool) {
+    let anon = m.anon_vma_covers(a);
+    m.cover_page(
+        "gup hold",
+        page,
+        (foll == Foll::Pin) as u64 | (write as u64) << 1 | (anon as u64) << 2,
+    );
+    // As the page tables record it (a PTE in a table khugepaged detached
+    // still maps its page; a migration entry for the page keeps its place
+    // until migration ends, the same page again or the new one).
+    let migrating = matches!(m.pte(a), Some(PteVal::Migration { pfn, .. }) if pfn == page);
+    let mapped = migrating
+        || m.ledger.maps.iter().any(|e| {
+            e.a.mm == a.mm
+                && if e.leaf {
+                    e.a.page == a.pmd_base() && e.pfn + a.pmd_offset() == page
+                } else {
+                    e.a == a && e.pfn == page
+                }
+        });
+    let id = m
+        .ledger
+        .hold_taken(a, page, foll == Foll::Pin, write, anon, mapped);
+    m.ledger.touch(folio);
     let c = m.cpu_index();
     m.cpus[c].holds.push(match foll {
-        Foll::Get => Hold::GupRef { folio, page },
-        Foll::Pin => Hold::GupPin { folio, page },
+        Foll::Get => Hold::GupRef { folio, page, id },
+        Foll::Pin => Hold::GupPin {
+            folio,
+            page,
+            write,
+            id,
+        },
     });
 }
 
@@ -232,11 +335,21 @@ fn try_grab_folio(m: &mut Machine, folio: Pfn, foll: Foll) -> Result<(), Violati
 /// page in first.
 const GUP_SLOW_TRIES: u32 = 3;
 
+/// What `follow_page_mask` found.
+enum Follow {
+    Got,
+    /// No VMA, or `FOLL_WRITE` on a read-only one (`check_vma_flags`).
+    Efault,
+    /// Fault it in first (`faultin_page`) with this kind.
+    Fault(FaultKind),
+}
+
 /// `__get_user_pages` for one page under `mmap_lock`: `follow_page_pte`
 /// (or `follow_huge_pmd`) grabs the folio under the page-table lock; a none
-/// PTE or a migration entry goes through `faultin_page`, which waits out
-/// the migration, and then it retries.
-fn __get_user_pages(cpu: &Cpu, a: Uaddr, foll: Foll) -> KResult<()> {
+/// PTE, a migration entry, `FOLL_WRITE` on a read-only entry or a
+/// read-only pin of a maybe-shared anon page (-EMLINK: unshare) goes
+/// through `faultin_page`, and then it retries.
+fn __get_user_pages(cpu: &Cpu, a: Uaddr, foll: Foll, write: bool) -> KResult<()> {
     mmap_read_lock(cpu, a.mm)?;
     let hugetlb = cpu
         .cfg()
@@ -248,31 +361,52 @@ fn __get_user_pages(cpu: &Cpu, a: Uaddr, foll: Foll) -> KResult<()> {
             if follow_hugetlb_page(cpu, a, foll)? {
                 break;
             }
-            handle_mm_fault_locked(cpu, a, 0, 0, false)?;
+            handle_mm_fault_kind(cpu, a, 0, 0, FaultKind::Read)?;
             continue;
         }
         let got = cpu.step("follow_page_pte", |m| {
-            let page = match m.pmd(a) {
-                PmdVal::Leaf(l) => l.pfn + a.pmd_offset(),
+            let vm = m.vm_page(a);
+            if !vm.mapped || (write && !vm.write) {
+                ktrace!(m, "{a}: no VMA, or FOLL_WRITE on a read-only one: -EFAULT");
+                return Ok(Follow::Efault);
+            }
+            let kind = if write {
+                FaultKind::Write
+            } else {
+                FaultKind::Read
+            };
+            let (page, write_bit, unshare_page) = match m.pmd(a) {
+                PmdVal::Leaf(l) => (l.pfn + a.pmd_offset(), l.write, l.pfn),
                 PmdVal::Table(t) => match m.pte_in(t, a) {
-                    PteVal::Present(e) => e.pfn,
+                    PteVal::Present(e) => (e.pfn, e.write, e.pfn),
                     pte => {
                         ktrace!(m, "{a}: {pte:?}: faultin_page");
-                        return Ok(false);
+                        return Ok(Follow::Fault(kind));
                     }
                 },
-                PmdVal::None => return Ok(false),
+                PmdVal::None => return Ok(Follow::Fault(kind)),
             };
+            if write && !write_bit {
+                ktrace!(m, "{a}: FOLL_WRITE on a read-only entry: faultin_page");
+                return Ok(Follow::Fault(FaultKind::Write));
+            }
+            if !write_bit && gup_must_unshare(m, foll, write, unshare_page)? {
+                ktrace!(
+                    m,
+                    "{a}: R/O pin of a maybe-shared anon page: -EMLINK, unshare"
+                );
+                return Ok(Follow::Fault(FaultKind::Unshare));
+            }
             let folio = compound_head(m, page)?;
             try_grab_folio(m, folio, foll)?;
-            hold(m, folio, page, foll);
+            hold(m, a, folio, page, foll, write);
             ktrace!(m, "{a}: grabbed pfn {folio} ({foll:?})");
-            Ok(true)
+            Ok(Follow::Got)
         })?;
-        if got {
-            break;
+        match got {
+            Follow::Got | Follow::Efault => break,
+            Follow::Fault(kind) => handle_mm_fault_kind(cpu, a, 0, 0, kind)?,
         }
-        handle_mm_fault_locked(cpu, a, 0, 0, false)?;
     }
     mmap_read_unlock(cpu, a.mm)
 }
@@ -309,7 +443,7 @@ fn follow_hugetlb_page(cpu: &Cpu, a: Uaddr, foll: Foll) -> KResult<bool> {
                 let page = l.pfn + a.pmd_offset();
                 let folio = compound_head(m, page)?;
                 try_grab_folio(m, folio, foll)?;
-                hold(m, folio, page, foll);
+                hold(m, a, folio, page, foll, false);
                 ktrace!(m, "{a}: grabbed hugetlb pfn {folio} ({foll:?})");
                 Ok(true)
             },
@@ -331,22 +465,72 @@ fn last_gup_hold(m: &Machine) -> Option<(usize, Hold)> {
         .map(|i| (i, m.cpus[c].holds[i]))
 }
 
-/// `memcpy_to_page` through the CPU's most recent GUP reference or pin:
-/// a device or the kernel writes user memory it holds (O_DIRECT, RDMA).
-/// Each write stores a fresh value.
+/// The CPU's most recent `FOLL_PIN | FOLL_WRITE` pin.
+fn last_write_pin(m: &Machine) -> Option<Hold> {
+    let c = m.cpu_index();
+    m.cpus[c]
+        .holds
+        .iter()
+        .rev()
+        .find(|h| matches!(h, Hold::GupPin { write: true, .. }))
+        .copied()
+}
+
+/// `memcpy_to_page` through the CPU's most recent writable pin: a device
+/// or the kernel writes user memory it pinned for writing (RDMA, vfio,
+/// io_uring fixed buffers). Each write stores a fresh value, written by the
+/// process that pinned.
 pub fn memcpy_to_page(cpu: &Cpu) -> KResult<()> {
     cpu.step("memcpy_to_page", |m| {
-        let Some((_, h)) = last_gup_hold(m) else {
+        let Some(h @ Hold::GupPin { page, id, .. }) = last_write_pin(m) else {
             return Ok(());
         };
-        let (Hold::GupRef { page, .. } | Hold::GupPin { page, .. }) = h else {
+        let Some(rec) = m.ledger.hold(id).copied() else {
             return Ok(());
         };
-        let v = m.ledger.next_value();
+        let v = m.ledger.write_value(rec.pid);
         m.ledger.pin_writes += 1;
+        if m.ledger.forks > 0 {
+            m.ledger.pin_write_after_fork = true;
+        }
+        match rec.at {
+            Some(a) => m.ledger.set_view(a, v),
+            // Every detached hold of the page sees it.
+            None => m
+                .ledger
+                .holds
+                .iter_mut()
+                .filter(|r| r.at.is_none() && r.page == page)
+                .for_each(|r| r.frozen = v),
+        }
         m.frames[page as usize].content = Content::Data(v);
         ktrace!(m, "write {v} to pfn {page} through {h:?}");
         Ok(())
+    })
+}
+
+/// `memcpy_from_page` through the CPU's most recent GUP reference or pin:
+/// the pipe reading what vmsplice() took (`FOLL_GET`), or a device reading
+/// through its pin. What it reads is checked against what the holder
+/// should see.
+pub fn memcpy_from_page(cpu: &Cpu) -> KResult<()> {
+    cpu.step("memcpy_from_page", |m| {
+        let Some((_, h)) = last_gup_hold(m) else {
+            return Ok(());
+        };
+        let (Hold::GupRef { page, id, .. } | Hold::GupPin { page, id, .. }) = h else {
+            return Ok(());
+        };
+        ktrace!(
+            m,
+            "read {:?} from pfn {page} through {h:?}",
+            m.frames[page as usize].content
+        );
+        if let Some(r) = m.ledger.hold(id).copied() {
+            let bits = r.pin as u64 | (r.at.is_some() as u64) << 1 | (r.anon as u64) << 2;
+            m.cover_page("memcpy_from_page", page, bits);
+        }
+        oracle::hold_read_sees(m, id, page)
     })
 }
 
@@ -359,11 +543,90 @@ pub fn unpin_user_page(cpu: &Cpu) -> KResult<()> {
         };
         let c = m.cpu_index();
         m.cpus[c].holds.remove(i);
+        if let Hold::GupRef { id, folio, .. } | Hold::GupPin { id, folio, .. } = h {
+            m.ledger.hold_dropped(id);
+            m.ledger.touch(folio);
+        }
         Ok(Some(h))
     })?;
     match held {
         Some(Hold::GupPin { folio, .. }) => gup_put_folio(cpu, folio, Foll::Pin),
         Some(Hold::GupRef { folio, .. }) => gup_put_folio(cpu, folio, Foll::Get),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fork::dup_mmap;
+    use crate::model::memory::user_access;
+    use crate::model::testing::Kernel;
+
+    const ANON: u8 = 2;
+
+    fn pinned(k: &Kernel) -> (Pfn, bool) {
+        match k.m.cpus[0].holds.last() {
+            Some(&Hold::GupPin { page, write, .. }) => (page, write),
+            h => panic!("no pin: {h:?}"),
+        }
+    }
+
+    #[test]
+    fn a_read_only_pin_of_a_shared_page_unshares_it_first() {
+        let mut k = Kernel::boot();
+        let a = Uaddr::new(0, ANON);
+        k.on(0, |cpu| user_access(cpu, a, true)).unwrap();
+        k.on(0, |cpu| dup_mmap(cpu, 0, 1)).unwrap();
+        let shared = k.m.pte(a).and_then(PteVal::present_pfn).unwrap();
+
+        k.on(0, |cpu| pin_user_pages(cpu, a, false)).unwrap();
+
+        let (page, write) = pinned(&k);
+        assert!(!write);
+        assert_ne!(page, shared, "the parent got its own copy");
+        let Some(PteVal::Present(e)) = k.m.pte(a) else {
+            unreachable!()
+        };
+        assert_eq!((e.pfn, e.write), (page, false), "mapped read-only");
+        assert!(k.m.peek(page).test(pg::ANON_EXCLUSIVE));
+        assert!(k.m.ledger.unshared);
+        k.quiesce().unwrap();
+    }
+
+    #[test]
+    fn foll_write_on_a_read_only_pte_takes_a_write_fault_first() {
+        let mut k = Kernel::boot();
+        let a = Uaddr::new(0, ANON);
+        k.on(0, |cpu| user_access(cpu, a, true)).unwrap();
+        k.on(0, |cpu| dup_mmap(cpu, 0, 1)).unwrap();
+
+        k.on(0, |cpu| gup_fast_fallback(cpu, a, Foll::Pin, true))
+            .unwrap();
+
+        let (page, _) = pinned(&k);
+        let Some(PteVal::Present(e)) = k.m.pte(a) else {
+            unreachable!()
+        };
+        assert_eq!((e.pfn, e.write), (page, true));
+        k.quiesce().unwrap();
+    }
+
+    #[test]
+    fn gup_fast_leaves_a_pin_to_the_slow_path_while_fork_write_protects() {
+        let mut k = Kernel::boot();
+        let a = Uaddr::new(0, ANON);
+        k.on(0, |cpu| user_access(cpu, a, true)).unwrap();
+        k.m.mms[0].write_protect_seq = 1;
+        k.trace_on();
+
+        k.on(1, |cpu| gup_fast(cpu, a, Foll::Pin, true)).unwrap();
+
+        assert!(
+            k.take_trace()
+                .iter()
+                .any(|l| l.contains("write_protect_seq is odd"))
+        );
+        assert!(k.m.cpus[1].holds.is_empty());
     }
 }

@@ -12,6 +12,11 @@
 //!   or not, tail or not). A function reading a fake head through a
 //!   read-only alias is a new state even if no interleaving 2-gram is new,
 //!   and a near miss (a frozen refcount) is kept and mutated toward the hit.
+//! - *decisions*: a kernel path's data-dependent choice and the state it
+//!   chose on (`Machine::cover`), like KCOV's comparison operands: a write
+//!   fault reusing a page GUP holds, fork sharing a page, GUP pinning a
+//!   page another process maps. A state no execution met before is kept
+//!   even when no 2-gram is new.
 //! - *conflicts* (optional): like KCOV's comparison operands for a fuzzer,
 //!   but for concurrency, which kernel function on *another* CPU touched
 //!   that struct page last. A new pair is a new way for two kernel paths to
@@ -49,6 +54,7 @@ impl NameIds {
 pub struct Coverage {
     funcs: NameIds,
     files: NameIds,
+    decisions: NameIds,
     /// The CPU and function of the running step.
     cur: (Option<u8>, u64),
     /// The CPU and function of the previous step.
@@ -67,6 +73,7 @@ impl Coverage {
         Coverage {
             funcs: NameIds::default(),
             files: NameIds::default(),
+            decisions: NameIds::default(),
             cur: (None, 0),
             last_step: None,
             pairs: Vec::with_capacity(128),
@@ -108,6 +115,15 @@ impl Coverage {
         out.sort_unstable();
         out.dedup();
         out
+    }
+
+    /// A decision `what` taken on `state` (a few bits).
+    pub fn record_decision(&mut self, what: &'static str, state: u64) {
+        let d = self.decisions.id(what);
+        let feature = (d.wrapping_mul(0xC2B2_AE3D_27D4_EB4F) ^ state.rotate_left(41))
+            .wrapping_mul(0x1656_67B1_9E37_79F9)
+            | 1;
+        self.features.push(feature);
     }
 
     /// A struct-page access.

@@ -13,7 +13,7 @@ use super::KResult;
 use super::config::{PMD_PAGES, PTRS_PER_PTE, VmaKind};
 use super::ledger::Migrated;
 use super::machine::{Content, Machine, Pfn};
-use super::mm_types::{Mapping, pg};
+use super::mm_types::pg;
 use super::oracle::Violation;
 use super::page_flags::{compound_head, folio_nr_pages};
 use super::page_ref::{folio_put, folio_ref_sub_and_test};
@@ -50,17 +50,23 @@ pub fn collapse_huge_page(cpu: &Cpu, mm: u8, pfn_hint: Pfn) -> KResult<()> {
     let table = cpu.step_when(
         "pmdp_collapse_flush",
         |m| {
-            let x = &m.mms[mm as usize];
-            x.mmap_lock.can_write() && x.anon_vma_lock.can_write()
+            m.mms[mm as usize].mmap_lock.can_write()
+                && m.anon_vma_lock(m.mms[mm as usize].anon_vma).can_write()
         },
         |m| {
+            let range: Vec<Uaddr> = (0..PMD_PAGES).map(|i| a.with_page(a.page + i)).collect();
             let PmdVal::Table(t) = m.pmd(a) else {
                 ktrace!(m, "{a}: pmd {:?}: nothing to collapse", m.pmd(a));
                 return Ok(None);
             };
-            let x = &mut m.mms[mm as usize];
-            x.mmap_lock.writer = Some(me);
-            x.anon_vma_lock.writer = Some(me);
+            if !super::memory::one_anon_vma(m, &range) {
+                // hugepage_vma_revalidate: the range is no longer one VMA.
+                ktrace!(m, "{a}: the PMD range spans VMAs: SCAN_VMA_CHECK");
+                return Ok(None);
+            }
+            m.mms[mm as usize].mmap_lock.writer = Some(me);
+            let av = m.mms[mm as usize].anon_vma;
+            m.anon_vma_lock_mut(av).writer = Some(me);
             m.set_pmd(a, PmdVal::None);
             m.flush_tlb_range(mm, a.pmd_base()..a.pmd_base() + PMD_PAGES);
             ktrace!(m, "{a}: PMD cleared (PTE table in frame {t} detached)");
@@ -72,7 +78,8 @@ pub fn collapse_huge_page(cpu: &Cpu, mm: u8, pfn_hint: Pfn) -> KResult<()> {
     };
     let isolated = cpu.step("__collapse_huge_page_isolate", |m| {
         let r = collapse_huge_page_isolate(m, a, table)?;
-        m.mms[mm as usize].anon_vma_lock.writer = None;
+        let av = m.mms[mm as usize].anon_vma;
+        m.anon_vma_lock_mut(av).writer = None;
         if r.is_none() {
             // pmd_populate(): put the table back; mmap_write_unlock.
             m.set_pmd(a, PmdVal::Table(table));
@@ -117,11 +124,9 @@ pub fn collapse_huge_page(cpu: &Cpu, mm: u8, pfn_hint: Pfn) -> KResult<()> {
         Ok(())
     })?;
     cpu.step("set_pmd_at", |m| {
+        let mapping = super::memory::new_anon_mapping(m, a);
         let p = m.page_mut(new)?;
-        p.mapping = Mapping::Anon {
-            anon_vma: mm,
-            index: a.page,
-        };
+        p.mapping = mapping;
         p.flags |= pg::SWAPBACKED | pg::ANON_EXCLUSIVE | pg::LRU;
         m.page_mut(new + 1)?.entire_mapcount = 0;
         m.set_pmd(

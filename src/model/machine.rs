@@ -11,7 +11,7 @@ use super::kcov::Coverage;
 use super::ledger::Ledger;
 use super::mm_types::{StructPage, pg};
 use super::page_alloc::Buddy;
-use super::pgtable::{Mm, PmdVal, PteVal, UserTlb};
+use super::pgtable::{AnonVma, Mm, PmdVal, PteVal, UserTlb};
 use super::rcu::RcuState;
 use super::vmemmap::{Pte, Vmemmap};
 
@@ -203,11 +203,18 @@ impl std::ops::IndexMut<usize> for Frames {
 pub enum Hold {
     /// A hugetlb folio allocated to this CPU's task: one reference.
     HugetlbFolio(Pfn),
-    /// A `FOLL_GET` reference from GUP on `folio`, for the user page `page`.
-    GupRef { folio: Pfn, page: Pfn },
+    /// A `FOLL_GET` reference from GUP on `folio`, for the user page `page`;
+    /// `id` names it in the ledger.
+    GupRef { folio: Pfn, page: Pfn, id: u32 },
     /// A `FOLL_PIN` pin: `GUP_PIN_COUNTING_BIAS` references on a small
-    /// folio, one reference and one `_pincount` on a large one.
-    GupPin { folio: Pfn, page: Pfn },
+    /// folio, one reference and one `_pincount` on a large one; `write` is
+    /// `FOLL_WRITE`.
+    GupPin {
+        folio: Pfn,
+        page: Pfn,
+        write: bool,
+        id: u32,
+    },
 }
 
 impl Hold {
@@ -292,6 +299,9 @@ pub struct Machine {
     pub hugetlbfs_inode: super::hugetlbfs::Inode,
     /// Every process: its page-table root and its locks.
     pub mms: Vec<Mm>,
+    /// Every anon_vma, by id; the first `mms` are the processes' own at
+    /// boot.
+    pub anon_vmas: Vec<AnonVma>,
     /// Page-table locks held across steps: (table frame, CPU).
     pub pt_locks: Vec<(Pfn, u8)>,
     pub hstate: Hstate,
@@ -377,7 +387,13 @@ impl Machine {
             mapping: AddressSpace::new(PAGE_CACHE_SLOTS),
             hugetlbfs: AddressSpace::new(super::config::MAX_USER_PAGES),
             hugetlbfs_inode: super::hugetlbfs::Inode::new(super::config::MAX_USER_PAGES),
-            mms: (0..cfg.mms).map(|_| Mm::boot(&cfg)).collect(),
+            mms: (0..cfg.mms).map(|i| Mm::new(&cfg, i)).collect(),
+            anon_vmas: (0..cfg.mms)
+                .map(|i| AnonVma {
+                    root: i,
+                    ..AnonVma::default()
+                })
+                .collect(),
             pt_locks: Vec::new(),
             hstate: Hstate::new(super::config::MAX_USER_PAGES),
             hugetlb_optimize_vmemmap_key: 0,
@@ -417,6 +433,7 @@ impl Machine {
             hugetlbfs,
             hugetlbfs_inode,
             mms,
+            anon_vmas,
             pt_locks,
             hstate,
             hugetlb_optimize_vmemmap_key,
@@ -437,6 +454,7 @@ impl Machine {
         hugetlbfs.clone_from(&source.hugetlbfs);
         hugetlbfs_inode.clone_from(&source.hugetlbfs_inode);
         mms.clone_from(&source.mms);
+        anon_vmas.clone_from(&source.anon_vmas);
         pt_locks.clone_from(&source.pt_locks);
         hstate.clone_from(&source.hstate);
         *hugetlb_optimize_vmemmap_key = source.hugetlb_optimize_vmemmap_key;
@@ -459,6 +477,45 @@ impl Machine {
 
     pub fn log(&mut self, text: String) {
         self.trace.push(text);
+    }
+
+    /// A data-dependent decision of the running step, for guided search
+    /// (`Coverage::record_decision`).
+    pub fn cover(&mut self, what: &'static str, state: u64) {
+        if let Some(k) = self.kcov.as_mut() {
+            k.record_decision(what, state);
+        }
+    }
+
+    /// [`Machine::cover`] of a decision on page `page`, with the page's
+    /// sharing state: PageAnonExclusive, mapped more than once, its folio
+    /// referenced beyond its mappings (GUP), a large folio, the folio
+    /// mapped by more than one process; `extra` above.
+    pub fn cover_page(&mut self, what: &'static str, page: Pfn, extra: u64) {
+        if self.kcov.is_none() {
+            return;
+        }
+        let state = self.page_state(page) | extra << 8;
+        self.cover(what, state);
+    }
+
+    fn page_state(&self, page: Pfn) -> u64 {
+        let head = super::page_flags::peek_head(self, page);
+        let (p, h) = (self.peek(page), self.peek(head));
+        let large = super::page_flags::peek_nr_pages(self, head) > 1;
+        let mut mapped = 0;
+        let mut mms = 0u32;
+        for e in &self.ledger.maps {
+            if super::page_flags::peek_head(self, e.pfn) == head {
+                mapped += 1;
+                mms |= 1 << e.a.mm;
+            }
+        }
+        p.test(pg::ANON_EXCLUSIVE) as u64
+            | ((p.mapcount > 0) as u64) << 1
+            | ((h.refcount > mapped) as u64) << 2
+            | (large as u64) << 3
+            | ((mms.count_ones() > 1) as u64) << 4
     }
 
     /// What the kernel does at the end of every step on its own: RCU

@@ -6,15 +6,17 @@
 //! page tables, and a missing or read-only mapping enters the fault path.
 
 use super::KResult;
-use super::config::VmaKind;
+use super::config::{CowDesign, VmaKind};
 use super::ctx::Cpu;
 use super::filemap::{filemap_add_folio, filemap_get_entry, folio_lock_then, folio_unlock};
+use super::huge_memory::{self, HugeWp};
 use super::machine::{Content, Machine, Pfn};
 use super::mm_types::{Mapping, pg};
 use super::oracle::{self, Violation};
-use super::page_flags::compound_head;
+use super::page_flags::{compound_head, folio_nr_pages};
 use super::page_ref::{folio_put, folio_put_refs};
-use super::pgtable::{PmdVal, PteEntry, PteVal, Uaddr, UserTlbEntry};
+use super::pgtable::{PmdLeaf, PmdVal, PteEntry, PteVal, Uaddr, UserTlbEntry};
+use super::variant::Variant;
 use crate::ktrace;
 
 /// `mmap_read_lock(mm)`.
@@ -101,43 +103,98 @@ pub fn handle_mm_fault_locked(
     order: u8,
     write: bool,
 ) -> KResult<()> {
+    let kind = if write {
+        FaultKind::Write
+    } else {
+        FaultKind::Read
+    };
+    handle_mm_fault_kind(cpu, a, pfn_hint, order, kind)
+}
+
+/// What a fault asks for: `FAULT_FLAG_WRITE`, `FAULT_FLAG_UNSHARE` (GUP's
+/// read-only pin of an anonymous page that may be shared wants an
+/// exclusive one, a7f226604170), or neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    Read,
+    Write,
+    Unshare,
+}
+
+/// What `__handle_mm_fault` found before handling the fault.
+enum Found {
+    /// No VMA (munmap'd) or a write to a read-only one: SIGSEGV.
+    Segv,
+    /// A page table could not be allocated.
+    Oom,
+    /// An anonymous THP mapped by a PMD.
+    HugePmd(PmdLeaf),
+    Pte(PteVal),
+}
+
+/// `handle_mm_fault` of `kind` with `mmap_lock` already held.
+pub fn handle_mm_fault_kind(
+    cpu: &Cpu,
+    a: Uaddr,
+    pfn_hint: Pfn,
+    order: u8,
+    kind: FaultKind,
+) -> KResult<()> {
     let Some(vma) = cpu.cfg().vmas.find(a.page) else {
         return Ok(());
     };
     if vma.kind == VmaKind::HugetlbShared {
-        return super::hugetlb::hugetlb_fault(cpu, a, vma, write);
+        return super::hugetlb::hugetlb_fault(cpu, a, vma, kind == FaultKind::Write);
     }
+    let anon = vma.kind == VmaKind::AnonPrivate;
     for _ in 0..FAULT_RETRIES {
-        // __handle_mm_fault: pud_alloc, pmd_alloc and (for a PTE fault)
+        // lock_vma_under_rcu / find_vma, then __handle_mm_fault: pud_alloc,
+        // pmd_alloc, a PMD leaf to wp_huge_pmd, and (for a PTE fault)
         // pte_alloc before handle_pte_fault looks at the entry.
-        let pte = cpu.step("handle_pte_fault", |m| {
-            if m.mms[a.mm as usize].exited {
-                ktrace!(m, "{a}: the process exited: no VMA");
-                return Ok(None);
+        let found = cpu.step("handle_pte_fault", |m| {
+            let vm = m.vm_page(a);
+            if m.mms[a.mm as usize].exited || !vm.mapped || (kind == FaultKind::Write && !vm.write)
+            {
+                ktrace!(m, "{a}: no VMA, or not writable: SIGSEGV");
+                return Ok(Found::Segv);
+            }
+            if let (true, PmdVal::Leaf(l)) = (anon, m.pmd(a)) {
+                return Ok(Found::HugePmd(l));
             }
             if !m.pte_alloc(a)? {
-                ktrace!(m, "{a}: no page table: VM_FAULT_OOM or a PMD leaf");
-                return Ok(None);
+                ktrace!(m, "{a}: no page table: VM_FAULT_OOM");
+                return Ok(Found::Oom);
             }
-            let pte = m.pte(a);
+            let pte = m.pte(a).expect("pte_alloc made a PTE table");
             ktrace!(m, "{a}: pmd {:?}, pte {pte:?}", m.pmd(a));
-            Ok(pte)
+            Ok(Found::Pte(pte))
         })?;
-        let Some(pte) = pte else {
-            return Ok(());
-        };
-        match (pte, vma.kind) {
-            (PteVal::None, VmaKind::AnonPrivate) => {
+        let wants_wp = |write_bit: bool| !write_bit && kind != FaultKind::Read;
+        match (found, vma.kind) {
+            (Found::Segv | Found::Oom, _) => return Ok(()),
+            (Found::HugePmd(l), _) => {
+                if !wants_wp(l.write) {
+                    return Ok(());
+                }
+                match huge_memory::do_huge_pmd_wp_page(cpu, a, l, kind == FaultKind::Unshare)? {
+                    HugeWp::Done => return Ok(()),
+                    // Retry, at the PTE level after a fallback split.
+                    HugeWp::Retry | HugeWp::Fallback => {}
+                }
+            }
+            (Found::Pte(PteVal::None), VmaKind::AnonPrivate) => {
                 return do_anonymous_page(cpu, a, pfn_hint, order);
             }
-            (PteVal::None, VmaKind::FileShared) => {
-                if do_read_fault(cpu, a, pfn_hint, write)? {
+            (Found::Pte(PteVal::None), VmaKind::FileShared) => {
+                if do_read_fault(cpu, a, pfn_hint, kind == FaultKind::Write)? {
                     return Ok(());
                 }
             }
-            (PteVal::Migration { pfn, .. }, _) => migration_entry_wait(cpu, a, pfn)?,
-            (PteVal::Present(e), _) if write && !e.write => {
-                if do_wp_page(cpu, a, e, vma.kind, pfn_hint)? {
+            (Found::Pte(PteVal::Migration { pfn, .. }), _) => migration_entry_wait(cpu, a, pfn)?,
+            (Found::Pte(PteVal::Present(e)), _)
+                if wants_wp(e.write) && (kind == FaultKind::Write || anon) =>
+            {
+                if do_wp_page(cpu, a, e, vma.kind, pfn_hint, kind == FaultKind::Unshare)? {
                     return Ok(());
                 }
             }
@@ -171,13 +228,32 @@ fn anon_range(a: Uaddr, order: u8) -> Vec<Uaddr> {
         .collect()
 }
 
+/// Do the pages `r` lie in one anonymous VMA of their process, with
+/// consecutive offsets (`thp_vma_suitable_order`: a large folio never
+/// straddles VMAs)?
+pub fn one_anon_vma(m: &Machine, r: &[Uaddr]) -> bool {
+    r.iter().all(|&x| m.anon_vma_covers(x))
+        && r.windows(2)
+            .all(|w| m.vm_page(w[1]).pgoff == m.vm_page(w[0]).pgoff + 1)
+}
+
+/// The anonymous mapping a new folio at `a` gets (`__folio_set_anon`): the
+/// process's own anon_vma, at the VMA's offset for `a`.
+pub fn new_anon_mapping(m: &Machine, a: Uaddr) -> Mapping {
+    Mapping::Anon {
+        anon_vma: m.mms[a.mm as usize].anon_vma,
+        index: m.vm_page(a).pgoff as u32,
+    }
+}
+
 /// `do_anonymous_page`: allocate a zeroed folio (`alloc_anon_folio`: an
 /// mTHP of `order` if its whole range is still none) and map it writable
 /// under the PTE lock; a racing fault that got there first wins.
 fn do_anonymous_page(cpu: &Cpu, a: Uaddr, pfn_hint: Pfn, order: u8) -> KResult<()> {
     let all_none = |m: &Machine, r: &[Uaddr]| r.iter().all(|&x| m.pte(x) == Some(PteVal::None));
     let Some((folio, pages)) = cpu.step("alloc_anon_folio", |m| {
-        let order = if order > 0 && all_none(m, &anon_range(a, 1)) {
+        let range = anon_range(a, 1);
+        let order = if order > 0 && one_anon_vma(m, &range) && all_none(m, &range) {
             1
         } else {
             0
@@ -186,12 +262,10 @@ fn do_anonymous_page(cpu: &Cpu, a: Uaddr, pfn_hint: Pfn, order: u8) -> KResult<(
             return Ok(None);
         };
         let pages = anon_range(a, order);
+        let mapping = new_anon_mapping(m, pages[0]);
         let p = m.page_mut(folio)?;
         p.flags |= pg::SWAPBACKED;
-        p.mapping = Mapping::Anon {
-            anon_vma: a.mm,
-            index: pages[0].page,
-        };
+        p.mapping = mapping;
         Ok(Some((folio, pages)))
     })?
     else {
@@ -284,93 +358,201 @@ fn file_index(cpu: &Cpu, a: Uaddr) -> Option<u32> {
     (vma.kind == VmaKind::FileShared).then(|| a.page - vma.start)
 }
 
-/// `do_wp_page`: a write to a present, read-only PTE. A shared mapping is
-/// made writable (`wp_page_shared`); a private anonymous page is reused
-/// when it is exclusive (`wp_can_reuse_anon_folio`), else copied
-/// (`wp_page_copy`). Returns false to retry the fault.
-fn do_wp_page(cpu: &Cpu, a: Uaddr, orig: PteEntry, kind: VmaKind, pfn_hint: Pfn) -> KResult<bool> {
+/// `do_wp_page`: a write (or, with `unshare`, GUP's unshare request) to a
+/// present, read-only PTE. A shared mapping is made writable
+/// (`wp_page_shared`); a private anonymous page is reused when it is
+/// exclusive or the design's rule says nobody else can see it
+/// ([`can_reuse_anon`]), else copied (`wp_page_copy`). Reuse marks the page
+/// PageAnonExclusive; an unshare leaves the PTE read-only. Returns false
+/// to retry the fault.
+fn do_wp_page(
+    cpu: &Cpu,
+    a: Uaddr,
+    orig: PteEntry,
+    kind: VmaKind,
+    pfn_hint: Pfn,
+    unshare: bool,
+) -> KResult<bool> {
     let reuse = cpu.step("do_wp_page", |m| {
         if m.pte(a) != Some(PteVal::Present(orig)) {
             ktrace!(m, "{a}: PTE changed meanwhile: retry");
             return Ok(None);
         }
-        let exclusive = m.page(orig.pfn)?.test(pg::ANON_EXCLUSIVE);
-        if kind == VmaKind::FileShared || exclusive {
-            // wp_page_reuse: make it writable and dirty in place.
-            m.set_pte(
-                a,
-                PteVal::Present(PteEntry {
-                    write: true,
-                    dirty: true,
-                    cow: false,
-                    ..orig
-                }),
-            );
-            ktrace!(m, "{a}: write fault reuses pfn {}", orig.pfn);
-            return Ok(Some(true));
+        let reuse = kind == VmaKind::FileShared || can_reuse_anon(m, a, orig.pfn, unshare)?;
+        if !reuse {
+            // folio_get: the copy holds the old folio while the PTE lock
+            // is dropped.
+            let folio = compound_head(m, orig.pfn)?;
+            super::page_ref::folio_get(m, folio)?;
+            return Ok(Some(Some(folio)));
         }
-        Ok(Some(false))
+        if kind == VmaKind::AnonPrivate {
+            m.page_mut(orig.pfn)?.flags |= pg::ANON_EXCLUSIVE;
+            let head = compound_head(m, orig.pfn)?;
+            m.ledger.touch(head);
+        }
+        if unshare {
+            m.ledger.unshared = true;
+            ktrace!(m, "{a}: unshare: pfn {} is exclusive now", orig.pfn);
+            return Ok(Some(None));
+        }
+        // wp_page_reuse: make it writable and dirty in place.
+        m.set_pte(
+            a,
+            PteVal::Present(PteEntry {
+                write: true,
+                dirty: true,
+                cow: false,
+                ..orig
+            }),
+        );
+        ktrace!(m, "{a}: write fault reuses pfn {}", orig.pfn);
+        Ok(Some(None))
     })?;
     match reuse {
         None => Ok(false),
-        Some(true) => Ok(true),
-        Some(false) => wp_page_copy(cpu, a, orig, pfn_hint),
+        Some(None) => Ok(true),
+        Some(Some(folio)) => wp_page_copy(cpu, a, orig, folio, pfn_hint, unshare),
     }
 }
 
+/// May a write (or unshare) fault on anonymous page `page` mapped at `a`
+/// take the page over? An exclusive page, always (v5.19+); otherwise the
+/// running design's rule: for a small folio `wp_can_reuse_anon_folio` (the
+/// refcount is the only reference, the folio lock is free), or with
+/// `gup-after-fork-read-pin` for a write fault the pre-v5.9
+/// `reuse_swap_page` (the mapcount is 1; GUP's unshare, which came later,
+/// keeps the refcount rule); for a THP subpage v5.19 copies, v4.5 copies
+/// (`PageTransCompound`), and the 2016 fix reuses at
+/// `page_trans_huge_mapcount == 1`; `thp-reuse-subpage-mapcount` makes
+/// v5.19 reuse at `page_trans_huge_mapcount == 1` too, when the folio has
+/// no reference beyond its mappings (as v6.15's
+/// `__wp_can_reuse_large_anon_folio` requires before it asks whether
+/// another process maps the folio). A reuse of a page that is not known
+/// exclusive moves the folio to the faulting process's anon_vma
+/// (`folio_move_anon_rmap`, `page_move_anon_rmap`).
+fn can_reuse_anon(m: &mut Machine, a: Uaddr, page: Pfn, unshare: bool) -> Result<bool, Violation> {
+    let folio = compound_head(m, page)?;
+    let large = folio_nr_pages(m, folio)? > 1;
+    let design = m.cfg.cow();
+    let exclusive = m.page(page)?.test(pg::ANON_EXCLUSIVE);
+    m.cover_page("can_reuse_anon", page, unshare as u64);
+    if large && design == CowDesign::V4_5 {
+        ktrace!(
+            m,
+            "{a}: pfn {page} is a THP subpage: reuse_swap_page() says no"
+        );
+        return Ok(false);
+    }
+    if exclusive && !(large && design == CowDesign::Fix2016) {
+        return Ok(true);
+    }
+    let f = m.page(folio)?;
+    let reuse = match (large, design) {
+        (false, _) if m.cfg.has(Variant::GupAfterForkReadPin) && !unshare => {
+            m.page(page)?.mapcount + 1 == 1
+        }
+        (false, _) => f.refcount == 1 && !f.test(pg::LOCKED),
+        (true, CowDesign::Fix2016) => huge_memory::page_trans_huge_mapcount(m, folio)? == 1,
+        (true, _) if m.cfg.has(Variant::ThpReuseSubpageMapcount) => {
+            f.refcount == super::rmap::folio_mapcount(m, folio)?
+                && huge_memory::page_trans_huge_mapcount(m, folio)? == 1
+        }
+        (true, _) => false,
+    };
+    let mapcount = m.page(page)?.mapcount + 1;
+    ktrace!(
+        m,
+        "{a}: pfn {page} (folio {folio}, refcount {}, mapcount {mapcount}): {}",
+        f.refcount,
+        if reuse { "reuse" } else { "copy" }
+    );
+    m.cover_page("can_reuse_anon: reuse", page, reuse as u64);
+    if reuse {
+        let own = m.mms[a.mm as usize].anon_vma;
+        if let Mapping::Anon { anon_vma, .. } = &mut m.page_mut(folio)?.mapping {
+            *anon_vma = own;
+        }
+        m.ledger.touch(folio);
+    }
+    Ok(reuse)
+}
+
 /// `wp_page_copy`: copy the page into a new exclusive anonymous folio and
-/// map that instead, flushing the old translation, then drop the old
-/// mapping's reference.
-fn wp_page_copy(cpu: &Cpu, a: Uaddr, orig: PteEntry, pfn_hint: Pfn) -> KResult<bool> {
+/// map that instead (read-only for an unshare), flushing the old
+/// translation, then drop the old mapping's reference and the one
+/// `do_wp_page` took on `old_folio`.
+fn wp_page_copy(
+    cpu: &Cpu,
+    a: Uaddr,
+    orig: PteEntry,
+    old_folio: Pfn,
+    pfn_hint: Pfn,
+    unshare: bool,
+) -> KResult<bool> {
     let Some(new) = cpu.step("wp_page_copy", |m| {
         let Some(new) = m.alloc_pages(0, pfn_hint)? else {
             return Ok(None);
         };
         let data = m.frames[orig.pfn as usize].content.clone();
         m.frames[new as usize].content = data;
+        let mapping = new_anon_mapping(m, a);
         let p = m.page_mut(new)?;
         p.flags |= pg::SWAPBACKED;
-        p.mapping = Mapping::Anon {
-            anon_vma: a.mm,
-            index: a.page,
-        };
+        p.mapping = mapping;
         Ok(Some(new))
     })?
     else {
+        folio_put(cpu, old_folio)?;
         return Ok(true);
     };
-    let old = cpu.step("wp_page_copy", |m| {
+    let copied = cpu.step("wp_page_copy", |m| {
         if m.pte(a) != Some(PteVal::Present(orig)) {
             ktrace!(m, "{a}: PTE changed meanwhile");
-            return Ok(None);
+            return Ok(false);
         }
         let p = m.page_mut(new)?;
         p.mapcount = 0;
         p.flags |= pg::ANON_EXCLUSIVE | pg::LRU;
         // ptep_clear_flush, then set_pte_at.
         m.flush_tlb_range(a.mm, a.page..a.page + 1);
-        m.set_pte(a, PteVal::Present(PteEntry::new(new, true)));
+        let e = PteEntry {
+            cow: unshare,
+            ..PteEntry::new(new, !unshare)
+        };
+        m.set_pte(a, PteVal::Present(e));
         m.page_mut(orig.pfn)?.mapcount -= 1;
+        if unshare {
+            m.ledger.unshared = true;
+        }
         ktrace!(m, "{a}: pfn {} copied to pfn {new}", orig.pfn);
-        Ok(Some(compound_head(m, orig.pfn)?))
+        Ok(true)
     })?;
-    match old {
-        Some(folio) => folio_put(cpu, folio)?,
-        None => folio_put(cpu, new)?,
-    }
-    Ok(old.is_some())
+    // The old mapping's reference (or the unused new folio), then
+    // do_wp_page's.
+    folio_put(cpu, if copied { old_folio } else { new })?;
+    folio_put(cpu, old_folio)?;
+    Ok(copied)
 }
 
 /// `zap_pte_range` (MADV_DONTNEED of one page): clear the PTE under the
 /// PTE lock and drop the mapping's reference after the TLB flush
-/// (`tlb_finish_mmu`). A migration entry is simply cleared. A PMD leaf is
-/// zapped whole (`zap_huge_pmd`), and its deposited PTE table freed.
+/// (`tlb_finish_mmu`). A migration entry is simply cleared. A hugetlb PMD
+/// leaf is zapped whole; a THP's PMD is split first (`zap_pmd_range`: the
+/// range is less than the PMD), then its PTE zapped (one step: the model's
+/// split holds no lock across).
 pub fn zap_pte_range(cpu: &Cpu, a: Uaddr) -> KResult<()> {
-    let folio = cpu.step_when(
-        "zap_pte_range",
-        |m| m.mms[a.mm as usize].mmap_lock.can_read(),
-        |m| zap_locked(m, a),
-    )?;
+    let ready = |m: &Machine| m.mms[a.mm as usize].mmap_lock.can_read();
+    let folio = cpu.step_when("zap_pte_range", ready, |m| {
+        if matches!(m.pmd(a), PmdVal::Leaf(_)) && m.anon_vma_covers(a) {
+            huge_memory::__split_huge_pmd_locked(m, a)?;
+        }
+        let folio = zap_locked(m, a)?;
+        if m.anon_vma_covers(a) {
+            m.ledger.dropped(a);
+        }
+        Ok(folio)
+    })?;
     if let Some(folio) = folio {
         folio_put_refs(cpu, folio, 1)?;
     }
@@ -392,38 +574,54 @@ pub fn zap_locked(m: &mut Machine, a: Uaddr) -> Result<Option<Pfn>, Violation> {
         return Ok(None);
     }
     match m.pmd(a) {
-        PmdVal::Leaf(leaf) => {
-            m.set_pmd(a, PmdVal::None);
-            m.flush_tlb_range(a.mm, a.pmd_base()..a.pmd_base() + super::config::PMD_PAGES);
-            m.page_mut(leaf.pfn + 1)?.entire_mapcount -= 1;
-            if let Some(t) = m.mms[a.mm as usize].withdraw(a.pmd_base()) {
-                // zap_deposited_table: GUP-fast may still walk it.
-                m.tlb_remove_table(t);
-            }
-            ktrace!(
-                m,
-                "{a}: zap_huge_pmd: PMD mapping of pfn {} cleared",
-                leaf.pfn
-            );
-            Ok(Some(leaf.pfn))
-        }
+        PmdVal::Leaf(_) => zap_huge_pmd(m, a),
         PmdVal::None => Ok(None),
-        PmdVal::Table(_) => match m.pte(a) {
-            Some(PteVal::Present(e)) => {
-                m.set_pte(a, PteVal::None);
-                m.page_mut(e.pfn)?.mapcount -= 1;
-                m.flush_tlb_range(a.mm, a.page..a.page + 1);
-                let folio = compound_head(m, e.pfn)?;
-                ktrace!(m, "{a}: PTE for pfn {} cleared", e.pfn);
-                Ok(Some(folio))
-            }
-            Some(PteVal::Migration { pfn, .. }) => {
-                m.set_pte(a, PteVal::None);
-                ktrace!(m, "{a}: migration entry for pfn {pfn} cleared");
-                Ok(None)
-            }
-            _ => Ok(None),
-        },
+        PmdVal::Table(_) => zap_one_pte(m, a),
+    }
+}
+
+/// `zap_huge_pmd`: clear the PMD leaf at `a` (flushing the range), drop its
+/// entire mapcount and free its deposited PTE table; returns the folio
+/// whose reference the caller puts.
+pub fn zap_huge_pmd(m: &mut Machine, a: Uaddr) -> Result<Option<Pfn>, Violation> {
+    let PmdVal::Leaf(leaf) = m.pmd(a) else {
+        return Ok(None);
+    };
+    m.cover_page("zap_huge_pmd", leaf.pfn, 0);
+    m.set_pmd(a, PmdVal::None);
+    m.flush_tlb_range(a.mm, a.pmd_base()..a.pmd_base() + super::config::PMD_PAGES);
+    m.page_mut(leaf.pfn + 1)?.entire_mapcount -= 1;
+    if let Some(t) = m.mms[a.mm as usize].withdraw(a.pmd_base()) {
+        // zap_deposited_table: GUP-fast may still walk it.
+        m.tlb_remove_table(t);
+    }
+    ktrace!(
+        m,
+        "{a}: zap_huge_pmd: PMD mapping of pfn {} cleared",
+        leaf.pfn
+    );
+    Ok(Some(leaf.pfn))
+}
+
+/// One PTE of `zap_pte_range`: clear it (flushing the page) and drop its
+/// mapcount; returns the folio whose reference the caller puts.
+pub fn zap_one_pte(m: &mut Machine, a: Uaddr) -> Result<Option<Pfn>, Violation> {
+    match m.pte(a) {
+        Some(PteVal::Present(e)) => {
+            m.cover_page("zap_one_pte", e.pfn, 0);
+            m.set_pte(a, PteVal::None);
+            m.page_mut(e.pfn)?.mapcount -= 1;
+            m.flush_tlb_range(a.mm, a.page..a.page + 1);
+            let folio = compound_head(m, e.pfn)?;
+            ktrace!(m, "{a}: PTE for pfn {} cleared", e.pfn);
+            Ok(Some(folio))
+        }
+        Some(PteVal::Migration { pfn, .. }) => {
+            m.set_pte(a, PteVal::None);
+            ktrace!(m, "{a}: migration entry for pfn {pfn} cleared");
+            Ok(None)
+        }
+        _ => Ok(None),
     }
 }
 
@@ -455,9 +653,13 @@ pub fn user_access(cpu: &Cpu, a: Uaddr, write: bool) -> KResult<()> {
 }
 
 /// One access: a TLB hit, or a walk that fills the TLB, then the load or
-/// store.
+/// store. A process fork is still building has no thread to run yet: its
+/// accesses wait in the fault path for fork to finish.
 fn access_through_tlb(m: &mut Machine, a: Uaddr, write: bool) -> Result<Translation, Violation> {
     let c = m.cpu_index();
+    if m.mms[a.mm as usize].in_fork {
+        return Ok(Translation::Fault);
+    }
     let entry = match m.cpus[c].user_tlb.lookup(a.mm, a.page) {
         Some(e) if !write || e.write => e,
         _ => {
@@ -491,17 +693,63 @@ fn access_through_tlb(m: &mut Machine, a: Uaddr, write: bool) -> Result<Translat
     };
     oracle::user_tlb_table_current(m, &entry)?;
     oracle::user_tlb_entry_current(m, &entry)?;
+    let anon = m.anon_vma_covers(a);
+    if anon {
+        m.cover_page("user_access", entry.pfn, write as u64);
+    }
     if write {
-        let v = m.ledger.next_value();
+        let v = m.ledger.write_value(m.ledger.pid_of(a.mm));
         m.frames[entry.pfn as usize].content = Content::Data(v);
         ktrace!(m, "{a}: store {v} to pfn {}", entry.pfn);
+        if anon {
+            m.ledger.set_view(a, v);
+        }
     } else {
-        ktrace!(
-            m,
-            "{a}: load {:?} from pfn {}",
-            m.frames[entry.pfn as usize].content,
-            entry.pfn
-        );
+        let content = &m.frames[entry.pfn as usize].content;
+        ktrace!(m, "{a}: load {content:?} from pfn {}", entry.pfn);
+        if anon {
+            oracle::load_sees_own_data(m, a, entry.pfn)?;
+        }
     }
     Ok(Translation::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fork::dup_mmap;
+    use crate::model::gup::{Foll, gup_fast_fallback, memcpy_from_page};
+    use crate::model::oracle::Oracle;
+    use crate::model::testing::Kernel;
+
+    const ANON: u8 = 2;
+
+    /// cow.c's "vmsplice() before fork(), unmap in parent after fork()":
+    /// the parent's read-only GUP reference must not see the child's write.
+    fn vmsplice_before_fork(k: &mut Kernel) -> Result<(), Violation> {
+        let (p, c) = (Uaddr::new(0, ANON), Uaddr::new(1, ANON));
+        k.on(0, |cpu| gup_fast_fallback(cpu, p, Foll::Get, false))?;
+        k.on(0, |cpu| dup_mmap(cpu, 0, 1))?;
+        k.on(0, |cpu| zap_pte_range(cpu, p))?;
+        k.on(1, |cpu| user_access(cpu, c, true))?;
+        k.on(0, memcpy_from_page)
+    }
+
+    #[test]
+    fn a_write_fault_copies_a_page_a_gup_reference_holds() {
+        let mut k = Kernel::boot();
+        vmsplice_before_fork(&mut k).unwrap();
+        k.quiesce().unwrap();
+    }
+
+    #[test]
+    fn gup_after_fork_read_pin_reuses_it_by_its_mapcount() {
+        let mut k = Kernel::builder()
+            .variant(Variant::GupAfterForkReadPin)
+            .boot();
+
+        let err = vmsplice_before_fork(&mut k).unwrap_err();
+
+        assert_eq!(err.oracle, Oracle::Isolation, "{}", err.detail);
+    }
 }

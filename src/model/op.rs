@@ -2,15 +2,15 @@
 //! table: the op, its kind, its subsystem, its fields and what it runs.
 //! Scenario files, the decoder and the validator all derive from it.
 
-use super::config::{Config, MAX_MMS};
+use super::config::{Config, MAX_MMS, PMD_PAGES};
 use super::ctx::Cpu;
 use super::gup::{self, Foll};
 use super::machine::PAGE_CACHE_SLOTS;
 use super::pgtable::Uaddr;
 use super::subsystem::{Subsystem, SubsystemSet};
 use super::{
-    KResult, buffer, filemap, hugetlb, hugetlbfs, khugepaged, madvise, memory, migrate, mmap,
-    pfn_walker, truncate, vma, vmscan,
+    KResult, buffer, filemap, fork, huge_memory, hugetlb, hugetlbfs, khugepaged, madvise, memory,
+    migrate, mmap, mprotect, mremap, pfn_walker, truncate, vma, vmscan,
 };
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +30,11 @@ pub enum Role {
     Count,
     /// A folio order a fault may ask for.
     Order,
+    /// The pages of a range, at most a PMD's (whether a range covers a THP
+    /// whole or in part decides whether it is split).
+    Len,
+    /// A flag: `FOLL_WRITE`, `PROT_WRITE`, `MADV_DOFORK`.
+    Bit,
 }
 
 /// Most page allocations one `fail_next_allocs` may fail.
@@ -49,6 +54,8 @@ impl Role {
             ),
             Role::Count => (1..=MAX_FAIL_COUNT, "allocations to fail"),
             Role::Order => (0..=1, "anonymous folio orders (0, or 1 for an mTHP)"),
+            Role::Len => (1..=PMD_PAGES, "pages of a range, at most a PMD"),
+            Role::Bit => (0..=1, "a flag, 0 or 1"),
         }
     }
 }
@@ -84,7 +91,7 @@ pub trait Arg: Sized {
 macro_rules! args {
     ($( $(#[$doc:meta])* $name:ident($repr:ty) = $role:ident; )*) => {$(
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
         #[serde(transparent)]
         pub struct $name(pub $repr);
 
@@ -119,6 +126,16 @@ args! {
     Count(u8) = Count;
     /// A folio order.
     Order(u8) = Order;
+    /// Pages of a range.
+    Len(u8) = Len;
+    /// A flag.
+    Bit(u8) = Bit;
+}
+
+impl Bit {
+    pub fn set(self) -> bool {
+        self.0 != 0
+    }
 }
 
 fn uaddr(mm: MmArg, addr: PageArg) -> Uaddr {
@@ -279,12 +296,17 @@ ops! {
     /// `get_user_pages_fast` (`FOLL_GET`) of one page; the CPU keeps the
     /// reference.
     GetUserPagesFast = "get_user_pages_fast", Gup, setup { mm: MmArg, addr: PageArg }
-        => |cpu| gup::gup_fast_fallback(cpu, uaddr(mm, addr), Foll::Get);
-    /// `pin_user_pages_fast` (`FOLL_PIN`) of one page; the CPU keeps the pin.
-    PinUserPagesFast = "pin_user_pages_fast", Gup, setup { mm: MmArg, addr: PageArg }
-        => |cpu| gup::gup_fast_fallback(cpu, uaddr(mm, addr), Foll::Pin);
-    /// `memcpy_to_page`: write a fresh value through the CPU's latest GUP
-    /// reference or pin.
+        => |cpu| gup::gup_fast_fallback(cpu, uaddr(mm, addr), Foll::Get, false);
+    /// `pin_user_pages_fast` (`FOLL_PIN | FOLL_LONGTERM`, with
+    /// `foll_write` also `FOLL_WRITE`) of one page; the CPU keeps the pin.
+    PinUserPagesFast = "pin_user_pages_fast", Gup, setup {
+        mm: MmArg,
+        addr: PageArg,
+        #[serde(default)]
+        foll_write: Bit,
+    } => |cpu| gup::gup_fast_fallback(cpu, uaddr(mm, addr), Foll::Pin, foll_write.set());
+    /// `memcpy_to_page`: write a fresh value through the CPU's latest
+    /// `FOLL_WRITE` pin.
     MemcpyToPage = "memcpy_to_page", Gup {}
         => |cpu| gup::memcpy_to_page(cpu);
     /// `unpin_user_page` (`put_page` for `FOLL_GET`) of the CPU's latest
@@ -316,6 +338,50 @@ ops! {
     /// write fault (`do_wp_page`) where the PTE is read-only.
     UserStore = "user_store", Memory { mm: MmArg, addr: PageArg }
         => |cpu| memory::user_access(cpu, uaddr(mm, addr), true);
+    /// A write fault on page `addr` of a THP-eligible anonymous VMA
+    /// (`MADV_HUGEPAGE`) of process `mm` whose PMD is none
+    /// (`do_huge_pmd_anonymous_page`): a THP from the free block holding
+    /// `pfn_hint`, mapped by a writable PMD.
+    DoHugePmdAnonymousPage = "do_huge_pmd_anonymous_page", Thp, setup {
+        mm: MmArg,
+        addr: PageArg,
+        pfn_hint: PfnArg,
+    } => |cpu| huge_memory::do_huge_pmd_anonymous_page(cpu, uaddr(mm, addr), pfn_hint.get());
+    /// `__split_huge_pmd` of the THP PMD mapping `addr`, as a partial
+    /// mprotect, munmap or madvise of its range does.
+    SplitHugePmd = "split_huge_pmd", Thp, setup { mm: MmArg, addr: PageArg }
+        => |cpu| huge_memory::split_huge_pmd_op(cpu, uaddr(mm, addr));
+    /// `fork(2)` of process `mm` into slot `child` (`dup_mmap`): the
+    /// process in `child` exits first; nothing if they are the same.
+    DupMmap = "dup_mmap", Thp, setup { mm: MmArg, child: MmArg }
+        => |cpu| fork::dup_mmap(cpu, mm.0, child.0);
+    /// `munmap(2)` of `len` anonymous pages from `addr` (`vm_munmap`).
+    VmMunmap = "vm_munmap", Thp { mm: MmArg, addr: PageArg, len: Len }
+        => |cpu| mmap::vm_munmap(cpu, uaddr(mm, addr), len.get());
+    /// `madvise(MADV_DONTNEED)` of `len` anonymous pages from `addr`.
+    MadviseDontneedFree = "madvise_dontneed_free", Thp { mm: MmArg, addr: PageArg, len: Len }
+        => |cpu| madvise::madvise_dontneed_free(cpu, uaddr(mm, addr), len.get());
+    /// `mremap(2)` (`MREMAP_MAYMOVE | MREMAP_FIXED`) of `len` anonymous
+    /// pages from `addr` to `new_addr`.
+    Mremap = "mremap", Thp { mm: MmArg, addr: PageArg, len: Len, new_addr: PageArg }
+        => |cpu| mremap::mremap(cpu, uaddr(mm, addr), len.get(), new_addr.get());
+    /// `mprotect(2)` of `len` anonymous pages from `addr` to `PROT_READ`,
+    /// with `write` `PROT_READ | PROT_WRITE`.
+    Mprotect = "mprotect", Thp { mm: MmArg, addr: PageArg, len: Len, write: Bit }
+        => |cpu| mprotect::mprotect(cpu, uaddr(mm, addr), len.get(), write.set());
+    /// `madvise(MADV_DONTFORK)` of `len` anonymous pages from `addr`, with
+    /// `dofork` `MADV_DOFORK` (`madvise_update_vma`).
+    MadviseUpdateVma = "madvise_update_vma", Thp { mm: MmArg, addr: PageArg, len: Len, dofork: Bit }
+        => |cpu| madvise::madvise_update_vma(cpu, uaddr(mm, addr), len.get(), dofork.set());
+    /// `pin_user_pages` (`FOLL_PIN | FOLL_LONGTERM`, with `foll_write`
+    /// also `FOLL_WRITE`) of one page through the slow path alone; the CPU
+    /// keeps the pin.
+    PinUserPages = "pin_user_pages", Gup, setup { mm: MmArg, addr: PageArg, foll_write: Bit }
+        => |cpu| gup::pin_user_pages(cpu, uaddr(mm, addr), foll_write.set());
+    /// `memcpy_from_page`: read through the CPU's latest GUP reference or
+    /// pin (a pipe reading what vmsplice() took, a device reading DMA).
+    MemcpyFromPage = "memcpy_from_page", Gup {}
+        => |cpu| gup::memcpy_from_page(cpu);
     /// `munmap` of the huge page holding `addr` in process `mm`: splits
     /// the VMA around it, unmaps it (unsharing) and frees page tables.
     Munmap = "munmap", PmdShare { mm: MmArg, addr: PageArg }

@@ -155,12 +155,15 @@ impl Machine {
             pfn..pfn + (1 << order),
             "the buddy allocator",
         )?;
-        // free_tail_page_prepare for each tail, then the head.
+        // free_tail_page_prepare for each tail, then the head; every page
+        // loses PAGE_FLAGS_CHECK_AT_PREP (PG_anon_exclusive among them).
         self.pages_mut(pfn + 1..pfn + (1 << order), |_, p| {
             p.compound_info = CompoundInfo::None;
             p.mapping = Mapping::None;
             p.order = 0;
             p.pincount = 0;
+            p.flags = 0;
+            p.mapcount = -1;
         })?;
         let head = self.page_mut(pfn)?;
         head.flags = 0;
@@ -372,7 +375,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "model bug: free_pages leaves the page flags of tail pages (PG_anon_exclusive) set"]
     fn free_pages_clears_the_flags_of_every_tail_page() {
         use crate::model::memory::{handle_mm_fault, zap_pte_range};
         use crate::model::pgtable::Uaddr;

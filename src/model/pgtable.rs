@@ -11,7 +11,8 @@
 //! (`MMU_GATHER_RCU_TABLE_FREE`): until then it stays readable.
 
 use super::config::{
-    Config, PMD_PAGES, PTRS_PER_PMD, PTRS_PER_PTE, PUD_PAGES, PUDS, VmaKind, VmaSlot,
+    Config, MAX_USER_PAGES, PMD_PAGES, PTRS_PER_PMD, PTRS_PER_PTE, PUD_PAGES, PUDS, VmaKind,
+    VmaSlot,
 };
 use super::machine::{Content, Machine, Owner, Pfn};
 use super::mm_types::{Mapping, pg};
@@ -115,6 +116,38 @@ impl RwSem {
     }
 }
 
+/// What a process's VMAs say about one of its pages. The configuration
+/// lays out the same VMAs in every process; munmap, mremap, mprotect and
+/// madvise then change them per process, here page by page (a VMA split is
+/// the pages on either side of it differing). hugetlb VMAs are also kept
+/// as [`VmArea`]s (`Mm::hugetlb_vmas`), which PMD sharing needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VmPage {
+    /// A VMA covers the page (false: outside every VMA, or unmapped).
+    pub mapped: bool,
+    /// `VM_WRITE`.
+    pub write: bool,
+    /// `VM_DONTCOPY` (`MADV_DONTFORK`): fork leaves the page out.
+    pub dontcopy: bool,
+    /// `linear_page_index()`: the page offset the VMA maps here, which an
+    /// anonymous folio's `index` records; mremap moves it with the page.
+    pub pgoff: u8,
+}
+
+/// An anon_vma (mm/rmap.c): the rmap root of anonymous folios. Processes
+/// link to the anon_vmas of their ancestors at fork (`anon_vma_fork`); a
+/// family shares its root's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AnonVma {
+    pub root: u8,
+    /// The root's `rwsem` (`anon_vma_lock_write`), meaningful at the root.
+    pub lock: RwSem,
+}
+
+/// Most anon_vmas one execution may create (`avc` is a bitmask); fork and
+/// exit fail with -ENOMEM beyond it.
+pub const MAX_ANON_VMAS: usize = 64;
+
 /// A hugetlb VMA of one process (`struct vm_area_struct` of a
 /// `VM_MAYSHARE` hugetlbfs mapping). The configuration lays the same VMAs
 /// out in every process at boot; munmap, splits and exit then change each
@@ -158,13 +191,24 @@ impl VmArea {
     }
 }
 
-/// A process: its page-table root and its locks.
+/// A process: its page-table root, its locks and its VMAs.
 #[derive(Debug, Default)]
 pub struct Mm {
     pub pud: [PudVal; PUDS as usize],
     pub mmap_lock: RwSem,
-    /// The lock of this process's anon_vma (`anon_vma_lock_write`).
-    pub anon_vma_lock: RwSem,
+    /// The anon_vma of this process's anonymous VMAs (`vma->anon_vma`).
+    pub anon_vma: u8,
+    /// The anon_vmas its VMAs are linked to (`anon_vma_chain`), one bit
+    /// each: its own and, after fork, every ancestor's.
+    pub avc: u64,
+    /// Its VMAs, page by page.
+    pub vm: [VmPage; MAX_USER_PAGES as usize],
+    /// `mm->write_protect_seq`: odd while fork write-protects the process's
+    /// page tables (`copy_page_range`).
+    pub write_protect_seq: u32,
+    /// fork is building this process (`dup_mmap` of a new mm): nothing but
+    /// fork may touch it yet.
+    pub in_fork: bool,
     /// PTE tables deposited for PMD leaves (`pgtable_trans_huge_deposit`),
     /// by the first page of the PMD range.
     pub deposited: Vec<(u32, Pfn)>,
@@ -179,7 +223,11 @@ pub struct Mm {
 crate::clone_by_field!(Mm {
     pud,
     mmap_lock,
-    anon_vma_lock,
+    anon_vma,
+    avc,
+    vm,
+    write_protect_seq,
+    in_fork,
     deposited,
     hugetlb_vmas,
     next_vma_id,
@@ -187,18 +235,40 @@ crate::clone_by_field!(Mm {
 });
 
 impl Mm {
-    /// A process at boot: the configuration's hugetlb VMAs, each mapping
-    /// the hugetlbfs file from offset 0.
-    pub fn boot(cfg: &Config) -> Mm {
-        let mut mm = Mm::default();
+    /// A process as exec (or boot) leaves it: the configuration's VMAs,
+    /// nothing mapped, anon_vma `anon_vma`; each hugetlb VMA maps the
+    /// hugetlbfs file from offset 0.
+    pub fn new(cfg: &Config, anon_vma: u8) -> Mm {
+        let mut mm = Mm {
+            anon_vma,
+            avc: 1 << anon_vma,
+            ..Mm::default()
+        };
+        mm.reset_vmas(cfg);
+        mm
+    }
+
+    /// The configuration's VMAs: page by page, and the hugetlb ones as
+    /// [`VmArea`]s with new locks.
+    pub fn reset_vmas(&mut self, cfg: &Config) {
+        for (page, v) in self.vm.iter_mut().enumerate() {
+            let mapped = cfg.vmas.find(page as u32).is_some();
+            *v = VmPage {
+                mapped,
+                write: mapped,
+                dontcopy: false,
+                pgoff: page as u8,
+            };
+        }
+        self.hugetlb_vmas.clear();
         for v in cfg
             .vmas
             .slots()
             .filter(|v| v.kind == VmaKind::HugetlbShared)
         {
-            mm.new_vma(v.start, v.end(), 0);
+            self.new_vma(v.start, v.end(), 0);
         }
-        mm
+        self.exited = false;
     }
 
     /// A new hugetlb VMA with its own lock (`hugetlb_vm_op_open` →
@@ -486,7 +556,25 @@ impl Machine {
         let t = self
             .pmd_table(a)
             .unwrap_or_else(|| unreachable!("set_pmd at {a} without a PMD table"));
+        let leaf = |v: PmdVal| match v {
+            PmdVal::Leaf(l) => Some((l.pfn, l.write)),
+            _ => None,
+        };
+        let old = leaf(self.pmds(t)[a.pmd_index()]).map(|(p, _)| p);
         self.pmds_mut(t)[a.pmd_index()] = v;
+        self.note_mapping(a.with_page(a.pmd_base()), true, old, leaf(v));
+    }
+
+    /// Tell the ledger that the entry at `a` went from mapping `old` to
+    /// `new` (pages, or for a leaf the folio's head; and whether
+    /// writable).
+    fn note_mapping(&mut self, a: Uaddr, leaf: bool, old: Option<Pfn>, new: Option<(Pfn, bool)>) {
+        if old.is_none() && new.is_none() {
+            return;
+        }
+        let head = |p: Pfn| super::page_flags::peek_head(self, p);
+        let heads = [old.map(head), new.map(|(p, _)| head(p))];
+        self.ledger.mapping_changed(a, leaf, old, new, heads);
     }
 
     /// The PTE at `a` in the PTE table in frame `table`.
@@ -495,7 +583,13 @@ impl Machine {
     }
 
     pub fn set_pte_in(&mut self, table: Pfn, a: Uaddr, v: PteVal) {
+        let old = self.ptes(table)[a.pte_index()].present_pfn();
         self.ptes_mut(table)[a.pte_index()] = v;
+        let new = match v {
+            PteVal::Present(e) => Some((e.pfn, e.write)),
+            _ => None,
+        };
+        self.note_mapping(a, false, old, new);
     }
 
     /// A lockless walker's read of the PTE at `a` in the table it read from
@@ -550,8 +644,10 @@ impl Machine {
     }
 
     /// `pagetable_free`: the table page goes back to the buddy allocator
-    /// now; nobody may be walking it, and a PMD table must no longer be
-    /// shared.
+    /// now (nobody may be walking it, and a PMD table must no longer be
+    /// shared), unless a speculative reference (GUP-fast on the page the
+    /// frame held before) still holds it: then that reference's put frees
+    /// it (`__free_pages` is a put).
     pub fn pagetable_free(&mut self, table: Pfn) -> Result<(), Violation> {
         if matches!(self.frames[table as usize].content, Content::Pmds(_)) {
             super::oracle::pmd_table_free_unshared(self, table)?;
@@ -559,12 +655,17 @@ impl Machine {
                 self.ledger.shared_tables_freed += 1;
             }
         }
-        let p = self.page_mut(table)?;
-        p.flags &= !pg::TABLE;
-        p.refcount -= 1;
+        self.page_mut(table)?.flags &= !pg::TABLE;
         self.frames[table as usize].owner = Owner::Allocated;
         self.ledger.tables_freed += 1;
         ktrace!(self, "pagetable_free: frame {table}");
+        if !super::page_ref::folio_ref_sub_and_test(self, table, 1)? {
+            ktrace!(
+                self,
+                "frame {table} is still referenced: its last put frees it"
+            );
+            return Ok(());
+        }
         self.free_pages(table, 0)
     }
 
@@ -627,6 +728,70 @@ impl Machine {
                 Ok(true)
             }
         }
+    }
+
+    /// The lock of anon_vma `id`'s root.
+    pub fn anon_vma_lock(&self, id: u8) -> &RwSem {
+        let root = self.anon_vmas[id as usize].root;
+        &self.anon_vmas[root as usize].lock
+    }
+
+    pub fn anon_vma_lock_mut(&mut self, id: u8) -> &mut RwSem {
+        let root = self.anon_vmas[id as usize].root;
+        &mut self.anon_vmas[root as usize].lock
+    }
+
+    /// `anon_vma_alloc`: a new anon_vma under `root` (its own root if
+    /// none); `None` past `MAX_ANON_VMAS`.
+    pub fn anon_vma_alloc(&mut self, root: Option<u8>) -> Option<u8> {
+        let id = self.anon_vmas.len();
+        if id >= MAX_ANON_VMAS {
+            return None;
+        }
+        let id = id as u8;
+        self.anon_vmas.push(AnonVma {
+            root: root.unwrap_or(id),
+            lock: RwSem::default(),
+        });
+        Some(id)
+    }
+
+    /// What process `a.mm`'s VMAs say about page `a.page`.
+    pub fn vm_page(&self, a: Uaddr) -> VmPage {
+        self.mms[a.mm as usize].vm[a.page as usize]
+    }
+
+    /// Does an anonymous VMA of `a.mm` cover `a`?
+    pub fn anon_vma_covers(&self, a: Uaddr) -> bool {
+        self.vm_page(a).mapped
+            && self
+                .cfg
+                .vmas
+                .find(a.page)
+                .is_some_and(|v| v.kind == VmaKind::AnonPrivate)
+    }
+
+    /// Where page `i` of a folio with `mapping` can be mapped: the addresses
+    /// an rmap walk visits (`vma_address`). An anonymous folio is found in
+    /// every process linked to its anon_vma, at the pages whose VMA maps its
+    /// index.
+    pub fn rmap_addresses(&self, mapping: Mapping, i: u32) -> Vec<Uaddr> {
+        let Mapping::Anon { anon_vma, index } = mapping else {
+            return rmap_candidates(&self.cfg, mapping, i);
+        };
+        let mut out = Vec::new();
+        for (mm, x) in self.mms.iter().enumerate() {
+            if x.avc & (1 << anon_vma) == 0 {
+                continue;
+            }
+            for page in 0..MAX_USER_PAGES {
+                let a = Uaddr { mm: mm as u8, page };
+                if self.anon_vma_covers(a) && x.vm[page as usize].pgoff as u32 == index + i {
+                    out.push(a);
+                }
+            }
+        }
+        out
     }
 
     /// `flush_tlb_range(vma, start, end)` on every CPU.
@@ -709,8 +874,10 @@ pub fn tlb_remove_table_sync_one(cpu: &super::ctx::Cpu) -> super::KResult<()> {
     super::smp::smp_call_function(cpu, "tlb_remove_table_smp_sync")
 }
 
-/// Where page `i` of a folio with `mapping` can be mapped: the addresses
-/// rmap visits (`vma_address`), one candidate per VMA that maps it.
+/// Where page `i` of a file or hugetlbfs folio with `mapping` can be mapped:
+/// the addresses rmap visits (`vma_address`), one candidate per VMA that
+/// maps it. Anonymous folios depend on the processes' anon_vma chains:
+/// [`Machine::rmap_addresses`].
 pub fn rmap_candidates(cfg: &Config, mapping: Mapping, i: u32) -> Vec<Uaddr> {
     match mapping {
         Mapping::File { index } => {
@@ -723,13 +890,6 @@ pub fn rmap_candidates(cfg: &Config, mapping: Mapping, i: u32) -> Vec<Uaddr> {
             }
             (0..cfg.mms).map(|mm| Uaddr { mm, page }).collect()
         }
-        Mapping::Anon { anon_vma, index } => {
-            let page = index + i;
-            match cfg.vmas.find(page) {
-                Some(v) if v.kind == VmaKind::AnonPrivate => vec![Uaddr { mm: anon_vma, page }],
-                _ => Vec::new(),
-            }
-        }
         Mapping::Hugetlbfs { index } => {
             let Some(vma) = cfg.vmas.first_of(VmaKind::HugetlbShared) else {
                 return Vec::new();
@@ -740,7 +900,7 @@ pub fn rmap_candidates(cfg: &Config, mapping: Mapping, i: u32) -> Vec<Uaddr> {
             }
             (0..cfg.mms).map(|mm| Uaddr { mm, page }).collect()
         }
-        Mapping::None => Vec::new(),
+        Mapping::Anon { .. } | Mapping::None => Vec::new(),
     }
 }
 
@@ -1004,12 +1164,9 @@ mod tests {
     }
 
     #[test]
-    fn rmap_candidates_of_an_anon_page_are_its_own_process_only() {
-        let cfg = Config {
-            vmas: three_vmas(),
-            ..Config::default()
-        };
-        let anon = |anon_vma, index, i| rmap_candidates(&cfg, Mapping::Anon { anon_vma, index }, i);
+    fn rmap_of_an_anon_page_visits_its_own_process_only() {
+        let k = Kernel::builder().config(|c| c.vmas = three_vmas()).boot();
+        let anon = |anon_vma, index, i| k.m.rmap_addresses(Mapping::Anon { anon_vma, index }, i);
 
         assert_eq!(anon(1, 4, 0), [Uaddr::new(1, 4)]);
         assert_eq!(anon(1, 4, 1), [Uaddr::new(1, 5)]);

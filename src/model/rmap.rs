@@ -5,14 +5,13 @@
 //! VMA's PTE lock; each PTE-lock section is one step.
 
 use super::KResult;
-use super::config::Config;
 use super::ctx::Cpu;
 use super::machine::{Machine, Pfn};
 use super::mm_types::{Mapping, pg};
 use super::oracle::{self, Violation};
 use super::page_flags::folio_nr_pages;
 use super::page_ref::{folio_get, folio_ref_sub_and_test};
-use super::pgtable::{PteEntry, PteVal, Uaddr, rmap_candidates};
+use super::pgtable::{PteEntry, PteVal, Uaddr};
 use crate::ktrace;
 
 /// `GUP_PIN_COUNTING_BIAS`.
@@ -44,10 +43,10 @@ pub fn folio_maybe_dma_pinned(m: &mut Machine, folio: Pfn) -> Result<bool, Viola
 /// PTE table), the addresses that may map page `i` of the folio.
 pub type RmapSection = Vec<(Uaddr, u32)>;
 
-pub fn rmap_sections(cfg: &Config, mapping: Mapping, nr: u32) -> Vec<RmapSection> {
+pub fn rmap_sections(m: &Machine, mapping: Mapping, nr: u32) -> Vec<RmapSection> {
     let mut out: Vec<RmapSection> = Vec::new();
     for i in 0..nr {
-        for a in rmap_candidates(cfg, mapping, i) {
+        for a in m.rmap_addresses(mapping, i) {
             match out
                 .iter_mut()
                 .find(|s| s[0].0.mm == a.mm && s[0].0.pmd_index() == a.pmd_index())
@@ -64,7 +63,7 @@ pub fn rmap_sections(cfg: &Config, mapping: Mapping, nr: u32) -> Vec<RmapSection
 /// Does the rmap walk of an anon folio wait for the anon_vma lock?
 fn anon_vma_readable(m: &Machine, mapping: Mapping) -> bool {
     match mapping {
-        Mapping::Anon { anon_vma, .. } => m.mms[anon_vma as usize].anon_vma_lock.can_read(),
+        Mapping::Anon { anon_vma, .. } => m.anon_vma_lock(anon_vma).can_read(),
         _ => true,
     }
 }
@@ -87,19 +86,32 @@ pub struct Unmapped {
 /// An exclusive anon page that may be pinned refuses
 /// (`folio_try_share_anon_rmap_pte`), leaving the folio mapped. The walk
 /// stops once the folio is unmapped (`folio_not_mapped`).
+///
+/// The walk visits the VMAs the folio's mapping reaches as they are at each
+/// step (a fork may link a new one meanwhile), one PTE-lock section a step.
 pub fn try_to_migrate(cpu: &Cpu, folio: Pfn, mapping: Mapping, nr: u32) -> KResult<Unmapped> {
     let mut out = Unmapped::default();
-    for section in rmap_sections(cpu.cfg(), mapping, nr) {
-        let (mapped, touched) = cpu.step_when(
+    for k in 0.. {
+        let visited = cpu.step_when(
             "try_to_migrate_one",
             |m| anon_vma_readable(m, mapping),
-            |m| try_to_migrate_one(m, folio, &section, &mut out),
+            |m| {
+                let sections = rmap_sections(m, mapping, nr);
+                let Some(section) = sections.get(k).cloned() else {
+                    return Ok(None);
+                };
+                let (mapped, touched) = try_to_migrate_one(m, folio, &section, &mut out)?;
+                Ok(Some((section, mapped, touched, k + 1 < sections.len())))
+            },
         )?;
+        let Some((section, mapped, touched, more)) = visited else {
+            break;
+        };
         if touched {
             out.sections.push(section);
         }
         out.still_mapped = mapped;
-        if !mapped || out.refused {
+        if !mapped || out.refused || !more {
             break;
         }
     }
@@ -160,6 +172,10 @@ fn try_to_migrate_one(
 /// `remove_migration_ptes(src, dst)`: turn the migration entries for `src`
 /// back into present PTEs, mapping the same page of `dst` (`dst == src`
 /// when migration failed); each takes a reference (`remove_migration_pte`).
+///
+/// A fork may have copied some of the entries into a child meanwhile
+/// (`copy_nonpresent_pte`); the walk finds those too, after the sections
+/// migration set.
 pub fn remove_migration_ptes(
     cpu: &Cpu,
     src: Pfn,
@@ -167,12 +183,15 @@ pub fn remove_migration_ptes(
     sections: &[RmapSection],
     mapping: Mapping,
 ) -> KResult<()> {
-    for section in sections {
-        cpu.step_when(
+    let mut queue: std::collections::VecDeque<RmapSection> = sections.iter().cloned().collect();
+    let mut done: Vec<RmapSection> = Vec::new();
+    while let Some(section) = queue.pop_front() {
+        let last = queue.is_empty();
+        let more = cpu.step_when(
             "remove_migration_pte",
             |m| anon_vma_readable(m, mapping),
             |m| {
-                for &(a, i) in section {
+                for &(a, i) in &section {
                     let Some(PteVal::Migration {
                         pfn,
                         exclusive,
@@ -194,9 +213,23 @@ pub fn remove_migration_ptes(
                     m.set_pte(a, PteVal::Present(PteEntry::new(page, write)));
                     ktrace!(m, "{a}: migration entry -> PTE for pfn {page}");
                 }
-                Ok(())
+                if !last {
+                    return Ok(Vec::new());
+                }
+                let nr = super::page_flags::peek_nr_pages(m, src);
+                let holds_entry = |s: &RmapSection| {
+                    s.iter().any(|&(a, i)| {
+                        matches!(m.pte(a), Some(PteVal::Migration { pfn, .. }) if pfn == src + i)
+                    })
+                };
+                Ok(rmap_sections(m, mapping, nr)
+                    .into_iter()
+                    .filter(|s| *s != section && !done.contains(s) && holds_entry(s))
+                    .collect())
             },
         )?;
+        done.push(section);
+        queue.extend(more);
     }
     Ok(())
 }

@@ -32,6 +32,9 @@ pub enum Subsystem {
     Migration,
     /// Fault injection (`should_fail_alloc_page`).
     Inject,
+    /// Anonymous THPs, fork and copy-on-write with GUP pins: PMD and PTE
+    /// mappings, splits, unmapping and remapping parts of them.
+    Thp,
     /// hugetlb PMD sharing: faults that share, the paths that unshare
     /// (munmap, MADV_DONTNEED, VMA splits, truncation, hole punching,
     /// exit), and the walkers they race.
@@ -46,6 +49,7 @@ impl Subsystem {
         Subsystem::Gup,
         Subsystem::Migration,
         Subsystem::Inject,
+        Subsystem::Thp,
         Subsystem::PmdShare,
     ];
 
@@ -57,14 +61,17 @@ impl Subsystem {
             Subsystem::Gup => "gup",
             Subsystem::Migration => "migration",
             Subsystem::Inject => "inject",
+            Subsystem::Thp => "thp",
             Subsystem::PmdShare => "pmd-share",
         }
     }
 
     /// The subsystems whose ops a scenario about this one draws from: the
     /// paths its races involve. HVO races a page-cache folio's lifecycle;
-    /// GUP and migration race each other, faults and the page cache; PMD
-    /// sharing races the walkers: faults, user accesses and GUP.
+    /// GUP and migration race each other, faults and the page cache; THP
+    /// copy-on-write races fork, faults, user accesses and GUP on
+    /// anonymous memory; PMD sharing races the walkers: faults, user
+    /// accesses and GUP.
     pub fn arm(self) -> SubsystemSet {
         use Subsystem::*;
         match self {
@@ -72,6 +79,7 @@ impl Subsystem {
             Memory | Gup | Migration | Inject => {
                 SubsystemSet::of(&[PageCache, Memory, Gup, Migration, Inject])
             }
+            Thp => SubsystemSet::of(&[Memory, Gup, Inject, Thp]),
             PmdShare => SubsystemSet::of(&[PmdShare, Memory, Gup]),
         }
     }

@@ -2,6 +2,7 @@
 //! Each row names its subsystem, the oracle a finding violates, and what
 //! it breaks; the kernel path it changes tests `cfg.has(Variant::..)`.
 
+use super::config::CowDesign;
 use super::oracle::Oracle;
 use super::subsystem::Subsystem;
 use std::fmt;
@@ -74,6 +75,22 @@ variants! {
     /// 70cbc3cc78a9, 2022).
     GupFastNoPmdRecheck = "gup-fast-no-pmd-recheck", Gup, PinnedWriteLost,
         "gup_fast_pte_range() rechecks the PTE but not the PMD, so it pins a page khugepaged is collapsing after pmdp_collapse_flush() detached its page table (fixed by 70cbc3cc78a9, 2022)";
+    /// The v4.5 THP write-fault rule: selects `cow: v4.5`.
+    ThpCowBreaksPin = "thp-cow-breaks-pin", Thp, PinCoherence,
+        "a write fault copies every PTE-mapped THP subpage (reuse_swap_page() refuses PageTransCompound pages) and a pinned PMD-mapped THP (page_count != 1), so a vfio pin no longer maps the process's page (the 2016 vfio regression under the THP refcount redesign, seed 002; fixed by 6d0a07edd17c, v4.6)";
+    /// The 2016 rule for a PTE-mapped THP subpage inside v5.19's
+    /// do_wp_page: needs `cow: v5.19`.
+    ThpReuseSubpageMapcount = "thp-reuse-subpage-mapcount", Thp, AnonRmap,
+        "a write fault reuses a subpage of a THP that fork shared and each side half unmapped, because every subpage's mapcount is 1 (page_trans_huge_mapcount(), seed 002), and moves the whole folio to the child's anon_vma though the parent still maps the other half (Kirill's counterexample, seed 002; 6d0a07edd17c moves it only at total_mapcount == 1)";
+    /// `wp_can_reuse_anon_folio` decides a small page by its mapcount.
+    GupAfterForkReadPin = "gup-after-fork-read-pin", Thp, Isolation,
+        "do_wp_page() reuses a small anon page mapped once though GUP holds it (reuse_swap_page()'s mapcount rule), so the reference a child's vmsplice() took before unmapping sees the parent's later writes (CVE-2020-29374; worked around by 17839856fd58 in v5.8, fixed by 09854ba94c6a's refcount rule in v5.9)";
+    /// `page_try_dup_anon_rmap` without the maybe-pinned check.
+    ForkSharesPinnedPage = "fork-shares-pinned-page", Thp, PinCoherence,
+        "fork shares an exclusive anon page that may be DMA-pinned instead of copying it for the child, so the pinned page is mapped by both and the next write fault moves one of them off it (fixed by 70e806e4e645 \"mm: Do early cow for pinned pages during fork() for ptes\", v5.9)";
+    /// GUP-fast ignores `mm->write_protect_seq`.
+    GupFastNoWriteProtectSeq = "gup-fast-no-write-protect-seq", Thp, PinCoherence,
+        "GUP-fast ignores mm->write_protect_seq, so it pins a page between fork's maybe-pinned check and its write-protection, and fork shares the pinned page with the child (fixed by 57efa1fe5957 \"mm/gup: prevent gup_fast from racing with COW during fork\", v5.11)";
     /// hugetlb walkers that call `huge_pte_offset()` without the hugetlb
     /// VMA lock, as before Peter Xu's v6.2 series "Make huge_pte_offset()
     /// thread-safe for pmd unshare" (seed 001): `hugetlb_fault`'s first
@@ -107,6 +124,26 @@ impl Variant {
                     known.join(", ")
                 )
             })
+    }
+
+    /// The THP write-fault design this variant is, if it is one (a design
+    /// is a whole rule, a variant one path switched back): it selects that
+    /// design. Only `thp-cow-breaks-pin` is: the v4.5 rule.
+    pub fn design(self) -> Option<CowDesign> {
+        match self {
+            Variant::ThpCowBreaksPin => Some(CowDesign::V4_5),
+            _ => None,
+        }
+    }
+
+    /// The design a variant switches a path of, if it needs one:
+    /// `thp-reuse-subpage-mapcount` changes v5.19's rule for a THP subpage.
+    /// (The other variants change fork and GUP, the same in every design.)
+    pub fn needs_design(self) -> Option<CowDesign> {
+        match self {
+            Variant::ThpReuseSubpageMapcount => Some(CowDesign::V5_19),
+            _ => None,
+        }
     }
 
     fn bit(self) -> u64 {

@@ -8,8 +8,8 @@
 //! scenario.
 
 use super::{MAX_CPUS, Op, Scenario};
-use crate::model::config::STRUCT_PAGES_PER_VMEMMAP_PAGE;
-use crate::model::op::{Arg, Draw, Index, Role};
+use crate::model::config::{PMD_PAGES, STRUCT_PAGES_PER_VMEMMAP_PAGE, VmaKind};
+use crate::model::op::{Arg, Bit, Draw, Index, Role};
 use crate::model::subsystem::distinct_arms;
 use crate::model::{Config, OpKind, Subsystem, SubsystemSet, Variant};
 use arbitrary::{Arbitrary, Unstructured};
@@ -161,7 +161,13 @@ const GEN_INDEXES: u8 = 2;
 
 /// Two user addresses (process, page) per scenario that ops refer to most
 /// of the time, so that GUP, faults and migration meet on one page.
-struct Uaddrs([(u8, u8); 2]);
+#[derive(Clone, Copy)]
+struct Uaddrs {
+    pal: [(u8, u8); 2],
+    /// An arm about anonymous memory shared by fork draws from one PMD
+    /// range in two processes instead (see [`Uaddrs::meet_in_anon`]).
+    meet: Option<[(u8, u8); 4]>,
+}
 
 impl Uaddrs {
     fn decode_one(u: &mut Unstructured, cfg: &Config) -> arbitrary::Result<(u8, u8)> {
@@ -172,16 +178,56 @@ impl Uaddrs {
     }
 
     fn decode(u: &mut Unstructured, cfg: &Config) -> arbitrary::Result<Uaddrs> {
-        Ok(Uaddrs([
-            Self::decode_one(u, cfg)?,
-            Self::decode_one(u, cfg)?,
-        ]))
+        Ok(Uaddrs {
+            pal: [Self::decode_one(u, cfg)?, Self::decode_one(u, cfg)?],
+            meet: None,
+        })
+    }
+
+    /// The palette of an arm about anonymous memory shared by fork: one
+    /// PMD range (a THP) of an anonymous VMA, in two processes, where fork
+    /// and copy-on-write races meet: mostly the first page in the first
+    /// process, then the same page in the other process and the other half
+    /// of the range in each. Mapped from the bytes [`Uaddrs::decode`] read.
+    fn meet_in_anon(self, cfg: &Config) -> Uaddrs {
+        let anon: Vec<u8> = (0..cfg.user_pages())
+            .filter(|&p| {
+                cfg.vmas
+                    .find(p)
+                    .is_some_and(|v| v.kind == VmaKind::AnonPrivate)
+            })
+            .map(|p| p as u8)
+            .collect();
+        if anon.is_empty() {
+            return self;
+        }
+        let [(m0, p0), (m1, _)] = self.pal;
+        let x = anon[p0 as usize % anon.len()];
+        let m1 = if m1 == m0 { (m0 + 1) % cfg.mms } else { m1 };
+        let other = x ^ 1;
+        let y = if PMD_PAGES > 1 && anon.contains(&other) {
+            other
+        } else {
+            x
+        };
+        Uaddrs {
+            pal: self.pal,
+            meet: Some([(m0, x), (m1, x), (m0, y), (m1, y)]),
+        }
     }
 
     fn get(&self, u: &mut Unstructured, cfg: &Config) -> arbitrary::Result<(u8, u8)> {
+        if let Some(meet) = self.meet {
+            return Ok(match u.int_in_range(0..=7u8)? {
+                0..=2 => meet[0],
+                3 | 4 => meet[1],
+                5 | 6 => meet[2],
+                _ => meet[3],
+            });
+        }
         match u.int_in_range(0..=3u8)? {
-            0 | 1 => Ok(self.0[0]),
-            2 => Ok(self.0[1]),
+            0 | 1 => Ok(self.pal[0]),
+            2 => Ok(self.pal[1]),
             _ => Self::decode_one(u, cfg),
         }
     }
@@ -214,6 +260,8 @@ impl Draw for Drawer<'_, '_, '_> {
             },
             Role::Count => self.u.int_in_range(1..=3u8)? as u32,
             Role::Order => self.u.int_in_range(0..=1u8)? as u32,
+            Role::Len => self.u.int_in_range(1..=PMD_PAGES as u8)? as u32,
+            Role::Bit => self.u.int_in_range(0..=1u8)? as u32,
         })
     }
 }
@@ -227,19 +275,23 @@ enum Choice {
     /// lifecycle every HVO race in the seeds turns on (seed 000: "removed
     /// from the page cache ... reallocated as a hugetlb tail").
     ReuseForHugetlb,
+    /// `mprotect(PROT_READ)` and back to `PROT_READ | PROT_WRITE` of one
+    /// range: how cow.c PTE-maps a THP ("temporarily mapping a single
+    /// subpage R/O") and maps pages read-only for the next write to fault.
+    MprotectReadOnlyAndBack,
 }
 
 /// The choices of an arm, simplest first: its op kinds in table order, then
 /// its idioms.
 struct Choices {
-    items: [Choice; 32],
+    items: [Choice; 48],
     len: usize,
 }
 
 impl Choices {
     fn of(arm: SubsystemSet, setup: bool) -> Choices {
         let mut c = Choices {
-            items: [Choice::ReuseForHugetlb; 32],
+            items: [Choice::ReuseForHugetlb; 48],
             len: 0,
         };
         for k in OpKind::of(arm).filter(|k| !setup || k.builds_state()) {
@@ -248,6 +300,10 @@ impl Choices {
         }
         if !setup && arm.has(Subsystem::Hvo) {
             c.items[c.len] = Choice::ReuseForHugetlb;
+            c.len += 1;
+        }
+        if arm.has(Subsystem::Thp) {
+            c.items[c.len] = Choice::MprotectReadOnlyAndBack;
             c.len += 1;
         }
         c
@@ -277,6 +333,18 @@ fn decode_slot(d: &mut Drawer, choices: &Choices, ops: &mut Vec<Op>) -> arbitrar
                 Op::TruncateInodeFolio { index }
             });
             ops.push(OpKind::AllocHugetlbFolio.draw(d)?);
+        }
+        Choice::MprotectReadOnlyAndBack => {
+            if let Op::Mprotect { mm, addr, len, .. } = OpKind::Mprotect.draw(d)? {
+                for write in [Bit(0), Bit(1)] {
+                    ops.push(Op::Mprotect {
+                        mm,
+                        addr,
+                        len,
+                        write,
+                    });
+                }
+            }
         }
     }
     Ok(())
@@ -333,6 +401,11 @@ fn decode_ops_then_schedule(
     // layout keeps the processes, pages and frames the palette was drawn
     // on, so the palette stays valid.
     let cfg = &arm.layout(*cfg);
+    let uaddrs = if arm.has(Subsystem::Thp) {
+        uaddrs.meet_in_anon(cfg)
+    } else {
+        uaddrs
+    };
     let (setup_choices, choices) = (Choices::of(arm, true), Choices::of(arm, false));
     let mut d = Drawer {
         u,

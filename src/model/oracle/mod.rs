@@ -13,6 +13,7 @@ mod migration;
 mod pmd_share;
 mod quiescent;
 mod state;
+mod thp;
 
 pub use access::{
     RefKind, RefUpdate, cmpxchg_through_ro_vmemmap, no_access_to_unowned_vmemmap_frame,
@@ -32,6 +33,10 @@ pub use quiescent::{
     Quiescence, every_frame_accounted, every_reference_put, no_migration_entry_left,
 };
 pub use state::{frozen_stays_frozen, pinned_writes_not_lost};
+pub use thp::{
+    anon_rmap_reaches_mappings, hold_read_sees, holds_stay_private, load_sees_own_data,
+    mapcounts_match_mappings, pins_coherent,
+};
 
 use super::machine::Machine;
 use super::mm_types::StructPage;
@@ -95,6 +100,19 @@ oracles! {
     /// A lockless page-table walker read a frame that is no longer a page
     /// table (freed, or reused).
     PageTableUseAfterFree = "no-walk-of-freed-page-table";
+    /// A process read (through a mapping, or a GUP reference or pin it
+    /// took) a value another process wrote after they parted at fork.
+    Isolation = "process-isolation";
+    /// A FOLL_PIN pin of an anonymous page is not the page its process maps
+    /// at that address, the page is mapped by another process, or a read
+    /// through the pin (or a load the pin wrote for) misses a write.
+    PinCoherence = "pin-coherence";
+    /// An anonymous folio's mapcounts, refcount or PageAnonExclusive
+    /// disagree with the page tables.
+    MapcountConsistent = "mapcounts-match-mappings";
+    /// A mapping of an anonymous folio that an rmap walk from the folio's
+    /// anon_vma cannot reach.
+    AnonRmap = "anon-rmap-reaches-every-mapping";
     /// A page-table walker loaded from a PMD table that is no longer a page
     /// table of its process: unshared from it (another process's table
     /// now), or freed, or reused.
@@ -224,6 +242,30 @@ pub static INVARIANTS: &[Invariant] = &[
         when: When::Path("pgtable::walk_pte"),
     },
     Invariant {
+        oracle: Oracle::MapcountConsistent,
+        when: When::Step(mapcounts_match_mappings),
+    },
+    Invariant {
+        oracle: Oracle::AnonRmap,
+        when: When::Step(anon_rmap_reaches_mappings),
+    },
+    Invariant {
+        oracle: Oracle::PinCoherence,
+        when: When::Step(pins_coherent),
+    },
+    Invariant {
+        oracle: Oracle::Isolation,
+        when: When::Step(holds_stay_private),
+    },
+    Invariant {
+        oracle: Oracle::Isolation,
+        when: When::Path("memory::user_access, gup::memcpy_from_page"),
+    },
+    Invariant {
+        oracle: Oracle::PinCoherence,
+        when: When::Path("memory::user_access, gup::memcpy_from_page"),
+    },
+    Invariant {
         oracle: Oracle::UserUseAfterFree,
         when: When::Path("memory::user_access: the table the entry was walked through"),
     },
@@ -312,6 +354,7 @@ pub fn at_ref_update(r: &RefUpdate) -> Result<(), Violation> {
 /// The per-step invariants, and the reachability properties when asked.
 pub fn after_step(m: &mut Machine) -> Result<(), Violation> {
     by_kind().step.iter().try_for_each(|check| check(m))?;
+    m.ledger.touched.clear();
     m.ledger.pmd_tables_touched.clear();
     if m.reached.is_some() {
         let mut got = 0;
@@ -404,10 +447,32 @@ pub static REACHABLE: &[Reachable] = &[
             leaf
         }),
     },
+    // Page tables are freed at exit and fork (free_pgtables); a one-page
+    // zap of a THP splits it rather than freeing its deposited table.
     Reachable {
         name: "page-table-freed",
-        subsystem: super::subsystem::Subsystem::Memory,
+        subsystem: super::subsystem::Subsystem::Thp,
         when: Reach::Step(|m| m.ledger.tables_freed > 0),
+    },
+    Reachable {
+        name: "thp-pte-mapped",
+        subsystem: super::subsystem::Subsystem::Thp,
+        when: Reach::Step(|m| m.ledger.thp_pte_mapped),
+    },
+    Reachable {
+        name: "fork-shared-anon-page",
+        subsystem: super::subsystem::Subsystem::Thp,
+        when: Reach::Step(|m| m.ledger.fork_shared_anon),
+    },
+    Reachable {
+        name: "pinned-page-written-after-fork",
+        subsystem: super::subsystem::Subsystem::Thp,
+        when: Reach::Step(|m| m.ledger.pin_write_after_fork),
+    },
+    Reachable {
+        name: "read-only-pin-unshared",
+        subsystem: super::subsystem::Subsystem::Thp,
+        when: Reach::Step(|m| m.ledger.unshared),
     },
     Reachable {
         name: "pmd-table-shared",
