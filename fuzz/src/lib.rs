@@ -6,6 +6,8 @@
 //! - `MMHARNESS_VARIANTS`: comma-separated bug variants (`mmharness
 //!   variants` lists them); unset or empty: the fixed model.
 //! - `MMHARNESS_HVO_MODE`: `keep-1` (default), `keep-2` or `shared-tail`.
+//! - `MMHARNESS_ARCH`: `x86`, `arm64` or `arm64-llsc` (default: the
+//!   architecture the variants are about, x86 for the fixed model).
 //! - `MMHARNESS_CPUS`: CPUs per scenario, at most; 2 (default) to 4.
 //! - `MMHARNESS_OPS`: the op families scenarios draw from: `any`, `all`, or
 //!   subsystem names joined by commas (`hvo`, `migration`, ...), as
@@ -27,7 +29,7 @@
 
 use clap::ValueEnum;
 use mmharness::exec::{Verdict, run_input};
-use mmharness::model::{Config, HvoMode, Variant, VariantSet};
+use mmharness::model::{Arch, Config, HvoMode, Variant, VariantSet};
 use mmharness::scenario::generate::{GenOptions, OpFamily, decode_bytes};
 use mmharness::scenario::{Expect, MAX_CPUS, Op, Scenario};
 use std::path::PathBuf;
@@ -76,6 +78,16 @@ fn from_env(target_ops: Option<OpFamily>) -> Settings {
             ))
         }),
     };
+    let arch = match var("MMHARNESS_ARCH") {
+        None => VariantSet::new(&variants).arch(),
+        Some(name) => Arch::from_str(&name, false).unwrap_or_else(|_| {
+            let known: Vec<&str> = Arch::ALL.iter().map(|a| a.name()).collect();
+            usage_error(format!(
+                "MMHARNESS_ARCH: unknown architecture `{name}`; known: {}",
+                known.join(", ")
+            ))
+        }),
+    };
     let max_cpus = match var("MMHARNESS_CPUS") {
         None => 2,
         Some(n) => match n.parse::<usize>() {
@@ -112,6 +124,7 @@ fn from_env(target_ops: Option<OpFamily>) -> Settings {
     let memory_blocks = range("MMHARNESS_MEMORY_BLOCKS", 2, 2..=8);
     let hugetlb_order = range("MMHARNESS_HUGETLB_ORDER", 9, 7..=10);
     let config = Config {
+        arch,
         hvo_mode,
         variants: VariantSet::new(&variants),
         memory_blocks: memory_blocks.0,
@@ -119,7 +132,7 @@ fn from_env(target_ops: Option<OpFamily>) -> Settings {
         ..Config::default()
     };
     let label = format!(
-        "{} model, {} HVO, up to {max_cpus} CPUs, {ops_name} ops, memory {}-{} blocks, order {}-{}",
+        "{} model, {} HVO on {arch}, up to {max_cpus} CPUs, {ops_name} ops, memory {}-{} blocks, order {}-{}",
         config.variants.label(),
         hvo_mode.name(),
         memory_blocks.0,

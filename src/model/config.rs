@@ -1,6 +1,7 @@
 //! Machine configuration: sizes, the HVO generation, the processes and
 //! their VMAs, and the bug variants switched on.
 
+use super::arch::Arch;
 use super::variant::{Variant, VariantSet};
 use serde::{Deserialize, Serialize};
 
@@ -224,6 +225,9 @@ impl<'de> Deserialize<'de> for Vmas {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The architecture; scenario files from before it was a field are x86.
+    #[serde(default, skip_serializing_if = "Arch::is_default")]
+    pub arch: Arch,
     /// Which HVO generation runs.
     #[serde(default)]
     pub hvo_mode: HvoMode,
@@ -267,6 +271,7 @@ fn is_zero(n: &u8) -> bool {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            arch: Arch::X86,
             hvo_mode: HvoMode::Keep1,
             hugetlb_order: 9,
             memory_blocks: 2,

@@ -2,6 +2,7 @@
 //! Each row names its subsystem, the oracle a finding violates, and what
 //! it breaks; the kernel path it changes tests `cfg.has(Variant::..)`.
 
+use super::arch::Arch;
 use super::oracle::Oracle;
 use super::subsystem::Subsystem;
 use std::fmt;
@@ -42,6 +43,10 @@ variants! {
     /// `__hugetlb_vmemmap_optimize_folio` without `synchronize_rcu()`.
     HvoNoRcuSync = "hvo-no-rcu-sync", Hvo, RoVmemmapWrite,
         "HVO remaps the vmemmap without synchronize_rcu(), so a speculative reader that passed its checks writes through the new RO alias (fixed by bd225530a4c7, v6.10)";
+    /// arm64 HVO doing break-before-make on live vmemmap PTEs with the
+    /// other CPUs running.
+    HvoBbmNoPause = "hvo-bbm-no-pause", Hvo, VmemmapFault,
+        "on arm64, HVO's break-before-make of each vmemmap PTE (pte_clear, TLBI, set_pte_at) runs while other CPUs run, so a speculative struct-page access in the window takes a kernel translation fault (why 060a2c92d1b6 disabled HVO on arm64; Yu Zhao's \"arm64: pause remote CPUs to update vmemmap\" pauses them)";
     /// `page_ref_add_unless` without `page_count_writable`.
     RefNoFakeHeadCheck = "ref-no-fake-head-check", Hvo, RoVmemmapWrite,
         "page_ref_add_unless() takes a reference on a fake head instead of refusing it (pre-v6.10 page_ref_add_unless)";
@@ -95,6 +100,15 @@ variants! {
 }
 
 impl Variant {
+    /// The architecture the variant's bug is about: its hunts, corpus file
+    /// and tests run there.
+    pub fn arch(self) -> Arch {
+        match self {
+            Variant::HvoBbmNoPause => Arch::Arm64,
+            _ => Arch::X86,
+        }
+    }
+
     pub fn from_name(name: &str) -> Result<Variant, String> {
         Variant::ALL
             .iter()
@@ -152,6 +166,15 @@ impl VariantSet {
 
     pub fn is_empty(self) -> bool {
         self.0 == 0
+    }
+
+    /// The architecture the variants are about (x86 unless one is an arm64
+    /// bug).
+    pub fn arch(self) -> Arch {
+        self.iter()
+            .map(Variant::arch)
+            .find(|a| *a != Arch::X86)
+            .unwrap_or_default()
     }
 
     /// "fixed" for the fixed model, else the variant names joined by "+".

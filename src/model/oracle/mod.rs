@@ -57,6 +57,9 @@ macro_rules! oracles {
 oracles! {
     /// A store to a struct page through a read-only vmemmap mapping: an oops.
     RoVmemmapWrite = "no-write-through-ro-vmemmap";
+    /// A struct-page access faulted: its vmemmap PTE was cleared for
+    /// break-before-make (arm64) and the CPU had no cached translation.
+    VmemmapFault = "no-fault-on-vmemmap-access";
     /// An access through the vmemmap to a frame the vmemmap no longer owns.
     UseAfterRemap = "no-use-after-remap";
     /// A reference taken on a tail page or a fake head.
@@ -170,6 +173,10 @@ pub static INVARIANTS: &[Invariant] = &[
     Invariant {
         oracle: Oracle::UseAfterRemap,
         when: When::Access(no_access_to_unowned_vmemmap_frame),
+    },
+    Invariant {
+        oracle: Oracle::VmemmapFault,
+        when: When::Path("vmemmap::access, at a translation of a cleared PTE"),
     },
     Invariant {
         oracle: Oracle::RoVmemmapWrite,
