@@ -278,7 +278,7 @@ fn proptest_finds_hvo_free_before_flush() {
 
 #[test]
 fn proptest_finds_hvo_restore_fail_frees() {
-    proptest_finds(Variant::HvoRestoreFailFrees, 5_000, Oracle::RoVmemmapWrite);
+    proptest_finds(Variant::HvoRestoreFailFrees, 5_000, Oracle::BadPage);
 }
 
 // ref-fake-head-before-count needs three ordered preemptions of a pfn

@@ -250,7 +250,7 @@ fn replay_that_does_not_reproduce_its_expect_exits_3() {
     // A different violation than the one expected does not reproduce it
     // either.
     let other = edited(
-        r#""oracle": "no-write-through-ro-vmemmap""#,
+        r#""oracle": "no-bad-page-at-free""#,
         r#""oracle": "no-use-after-remap""#,
     );
     let file = dir.write("other.json", &other);
@@ -299,18 +299,18 @@ fn bad_input_exits_2_naming_the_problem() {
         ),
         (
             "schedule.json",
-            edited(r#""schedule": []"#, r#""schedule": [0, 1, 5]"#),
+            edited("\"schedule\": [\n    1\n  ]", r#""schedule": [0, 1, 5]"#),
             "schedule[2] names CPU 5",
         ),
         (
             "pfn.json",
-            edited(r#""pfn_hint": 185"#, r#""pfn_hint": 4000000000"#),
+            edited(r#""pfn_hint": 832"#, r#""pfn_hint": 4000000000"#),
             "setup[0] (alloc_pool_huge_folio): field `pfn_hint` is 4000000000, out of range 0..=1023",
         ),
         (
             "count.json",
-            edited(r#""count": 3"#, r#""count": 0"#),
-            "cpus[0][0] (fail_next_allocs): field `count` is 0, out of range 1..=16",
+            edited(r#""count": 1"#, r#""count": 0"#),
+            "cpus[1][0] (fail_next_allocs): field `count` is 0, out of range 1..=16",
         ),
         (
             "index.json",

@@ -258,7 +258,12 @@ pub fn __folio_put(cpu: &Cpu, folio: Pfn) -> KResult<()> {
     if hugetlb {
         return hugetlb::free_huge_folio(cpu, folio);
     }
-    cpu.step("free_unref_folios", |m| free_frozen_folio(m, folio))
+    // page_cache_release (__page_cache_release, v6.12 mm/swap.c): off
+    // the LRU, PG_lru cleared, before the page allocator sees the folio.
+    cpu.step("free_unref_folios", |m| {
+        m.page_mut(folio)?.flags &= !pg::LRU;
+        free_frozen_folio(m, folio)
+    })
 }
 
 /// Free a folio whose refcount is already 0 (`free_unref_folios`).

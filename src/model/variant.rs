@@ -57,8 +57,8 @@ variants! {
     HvoFreeBeforeFlush = "hvo-free-before-flush", Hvo, UseAfterRemap,
         "HVO frees the old vmemmap frames before the TLB flush, so a stale TLB entry reaches a frame the buddy allocator owns";
     /// Free the folio even though its vmemmap could not be restored.
-    HvoRestoreFailFrees = "hvo-restore-fail-frees", Hvo, RoVmemmapWrite,
-        "on hugetlb_vmemmap_restore_folio() -ENOMEM the folio is freed anyway, writing its RO-aliased tail struct pages (seed 004)";
+    HvoRestoreFailFrees = "hvo-restore-fail-frees", Hvo, BadPage,
+        "on hugetlb_vmemmap_restore_folio() -ENOMEM the folio is freed anyway: __free_pages_prepare finds the RO-aliased tail struct pages inconsistent (bad_page) and then writes through the RO alias (seed 004)";
     /// `__folio_migrate_mapping` checks the refcount, then stores 0 with a
     /// plain store: the speculative-reference design of e286781d5f2e
     /// ("mm: speculative page references", v2.6.27) needs the cmpxchg of
