@@ -11,8 +11,11 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum HvoMode {
-    /// The v5.14 layout: vmemmap pages 0 and 1 stay; pages 2.. alias page 1
-    /// read-only. Runs with the v6.10+ grace period and checks.
+    /// The v5.14 layout of f41f2ed43ca5 ("mm: hugetlb: free the vmemmap
+    /// pages associated with each HugeTLB page"): vmemmap pages 0 and 1
+    /// stay; pages 2.. alias page 1 read-only. Not v5.14 as it ran: this
+    /// mode is that layout on a v6.10+ kernel, with bd225530a4c7's grace
+    /// period and reader checks.
     #[serde(rename = "keep-2")]
     #[value(name = "keep-2")]
     Keep2,
