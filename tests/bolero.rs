@@ -144,7 +144,7 @@ fn cargo_fuzz_crash_replays_under_bolero() {
     let (ok, out) = bolero_replay(&file, "hvo-restore-fail-frees");
     assert!(!ok, "bolero did not fail on the cargo-fuzz crash:\n{out}");
     assert!(
-        out.contains("==== mmharness: VIOLATION of no-write-through-ro-vmemmap"),
+        out.contains("==== mmharness: VIOLATION of no-bad-page-at-free"),
         "{out}"
     );
     let (ok, out) = bolero_replay(&file, "");

@@ -259,7 +259,7 @@ fn replay_that_does_not_reproduce_its_expect_exits_3() {
     // A different violation than the one expected does not reproduce it
     // either.
     let other = edited(
-        r#""oracle": "no-write-through-ro-vmemmap""#,
+        r#""oracle": "no-bad-page-at-free""#,
         r#""oracle": "no-use-after-remap""#,
     );
     let file = dir.write("other.json", &other);
@@ -308,18 +308,18 @@ fn bad_input_exits_2_naming_the_problem() {
         ),
         (
             "schedule.json",
-            edited(r#""schedule": []"#, r#""schedule": [0, 1, 5]"#),
+            edited("\"schedule\": [\n    1\n  ]", r#""schedule": [0, 1, 5]"#),
             "schedule[2] names CPU 5",
         ),
         (
             "pfn.json",
-            edited(r#""pfn_hint": 185"#, r#""pfn_hint": 4000000000"#),
+            edited(r#""pfn_hint": 832"#, r#""pfn_hint": 4000000000"#),
             "setup[0] (alloc_pool_huge_folio): field `pfn_hint` is 4000000000, out of range 0..=1023",
         ),
         (
             "count.json",
-            edited(r#""count": 3"#, r#""count": 0"#),
-            "cpus[0][0] (fail_next_allocs): field `count` is 0, out of range 1..=16",
+            edited(r#""count": 1"#, r#""count": 0"#),
+            "cpus[1][0] (fail_next_allocs): field `count` is 0, out of range 1..=16",
         ),
         (
             "index.json",
@@ -545,7 +545,7 @@ fn import_turns_a_cargo_fuzz_crash_into_a_scenario_file() {
     let r = mmharness_in(Some(&dir.0), &["import", s(&crash)]);
     r.assert_exit(1)
         .assert_stdout_has("MMHARNESS_VARIANTS=hvo-restore-fail-frees")
-        .assert_stdout_has("VIOLATION of no-write-through-ro-vmemmap");
+        .assert_stdout_has("VIOLATION of no-bad-page-at-free");
     let out = dir
         .path("counterexamples")
         .join(format!("fuzz-{}.json", sha1_of(&crash)));
@@ -556,7 +556,7 @@ fn import_turns_a_cargo_fuzz_crash_into_a_scenario_file() {
     let sc = Scenario::load(&out).expect("the imported file loads");
     assert!(sc.config.variants.has(Variant::HvoRestoreFailFrees));
     let expect = sc.expect.as_ref().expect("expect set from the violation");
-    assert_eq!(expect.oracle.to_string(), "no-write-through-ro-vmemmap");
+    assert_eq!(expect.oracle.to_string(), "no-bad-page-at-free");
     let build = sc.build.as_ref().expect("the build recorded");
     assert_eq!(build.model_hash, env!("MMHARNESS_MODEL_HASH"));
     let note = sc.note.as_deref().unwrap_or_default();
@@ -567,7 +567,7 @@ fn import_turns_a_cargo_fuzz_crash_into_a_scenario_file() {
     // The schedule actually taken: the file replays to the violation.
     mmharness(&["replay", s(&out)])
         .assert_exit(1)
-        .assert_stdout_has("reproduces the expected no-write-through-ro-vmemmap");
+        .assert_stdout_has("reproduces the expected no-bad-page-at-free");
     // Imported again: written next to it, never over it.
     let again = mmharness_in(Some(&dir.0), &["import", s(&crash)]);
     again.assert_exit(1);
@@ -614,7 +614,13 @@ fn import_takes_settings_from_flags_and_environment() {
         Scenario::load(&env).unwrap(),
     );
     assert_eq!((&flag.setup, &flag.cpus), (&env.setup, &env.cpus));
-    assert_eq!((&flag.setup, &flag.cpus), (&sc.setup, &sc.cpus));
+    // The variant's own op family decodes the same ops on the fixed model
+    // (without it, the bytes pick their family, as the fixed model's
+    // target does).
+    let family = dir.path("family.json");
+    mmharness(&["import", s(&crash), "--ops", "hvo", "--out", s(&family)]).assert_exit(0);
+    let family = Scenario::load(&family).unwrap();
+    assert_eq!((&flag.setup, &flag.cpus), (&family.setup, &family.cpus));
     // A flag overrides the recorded settings.
     let recorded = crash_fixture(&dir, "bolero-scenario-hvo-no-rcu-sync", true);
     mmharness(&["import", s(&recorded), "--out", s(&dir.path("b.json"))])

@@ -98,7 +98,7 @@ fn build_sh_builds_working_fuzz_binaries() {
     );
     assert!(!crash.status.success());
     assert!(
-        text(&crash).contains("==== mmharness: VIOLATION of no-write-through-ro-vmemmap"),
+        text(&crash).contains("==== mmharness: VIOLATION of no-bad-page-at-free"),
         "{}",
         text(&crash)
     );

@@ -363,12 +363,12 @@ mod tests {
         let before = run_input(&s, false);
         assert_eq!(
             before.oracle(),
-            Some(Oracle::RoVmemmapWrite),
+            Some(Oracle::BadPage),
             "{:?}",
             before.verdict
         );
 
-        let min = minimize(&s, Oracle::RoVmemmapWrite, Duration::from_secs(60));
+        let min = minimize(&s, Oracle::BadPage, Duration::from_secs(60));
 
         assert_eq!(
             min.setup,
@@ -385,7 +385,7 @@ mod tests {
         );
         assert!(min.schedule.is_empty(), "one CPU makes no decisions");
         let expect = min.expect.as_ref().expect("minimize records the verdict");
-        assert_eq!(expect.oracle, Oracle::RoVmemmapWrite);
+        assert_eq!(expect.oracle, Oracle::BadPage);
         // The minimized scenario replays to the same violation.
         let after = run_input(&min, false);
         let d = after.violation().expect("still fails");
@@ -399,7 +399,7 @@ mod tests {
         s.config.variants = VariantSet::default();
         assert_eq!(run_input(&s, false).oracle(), None);
 
-        let min = minimize(&s, Oracle::RoVmemmapWrite, Duration::from_secs(10));
+        let min = minimize(&s, Oracle::BadPage, Duration::from_secs(10));
 
         assert_eq!(min, s);
     }

@@ -1,6 +1,7 @@
 //! Machine configuration: sizes, the HVO generation, the processes and
 //! their VMAs, and the bug variants switched on.
 
+use super::arch::Arch;
 use super::variant::{Variant, VariantSet};
 use serde::{Deserialize, Serialize};
 
@@ -10,8 +11,11 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum HvoMode {
-    /// The v5.14 layout: vmemmap pages 0 and 1 stay; pages 2.. alias page 1
-    /// read-only. Runs with the v6.10+ grace period and checks.
+    /// The v5.14 layout of f41f2ed43ca5 ("mm: hugetlb: free the vmemmap
+    /// pages associated with each HugeTLB page"): vmemmap pages 0 and 1
+    /// stay; pages 2.. alias page 1 read-only. Not v5.14 as it ran: this
+    /// mode is that layout on a v6.10+ kernel, with bd225530a4c7's grace
+    /// period and reader checks.
     #[serde(rename = "keep-2")]
     #[value(name = "keep-2")]
     Keep2,
@@ -276,6 +280,9 @@ impl<'de> Deserialize<'de> for Vmas {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The architecture; scenario files from before it was a field are x86.
+    #[serde(default, skip_serializing_if = "Arch::is_default")]
+    pub arch: Arch,
     /// Which HVO generation runs.
     #[serde(default)]
     pub hvo_mode: HvoMode,
@@ -327,6 +334,7 @@ fn is_zero(n: &u8) -> bool {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            arch: Arch::X86,
             hvo_mode: HvoMode::Keep1,
             hugetlb_order: 9,
             memory_blocks: 2,

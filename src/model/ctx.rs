@@ -110,6 +110,15 @@ impl<'a> Cpu<'a> {
         f: impl FnOnce(&mut Machine) -> Result<T, Violation>,
     ) -> KResult<T> {
         let id = self.id;
+        // While a CPU has the others paused (arm64 vmemmap updates), they
+        // wait at their next step.
+        let paused = |m: &Machine| m.may_run(id.index()) && ready.is_none_or(|r| r(m));
+        let ready: Option<&dyn Fn(&Machine) -> bool> =
+            if self.cfg().arch.kernel_pte_break_before_make() && id.get().is_some() {
+                Some(&paused)
+            } else {
+                ready
+            };
         let mut f = Some(f);
         let mut out = None;
         self.exec.step(id, func, ready, &mut |m| {

@@ -786,13 +786,20 @@ pub fn free_huge_folio(cpu: &Cpu, folio: Pfn) -> KResult<()> {
     Ok(())
 }
 
-/// `set_max_huge_pages(h, nr - 1)`: `remove_pool_hugetlb_folio` takes a free
-/// folio out of the pool, then it is freed to the buddy.
+/// `set_max_huge_pages(h, persistent - 1)`: while `count <
+/// persistent_huge_pages(h)` (nr - surplus), `remove_pool_hugetlb_folio(h,
+/// .., acct_surplus = false)` takes a free folio out of the pool, then it is
+/// freed to the buddy. With no persistent folio (every pool folio a surplus
+/// one) there is nothing to shrink (v6.12 mm/hugetlb.c).
 pub fn shrink_huge_pool(cpu: &Cpu) -> KResult<()> {
     let folio = with_hugetlb_lock(cpu, "remove_pool_hugetlb_folio", |m| {
-        let f = m.hstate.free_folios.pop();
+        let h = &mut m.hstate;
+        if h.nr_huge_pages <= h.surplus_huge_pages {
+            return Ok(None);
+        }
+        let f = h.free_folios.pop();
         if f.is_some() {
-            m.hstate.nr_huge_pages -= 1;
+            h.nr_huge_pages -= 1;
         }
         Ok(f)
     })?;

@@ -242,6 +242,9 @@ pub struct CpuState {
     /// The process whose page tables this CPU is walking in GUP-fast (its
     /// task's `current->mm`): that process cannot exit meanwhile.
     pub gup_fast_mm: Option<u8>,
+    /// An x86 kernel TLB-flush IPI this CPU has not taken yet (interrupts
+    /// off): its vmemmap TLB is flushed when it enables them.
+    pub kernel_flush_pending: bool,
 }
 
 crate::clone_by_field!(CpuState {
@@ -250,7 +253,8 @@ crate::clone_by_field!(CpuState {
     holds,
     irqs_off,
     irq_sections,
-    gup_fast_mm
+    gup_fast_mm,
+    kernel_flush_pending
 });
 
 /// The lines a step traces (`trace_printk`), until the executor stamps
@@ -380,6 +384,7 @@ impl Machine {
                     irqs_off: 0,
                     irq_sections: 0,
                     gup_fast_mm: None,
+                    kernel_flush_pending: false,
                 };
                 nr_cpus
             ],

@@ -340,6 +340,11 @@ fn __folio_migrate_mapping(
             m.page_mut(dst)?.flags |= pg::PRIVATE;
             folio_get(m, dst)?;
         }
+        // move_to_new_folio (v6.12): `if (!folio_mapping_flags(src))
+        // src->mapping = NULL` (an anon mapping is left for free time).
+        if matches!(p.mapping, Mapping::File { .. }) {
+            m.page_mut(src)?.mapping = Mapping::None;
+        }
         // folio_add_lru(dst).
         m.page_mut(dst)?.flags |= pg::LRU;
         ktrace!(m, "pfn {src} migrated to pfn {dst}");

@@ -6,6 +6,7 @@
 //! which the executor running the model (shuttle, or [`ctx::Sequential`])
 //! makes a scheduling point. The model imports nothing above it.
 
+pub mod arch;
 pub mod buffer;
 pub mod config;
 pub mod ctx;
@@ -45,6 +46,7 @@ pub mod vma;
 pub mod vmemmap;
 pub mod vmscan;
 
+pub use arch::Arch;
 pub use config::{Config, CowDesign, HvoMode};
 pub use ctx::{Cpu, CpuId};
 pub use machine::{Machine, Pfn};

@@ -155,8 +155,10 @@ impl Machine {
             pfn..pfn + (1 << order),
             "the buddy allocator",
         )?;
-        // free_tail_page_prepare for each tail, then the head; every page
-        // loses PAGE_FLAGS_CHECK_AT_PREP (PG_anon_exclusive among them).
+        super::oracle::no_bad_page_at_free(self, pfn, order)?;
+        // free_tail_page_prepare for each tail, and each tail's flags
+        // cleared (`&= ~PAGE_FLAGS_CHECK_AT_PREP`), then the head
+        // (__free_pages_prepare, v6.12).
         self.pages_mut(pfn + 1..pfn + (1 << order), |_, p| {
             p.compound_info = CompoundInfo::None;
             p.mapping = Mapping::None;
@@ -393,5 +395,37 @@ mod tests {
         // tail; a page allocated later (say, as a page-cache page) must not
         // inherit PG_anon_exclusive, which try_to_migrate_one() reads.
         assert_eq!(k.m.peek(601).flags, 0, "flags of the freed tail page 601");
+    }
+
+    #[test]
+    fn freeing_a_page_still_on_the_lru_is_a_bad_page() {
+        let mut k = Kernel::boot();
+        assert_eq!(k.step(0, |m| m.alloc_pages(0, 600)).unwrap(), Some(600));
+        k.m.peek_mut(600).flags |= pg::LRU;
+
+        let err = k.step(0, |m| m.free_pages(600, 0)).unwrap_err();
+
+        assert_eq!(err.oracle, crate::model::Oracle::BadPage);
+        assert!(
+            err.detail.contains("PAGE_FLAGS_CHECK_AT_FREE"),
+            "{}",
+            err.detail
+        );
+    }
+
+    #[test]
+    fn freeing_a_compound_page_with_a_stray_tail_is_a_bad_page() {
+        let mut k = Kernel::boot();
+        assert_eq!(k.step(0, |m| m.alloc_pages(2, 600)).unwrap(), Some(600));
+        k.m.peek_mut(600).flags |= pg::HEAD;
+        for t in 601..604 {
+            k.m.peek_mut(t).compound_info = CompoundInfo::Tail(600);
+        }
+        k.m.peek_mut(602).compound_info = CompoundInfo::Tail(512);
+
+        let err = k.step(0, |m| m.free_pages(600, 2)).unwrap_err();
+
+        assert_eq!(err.oracle, crate::model::Oracle::BadPage);
+        assert!(err.detail.contains("pfn 602"), "{}", err.detail);
     }
 }

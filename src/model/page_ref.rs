@@ -21,11 +21,13 @@ fn add_unless_read(m: &mut Machine, page: Pfn, u: i32) -> Result<Option<i32>, Vi
     Ok(Some(c))
 }
 
-/// The second half: `try_cmpxchg(v, &c, c + nr)`. A locked cmpxchg needs
-/// write permission whether or not it succeeds (x86 writes the old value
-/// back; arm64 CAS checks permission first), which is how a stale `c`
-/// faults on a read-only vmemmap page (bd225530a4c7). On failure `c` is
-/// the current value and the loop rechecks it against `u`.
+/// The second half: `try_cmpxchg(v, &c, c + nr)`. Whether it needs write
+/// permission when the compare fails is the architecture's
+/// ([`super::arch::Arch::cmpxchg_faults_on_failed_compare`]): x86 `lock cmpxchg` writes
+/// the old value back and arm64 LSE `CAS` is checked as a write, so a stale
+/// `c` faults on a read-only vmemmap page (bd225530a4c7); an LL/SC loop
+/// stores only when the compare succeeds. On failure `c` is the current
+/// value and the loop rechecks it against `u`.
 fn add_unless_cmpxchg(
     m: &mut Machine,
     page: Pfn,
@@ -37,9 +39,11 @@ fn add_unless_cmpxchg(
     let aliased = m.resolves_aliased(page);
     if !pte.writable {
         let seen = m.page(page)?;
-        return Err(oracle::cmpxchg_through_ro_vmemmap(
-            page, pte, aliased, &seen, c,
-        ));
+        if m.cfg.arch.cmpxchg_faults_on_failed_compare() || seen.refcount == c {
+            return Err(oracle::cmpxchg_through_ro_vmemmap(
+                page, pte, aliased, &seen, c,
+            ));
+        }
     }
     let seen = m.page(page)?;
     if seen.refcount != c {
@@ -254,7 +258,12 @@ pub fn __folio_put(cpu: &Cpu, folio: Pfn) -> KResult<()> {
     if hugetlb {
         return hugetlb::free_huge_folio(cpu, folio);
     }
-    cpu.step("free_unref_folios", |m| free_frozen_folio(m, folio))
+    // page_cache_release (__page_cache_release, v6.12 mm/swap.c): off
+    // the LRU, PG_lru cleared, before the page allocator sees the folio.
+    cpu.step("free_unref_folios", |m| {
+        m.page_mut(folio)?.flags &= !pg::LRU;
+        free_frozen_folio(m, folio)
+    })
 }
 
 /// Free a folio whose refcount is already 0 (`free_unref_folios`).

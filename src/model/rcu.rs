@@ -133,6 +133,7 @@ impl Machine {
 pub fn synchronize_rcu(cpu: &Cpu) -> KResult<()> {
     let me = cpu.index();
     let gp = cpu.step("synchronize_rcu", |m| {
+        super::oracle::might_sleep(m, "synchronize_rcu()")?;
         let gp = m.rcu.snapshot(Some(me));
         ktrace!(m, "grace period starts, waiting for {} reader(s)", gp.len());
         Ok(gp)
@@ -227,11 +228,29 @@ mod tests {
     }
 
     #[test]
-    fn synchronize_rcu_does_not_wait_for_its_own_cpu() {
+    fn synchronize_rcu_inside_a_read_section_is_a_sleep_in_atomic_context() {
         let mut k = Kernel::boot();
         rcu_read_lock(&mut k, 1);
 
-        k.on(1, synchronize_rcu).unwrap();
+        let err = k.on(1, synchronize_rcu).unwrap_err();
+
+        assert_eq!(err.oracle, Oracle::MightSleep);
+        assert!(err.detail.contains("RCU read section"), "{}", err.detail);
+    }
+
+    #[test]
+    fn synchronize_rcu_with_interrupts_off_is_a_sleep_in_atomic_context() {
+        let mut k = Kernel::boot();
+        k.step(1, |m| {
+            m.local_irq_save();
+            Ok(())
+        })
+        .unwrap();
+
+        let err = k.on(1, synchronize_rcu).unwrap_err();
+
+        assert_eq!(err.oracle, Oracle::MightSleep);
+        assert!(err.detail.contains("interrupts disabled"), "{}", err.detail);
     }
 
     #[test]

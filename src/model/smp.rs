@@ -34,10 +34,32 @@ impl Machine {
     }
 
     /// `local_irq_restore`.
+    /// An IPI sent while interrupts were off is taken now (an x86 kernel
+    /// TLB flush, see `vmemmap::flush_tlb_kernel_range`).
     pub fn local_irq_restore(&mut self) {
         let c = self.cpu_index();
-        self.cpus[c].irqs_off -= 1;
+        let cpu = &mut self.cpus[c];
+        cpu.irqs_off -= 1;
+        if cpu.irqs_off == 0 && cpu.kernel_flush_pending {
+            cpu.kernel_flush_pending = false;
+            cpu.tlb.iter_mut().for_each(|e| *e = None);
+        }
         self.rcu_read_unlock();
+    }
+
+    /// May CPU `cpu` run a step now? Not while another CPU has it paused
+    /// for a vmemmap update, unless `cpu` has not taken the pause IPI yet
+    /// (it is still in the interrupts-off section it was in).
+    pub fn may_run(&self, cpu: usize) -> bool {
+        match &self.vmemmap.paused_by {
+            None => true,
+            Some((pauser, wait)) => {
+                *pauser == cpu
+                    || wait.iter().any(|&(c, s)| {
+                        c == cpu && self.irqs_disabled(c) && self.cpus[c].irq_sections == s
+                    })
+            }
+        }
     }
 
     /// `irqs_disabled()` on CPU `cpu`.
@@ -91,6 +113,36 @@ pub fn smp_call_function(cpu: &Cpu, func: &'static str) -> KResult<()> {
             Ok(())
         },
     )
+}
+
+/// `pause_remote_cpus` (Yu Zhao, "arm64: use IPIs to pause/resume remote
+/// CPUs", in "mm/hugetlb_vmemmap: HVO on arm64", linux-mm, Aug 2024): an
+/// IPI parks every other CPU in its handler; the caller waits until each
+/// took it, so for each CPU that had interrupts off until it enabled them.
+pub fn pause_remote_cpus(cpu: &Cpu) -> KResult<()> {
+    let wait = cpu.step("pause_remote_cpus", |m| {
+        let wait = m.ipi_targets_with_irqs_off();
+        m.vmemmap.paused_by = Some((m.cpu_index(), wait.clone()));
+        ktrace!(m, "IPI: pause every other CPU");
+        Ok(wait)
+    })?;
+    cpu.step_when(
+        "pause_remote_cpus",
+        |m| m.ipis_delivered(&wait),
+        |m| {
+            ktrace!(m, "every other CPU is paused");
+            Ok(())
+        },
+    )
+}
+
+/// `resume_remote_cpus`: the paused CPUs leave the IPI handler.
+pub fn resume_remote_cpus(cpu: &Cpu) -> KResult<()> {
+    cpu.step("resume_remote_cpus", |m| {
+        m.vmemmap.paused_by = None;
+        ktrace!(m, "resume every other CPU");
+        Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! Each row names its subsystem, the oracle a finding violates, and what
 //! it breaks; the kernel path it changes tests `cfg.has(Variant::..)`.
 
+use super::arch::Arch;
 use super::config::CowDesign;
 use super::oracle::Oracle;
 use super::subsystem::Subsystem;
@@ -43,6 +44,10 @@ variants! {
     /// `__hugetlb_vmemmap_optimize_folio` without `synchronize_rcu()`.
     HvoNoRcuSync = "hvo-no-rcu-sync", Hvo, RoVmemmapWrite,
         "HVO remaps the vmemmap without synchronize_rcu(), so a speculative reader that passed its checks writes through the new RO alias (fixed by bd225530a4c7, v6.10)";
+    /// arm64 HVO doing break-before-make on live vmemmap PTEs with the
+    /// other CPUs running.
+    HvoBbmNoPause = "hvo-bbm-no-pause", Hvo, VmemmapFault,
+        "on arm64, HVO's break-before-make of each vmemmap PTE (pte_clear, TLBI, set_pte_at) runs while other CPUs run, so a speculative struct-page access in the window takes a kernel translation fault (why 060a2c92d1b6 disabled HVO on arm64; Yu Zhao's \"arm64: pause remote CPUs to update vmemmap\" pauses them)";
     /// `page_ref_add_unless` without `page_count_writable`.
     RefNoFakeHeadCheck = "ref-no-fake-head-check", Hvo, RoVmemmapWrite,
         "page_ref_add_unless() takes a reference on a fake head instead of refusing it (pre-v6.10 page_ref_add_unless)";
@@ -53,8 +58,8 @@ variants! {
     HvoFreeBeforeFlush = "hvo-free-before-flush", Hvo, UseAfterRemap,
         "HVO frees the old vmemmap frames before the TLB flush, so a stale TLB entry reaches a frame the buddy allocator owns";
     /// Free the folio even though its vmemmap could not be restored.
-    HvoRestoreFailFrees = "hvo-restore-fail-frees", Hvo, RoVmemmapWrite,
-        "on hugetlb_vmemmap_restore_folio() -ENOMEM the folio is freed anyway, writing its RO-aliased tail struct pages (seed 004)";
+    HvoRestoreFailFrees = "hvo-restore-fail-frees", Hvo, BadPage,
+        "on hugetlb_vmemmap_restore_folio() -ENOMEM the folio is freed anyway: __free_pages_prepare finds the RO-aliased tail struct pages inconsistent (bad_page) and then writes through the RO alias (seed 004)";
     /// `__folio_migrate_mapping` checks the refcount, then stores 0 with a
     /// plain store: the speculative-reference design of e286781d5f2e
     /// ("mm: speculative page references", v2.6.27) needs the cmpxchg of
@@ -112,6 +117,15 @@ variants! {
 }
 
 impl Variant {
+    /// The architecture the variant's bug is about: its hunts, corpus file
+    /// and tests run there.
+    pub fn arch(self) -> Arch {
+        match self {
+            Variant::HvoBbmNoPause => Arch::Arm64,
+            _ => Arch::X86,
+        }
+    }
+
     pub fn from_name(name: &str) -> Result<Variant, String> {
         Variant::ALL
             .iter()
@@ -189,6 +203,15 @@ impl VariantSet {
 
     pub fn is_empty(self) -> bool {
         self.0 == 0
+    }
+
+    /// The architecture the variants are about (x86 unless one is an arm64
+    /// bug).
+    pub fn arch(self) -> Arch {
+        self.iter()
+            .map(Variant::arch)
+            .find(|a| *a != Arch::X86)
+            .unwrap_or_default()
     }
 
     /// "fixed" for the fixed model, else the variant names joined by "+".

@@ -2,11 +2,58 @@
 //! arch TLB flushing). Every struct page access goes through here, so a
 //! remap really changes what a struct page address reads.
 
+use super::KResult;
 use super::config::STRUCT_PAGES_PER_VMEMMAP_PAGE;
+use super::ctx::Cpu;
 use super::machine::{Content, Machine, Owner, Pfn};
 use super::mm_types::StructPage;
-use super::oracle::{self, Violation};
+use super::oracle::{self, Oracle, Violation};
+use super::smp::IpiWait;
+use crate::ktrace;
 use std::panic::Location;
+
+/// `flush_tlb_kernel_range` as the architecture runs it. x86
+/// (arch/x86/mm/tlb.c): `on_each_cpu(do_kernel_range_flush, .., 1)`, an
+/// IPI the flusher waits on: a CPU with interrupts off keeps its
+/// translations until it enables them (then takes the IPI), and the flusher
+/// waits that long (one more step, only when some CPU has interrupts off).
+/// arm64 (arch/arm64/include/asm/tlbflush.h): `tlbi vaale1is` broadcast,
+/// every CPU's entries are gone at once and nobody is waited for.
+pub fn flush_tlb_kernel_range(cpu: &Cpu, range: std::ops::Range<u32>) -> KResult<()> {
+    let wait = cpu.step("flush_tlb_kernel_range", |m| {
+        let ipi = m.cfg.arch.kernel_tlb_flush_is_ipi();
+        let me = m.cpu_index();
+        let mut wait = IpiWait::new();
+        for c in 0..m.cpus.len() {
+            if ipi && c != me && m.irqs_disabled(c) {
+                m.cpus[c].kernel_flush_pending = true;
+                wait.push((c, m.cpus[c].irq_sections));
+            } else {
+                m.flush_cpu_kernel_tlb(c, range.clone());
+            }
+        }
+        ktrace!(m, "flush_tlb_kernel_range(vmemmap pages {range:?})");
+        if !wait.is_empty() {
+            ktrace!(
+                m,
+                "{} CPU(s) with interrupts off take the IPI later",
+                wait.len()
+            );
+        }
+        Ok(wait)
+    })?;
+    if wait.is_empty() {
+        return Ok(());
+    }
+    cpu.step_when(
+        "flush_tlb_kernel_range",
+        |m| m.ipis_delivered(&wait),
+        |m| {
+            ktrace!(m, "every CPU took the TLB-flush IPI");
+            Ok(())
+        },
+    )
+}
 
 /// A vmemmap PTE: the frame a vmemmap page maps and its permission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,9 +65,20 @@ pub struct Pte {
 #[derive(Debug)]
 pub struct Vmemmap {
     pub ptes: Vec<Pte>,
+    /// The PTEs a break-before-make cleared and has not yet rewritten
+    /// (`pte_clear`): a CPU without a cached translation faults on them.
+    pub cleared: Vec<bool>,
+    /// The CPU that paused the others to update the vmemmap (arm64, Yu
+    /// Zhao's `pause_remote_cpus`), and the interrupts-off sections its
+    /// pause IPI still waits for: a CPU still in one runs on.
+    pub paused_by: Option<(usize, IpiWait)>,
 }
 
-crate::clone_by_field!(Vmemmap { ptes });
+crate::clone_by_field!(Vmemmap {
+    ptes,
+    cleared,
+    paused_by
+});
 
 impl Vmemmap {
     /// Boot: vmemmap page `i` maps memmap frame `i`, read-write.
@@ -32,6 +90,8 @@ impl Vmemmap {
                     writable: true,
                 })
                 .collect(),
+            cleared: vec![false; nr_pages as usize],
+            paused_by: None,
         }
     }
 }
@@ -75,9 +135,10 @@ impl Machine {
         site: &'static Location<'static>,
     ) -> Result<Access, Violation> {
         let vpage = vmemmap_page_of(pfn);
-        let cpu = self.cpu_index();
         let current = self.vmemmap.ptes[vpage as usize];
-        let pte = *self.cpus[cpu].tlb[vpage as usize].get_or_insert(current);
+        let Some(pte) = self.translate(vpage) else {
+            return Err(self.vmemmap_fault(pfn, write, site));
+        };
         let owner = self.frames[pte.frame as usize].owner;
         let a = Access {
             pfn,
@@ -85,11 +146,41 @@ impl Machine {
             pte,
             owner,
             aliased: !matches!(owner, Owner::Memmap { home } if home == Some(vpage)),
-            stale: pte != current,
+            stale: pte != current || self.vmemmap.cleared[vpage as usize],
             site,
         };
         oracle::at_access(&a)?;
         Ok(a)
+    }
+
+    /// The running CPU's translation of a vmemmap page: its TLB entry, or
+    /// a walk that fills it. `None`: the PTE is cleared (a break-before-make
+    /// window) and the TLB holds nothing, so the access faults.
+    fn translate(&mut self, vpage: u32) -> Option<Pte> {
+        let cpu = self.cpu_index();
+        if let Some(pte) = self.cpus[cpu].tlb[vpage as usize] {
+            return Some(pte);
+        }
+        if self.vmemmap.cleared[vpage as usize] {
+            return None;
+        }
+        let pte = self.vmemmap.ptes[vpage as usize];
+        self.cpus[cpu].tlb[vpage as usize] = Some(pte);
+        Some(pte)
+    }
+
+    /// A translation fault on a vmemmap address: arm64's `do_translation_fault`
+    /// on a kernel address ends in `die_kernel_fault` (arch/arm64/mm/fault.c).
+    fn vmemmap_fault(&self, pfn: Pfn, write: bool, site: &'static Location<'static>) -> Violation {
+        let vpage = vmemmap_page_of(pfn);
+        Violation {
+            oracle: Oracle::VmemmapFault,
+            detail: format!(
+                "{} of the struct page of pfn {pfn} faults: vmemmap page {vpage}'s PTE is cleared for break-before-make and {} has no TLB entry for it (at {site})",
+                if write { "write" } else { "read" },
+                self.this_cpu
+            ),
+        }
     }
 
     fn slot(&mut self, a: &Access) -> &mut StructPage {
@@ -171,9 +262,8 @@ impl Machine {
     /// filling its TLB, without accessing it.
     pub fn resolve(&mut self, pfn: Pfn) -> Pte {
         let vpage = vmemmap_page_of(pfn);
-        let cpu = self.cpu_index();
-        let current = self.vmemmap.ptes[vpage as usize];
-        *self.cpus[cpu].tlb[vpage as usize].get_or_insert(current)
+        self.translate(vpage)
+            .unwrap_or(self.vmemmap.ptes[vpage as usize])
     }
 
     /// Is `pfn`'s struct page reached through an alias by the running CPU?
@@ -213,6 +303,19 @@ impl Machine {
     /// `set_pte_at(&init_mm, addr, pte, entry)` on the vmemmap.
     pub fn set_vmemmap_pte(&mut self, vpage: u32, pte: Pte) {
         self.vmemmap.ptes[vpage as usize] = pte;
+        self.vmemmap.cleared[vpage as usize] = false;
+    }
+
+    /// `pte_clear(&init_mm, addr, pte)`: the break of break-before-make.
+    pub fn clear_vmemmap_pte(&mut self, vpage: u32) {
+        self.vmemmap.cleared[vpage as usize] = true;
+    }
+
+    /// Flush the vmemmap translations on one CPU.
+    pub fn flush_cpu_kernel_tlb(&mut self, cpu: usize, vpages: std::ops::Range<u32>) {
+        for e in &mut self.cpus[cpu].tlb[vpages.start as usize..vpages.end as usize] {
+            *e = None;
+        }
     }
 
     /// `flush_tlb_kernel_range`: every CPU drops its translations of the range.

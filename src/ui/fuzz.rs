@@ -29,7 +29,7 @@
 pub mod harness;
 
 use crate::exec::{Verdict, run_input};
-use crate::model::{Config, HvoMode, Subsystem, Variant, VariantSet};
+use crate::model::{Arch, Config, HvoMode, Subsystem, Variant, VariantSet};
 use crate::scenario::generate::{GenOptions, OpFamily, decode_bytes};
 use crate::scenario::{Build, Expect, MAX_CPUS, Scenario};
 use clap::ValueEnum;
@@ -37,9 +37,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The settings variables, in the order a `.settings` file lists them.
-pub const VARS: [&str; 6] = [
+pub const VARS: [&str; 7] = [
     "MMHARNESS_VARIANTS",
     "MMHARNESS_HVO_MODE",
+    "MMHARNESS_ARCH",
     "MMHARNESS_CPUS",
     "MMHARNESS_OPS",
     "MMHARNESS_MEMORY_BLOCKS",
@@ -175,6 +176,16 @@ impl Settings {
                 )
             })?,
         };
+        let arch = match get("MMHARNESS_ARCH") {
+            None => VariantSet::new(&variants).arch(),
+            Some(name) => Arch::from_str(name, false).map_err(|_| {
+                let known: Vec<&str> = Arch::ALL.iter().map(|a| a.name()).collect();
+                format!(
+                    "MMHARNESS_ARCH: unknown architecture `{name}`; known: {}",
+                    known.join(", ")
+                )
+            })?,
+        };
         let max_cpus = match get("MMHARNESS_CPUS") {
             None => 2,
             Some(n) => n
@@ -213,14 +224,18 @@ impl Settings {
         let memory_blocks = range("MMHARNESS_MEMORY_BLOCKS", 2, 2..=8)?;
         let hugetlb_order = range("MMHARNESS_HUGETLB_ORDER", 9, 7..=10)?;
         let config = Config {
+            arch,
             hvo_mode,
             variants: VariantSet::new(&variants),
             memory_blocks: memory_blocks.0,
             hugetlb_order: hugetlb_order.0,
             ..Config::default()
         };
+        config
+            .validate()
+            .map_err(|e| format!("MMHARNESS_VARIANTS and the other settings: {e}"))?;
         let label = format!(
-            "target {}, {} model, {} HVO, up to {max_cpus} CPUs, {} ops, memory {}-{} blocks, order {}-{}",
+            "target {}, {} model, {} HVO on {arch}, up to {max_cpus} CPUs, {} ops, memory {}-{} blocks, order {}-{}",
             target.name(),
             config.variants.label(),
             hvo_mode.name(),

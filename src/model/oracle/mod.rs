@@ -10,6 +10,7 @@
 
 mod access;
 mod migration;
+mod page_alloc;
 mod pmd_share;
 mod quiescent;
 mod state;
@@ -25,6 +26,7 @@ pub use migration::{
     folio_is_quiet, migration_carries_data, migration_expected_refs, migration_makes_progress,
     migration_refcount_exact,
 };
+pub use page_alloc::{hvo_folio_frozen, might_sleep, no_bad_page_at_free};
 pub use pmd_share::{
     pmd_table_free_unshared, share_counts_at_quiescence, share_counts_match,
     unshare_holds_off_walkers, walked_pmd_table_not_of_mm,
@@ -62,6 +64,9 @@ macro_rules! oracles {
 oracles! {
     /// A store to a struct page through a read-only vmemmap mapping: an oops.
     RoVmemmapWrite = "no-write-through-ro-vmemmap";
+    /// A struct-page access faulted: its vmemmap PTE was cleared for
+    /// break-before-make (arm64) and the CPU had no cached translation.
+    VmemmapFault = "no-fault-on-vmemmap-access";
     /// An access through the vmemmap to a frame the vmemmap no longer owns.
     UseAfterRemap = "no-use-after-remap";
     /// A reference taken on a tail page or a fake head.
@@ -124,6 +129,13 @@ oracles! {
     /// write nor through the VMA locks every walker of its process that
     /// may be on the table.
     PmdUnshareExcludesWalkers = "pmd-unshare-holds-off-walkers";
+    /// A page freed to the buddy allocator fails `__free_pages_prepare`'s
+    /// checks (`bad_page`).
+    BadPage = "no-bad-page-at-free";
+    /// A sleeping call in atomic context (`might_sleep`).
+    MightSleep = "no-sleep-in-atomic-context";
+    /// HVO optimized or restored a folio that was not frozen.
+    HvoNotFrozen = "hvo-only-on-frozen-folio";
     /// Every CPU is blocked.
     Deadlock = "no-deadlock";
     /// The execution did not finish within the step bound.
@@ -188,6 +200,10 @@ pub static INVARIANTS: &[Invariant] = &[
     Invariant {
         oracle: Oracle::UseAfterRemap,
         when: When::Access(no_access_to_unowned_vmemmap_frame),
+    },
+    Invariant {
+        oracle: Oracle::VmemmapFault,
+        when: When::Path("vmemmap::access, at a translation of a cleared PTE"),
     },
     Invariant {
         oracle: Oracle::RoVmemmapWrite,
@@ -300,6 +316,18 @@ pub static INVARIANTS: &[Invariant] = &[
     Invariant {
         oracle: Oracle::ReferenceLeak,
         when: When::Quiescent(every_reference_put),
+    },
+    Invariant {
+        oracle: Oracle::BadPage,
+        when: When::Path("page_alloc::free_pages"),
+    },
+    Invariant {
+        oracle: Oracle::MightSleep,
+        when: When::Path("rcu::synchronize_rcu"),
+    },
+    Invariant {
+        oracle: Oracle::HvoNotFrozen,
+        when: When::Path("hugetlb_vmemmap::hugetlb_vmemmap_optimize_folio and _restore_folio"),
     },
     Invariant {
         oracle: Oracle::Deadlock,

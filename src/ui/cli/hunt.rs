@@ -3,7 +3,7 @@
 use super::{EXIT_INTERRUPTED, EXIT_MODEL_PANIC, seconds};
 use crate::engine::adaptive::{AdaptiveOptions, AdaptiveReport, Arm, ArmReport, adaptive_hunt};
 use crate::engine::{Engine, Flow, minimize};
-use crate::model::{Config, HvoMode, Subsystem, Variant, VariantSet};
+use crate::model::{Arch, Config, HvoMode, Subsystem, Variant, VariantSet};
 use crate::scenario::generate::OpFamily;
 use crate::scenario::{Build, Scenario};
 use crate::ui::progress::{Progress, catch_ctrl_c, interrupted};
@@ -37,6 +37,10 @@ pub struct Hunt {
     out: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "keep-1")]
     hvo_mode: HvoMode,
+    /// The architecture [default: the one the variants' bugs are about,
+    /// x86 for the fixed model].
+    #[arg(long, value_enum)]
+    arch: Option<Arch>,
     /// Pin the CPUs per scenario, at most [default: 4 (each scenario draws
     /// 2-4); 2 with --variant].
     #[arg(long, value_parser = clap::value_parser!(u8).range(2..=4))]
@@ -75,9 +79,11 @@ pub struct Hunt {
 impl Hunt {
     /// The hunt's arms, from what the flags pin.
     fn options(&self) -> Result<AdaptiveOptions, String> {
+        let variants = VariantSet::new(&self.variants);
         let config = Config {
+            arch: self.arch.unwrap_or(variants.arch()),
             hvo_mode: self.hvo_mode,
-            variants: VariantSet::new(&self.variants),
+            variants,
             hugetlb_order: self
                 .hugetlb_order
                 .unwrap_or(Config::default().hugetlb_order),
@@ -193,22 +199,17 @@ impl Hunt {
 /// differs from a clean commit, "the model as built".
 fn model_label(config: &Config, build: &Build) -> String {
     let variants = config.variants.label();
+    let hvo = format!("{} HVO on {}", config.hvo_mode.name(), config.arch);
     match (build.pristine(), config.variants.is_empty()) {
-        (true, true) => format!(
-            "the fixed model ({} HVO, commit {})",
-            config.hvo_mode.name(),
-            build.commit
-        ),
-        (true, false) => format!("the {variants} model ({} HVO)", config.hvo_mode.name()),
+        (true, true) => format!("the fixed model ({hvo}, commit {})", build.commit),
+        (true, false) => format!("the {variants} model ({hvo})"),
         (false, true) => format!(
-            "the model as built ({} HVO; {}, model source {})",
-            config.hvo_mode.name(),
+            "the model as built ({hvo}; {}, model source {})",
             build.describe(),
             build.model_hash
         ),
         (false, false) => format!(
-            "the model as built with {variants} ({} HVO; {})",
-            config.hvo_mode.name(),
+            "the model as built with {variants} ({hvo}; {})",
             build.describe()
         ),
     }

@@ -49,6 +49,9 @@ pub struct Import {
     /// HVO mode (MMHARNESS_HVO_MODE).
     #[arg(long, value_name = "MODE")]
     hvo_mode: Option<String>,
+    /// Architecture: x86, arm64 or arm64-llsc (MMHARNESS_ARCH).
+    #[arg(long, value_name = "ARCH")]
+    arch: Option<String>,
     /// Ignore the artifact's `.settings` file.
     #[arg(long)]
     no_recorded: bool,
@@ -64,6 +67,7 @@ impl Import {
                 (!variants.is_empty()).then(|| variants.join(",")),
             ),
             ("MMHARNESS_HVO_MODE", self.hvo_mode.clone()),
+            ("MMHARNESS_ARCH", self.arch.clone()),
             ("MMHARNESS_CPUS", self.cpus.clone()),
             ("MMHARNESS_OPS", self.ops.clone()),
             ("MMHARNESS_MEMORY_BLOCKS", self.memory_blocks.clone()),

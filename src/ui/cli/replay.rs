@@ -41,9 +41,10 @@ fn replay(file: &Path, quiet: bool) -> Result<ExitCode, String> {
     if !quiet {
         let variants: Vec<&str> = s.config.variants.iter().map(|v| v.name()).collect();
         println!(
-            "{}: {} HVO, order-{} folios, variants [{}]; {}",
+            "{}: {} HVO on {}, order-{} folios, variants [{}]; {}",
             file.display(),
             s.config.hvo_mode.name(),
+            s.config.arch,
             s.config.hugetlb_order,
             variants.join(", "),
             render::size(&s)

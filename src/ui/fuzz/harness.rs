@@ -57,13 +57,24 @@ pub fn options(head: &[u8]) -> GenOptions {
     let max_cpus = byte() as usize % (MAX_CPUS + 4);
     let max_ops = byte() as usize % (MAX_OPS_PER_CPU / 2 + 1);
     let max_setup = byte() as usize % (MAX_OPS_PER_CPU + 1);
-    let config = Config {
+    let config_of = |variants: &[Variant]| Config {
+        arch: VariantSet::new(variants).arch(),
         hvo_mode,
-        variants: VariantSet::new(&chosen),
+        variants: VariantSet::new(variants),
         memory_blocks: memory_blocks.0,
         hugetlb_order: hugetlb_order.0,
         ..Config::default()
     };
+    // Only variants that go together (one write-fault design): the
+    // settings refuse the others with exit status 2.
+    let mut variants: Vec<Variant> = Vec::new();
+    for v in chosen {
+        variants.push(v);
+        if config_of(&variants).validate().is_err() {
+            variants.pop();
+        }
+    }
+    let config = config_of(&variants);
     GenOptions {
         max_cpus,
         max_ops,

@@ -1,0 +1,94 @@
+//! The page allocator's own checks, and the sleeping rules.
+
+use super::{Oracle, Violation, fail};
+use crate::model::machine::{Machine, Pfn};
+use crate::model::mm_types::{CompoundInfo, Mapping, pg};
+
+/// The flags `free_page_is_bad` refuses at free (`PAGE_FLAGS_CHECK_AT_FREE`
+/// of the ones the model has: PG_locked, PG_lru, PG_private).
+const FLAGS_CHECK_AT_FREE: u32 = pg::LOCKED | pg::LRU | pg::PRIVATE;
+
+/// `__free_pages_prepare`'s checks (v6.12 mm/page_alloc.c): each page's
+/// `page_bad_reason` (mapcount, file mapping, PAGE_FLAGS_CHECK_AT_FREE;
+/// not the refcount, which the model's callers drop around the call)
+/// and each tail's `free_tail_page_prepare` (PageTail, `compound_head`
+/// consistent, the first tail's pincount). Called on the free path before
+/// anything is cleared; reads through the page table (the oracles' view),
+/// once per page freed.
+pub fn no_bad_page_at_free(m: &Machine, pfn: Pfn, order: u8) -> Result<(), Violation> {
+    let head = m.peek(pfn);
+    let compound = order > 0 && head.test(pg::HEAD);
+    let bad = |p: Pfn, reason: &str| {
+        fail(
+            Oracle::BadPage,
+            format!(
+                "BUG: Bad page state: pfn {p} freed at order {order} (head pfn {pfn}): {reason}"
+            ),
+        )
+    };
+    for p in pfn..pfn + (1 << order) {
+        let page = m.peek(p);
+        if p == pfn || !compound {
+            // An anon mapping (PAGE_MAPPING_ANON) is cleared by
+            // __free_pages_prepare itself; a file mapping must be gone.
+            if matches!(
+                page.mapping,
+                Mapping::File { .. } | Mapping::Hugetlbfs { .. }
+            ) {
+                return bad(p, "non-NULL mapping");
+            }
+        } else {
+            if !matches!(page.compound_info, CompoundInfo::Tail(h) if h == pfn)
+                && !matches!(page.compound_info, CompoundInfo::TailMask(_))
+            {
+                return bad(p, "compound_head not consistent");
+            }
+            if p == pfn + 1 && page.pincount != 0 {
+                return bad(p, "nonzero pincount");
+            }
+        }
+        if page.mapcount != -1 {
+            return bad(p, "nonzero mapcount");
+        }
+        if page.flags & FLAGS_CHECK_AT_FREE != 0 {
+            return bad(p, "PAGE_FLAGS_CHECK_AT_FREE flag(s) set");
+        }
+    }
+    Ok(())
+}
+
+/// `might_sleep()` (`__might_sleep`, kernel/sched/core.c): a sleeping call
+/// (`synchronize_rcu`, a sleeping allocation or lock) inside an RCU read
+/// section, with interrupts disabled, or under a spinlock (a page-table lock
+/// held across steps).
+pub fn might_sleep(m: &Machine, what: &str) -> Result<(), Violation> {
+    let c = m.cpu_index();
+    let cpu = m.this_cpu;
+    let atomic = if m.irqs_disabled(c) {
+        "with interrupts disabled"
+    } else if m.rcu.in_read_section(c) {
+        "inside an RCU read section"
+    } else if m.pt_locks.iter().any(|&(_, holder)| holder as usize == c) {
+        "under a page-table spinlock"
+    } else {
+        return Ok(());
+    };
+    fail(
+        Oracle::MightSleep,
+        format!("BUG: sleeping function called from invalid context: {what} on {cpu} {atomic}"),
+    )
+}
+
+/// HVO optimizes and restores only a frozen folio
+/// (`VM_WARN_ON_ONCE_FOLIO(folio_ref_count(folio), folio)` in
+/// `__hugetlb_vmemmap_optimize_folio` and `__hugetlb_vmemmap_restore_folio`).
+pub fn hvo_folio_frozen(m: &Machine, folio: Pfn, what: &str) -> Result<(), Violation> {
+    let count = m.peek(folio).refcount;
+    if count == 0 {
+        return Ok(());
+    }
+    fail(
+        Oracle::HvoNotFrozen,
+        format!("{what}(pfn {folio}) on a folio with refcount {count}, not frozen"),
+    )
+}
