@@ -187,6 +187,7 @@ impl Score {
 /// `mmharness hunt --variant V --engine E --seed S --time T` does.
 pub fn hunt_variant(variant: Variant, engine: Engine, seed: u64, time: Duration) -> Hunt {
     let config = Config {
+        arch: variant.arch(),
         variants: VariantSet::new(&[variant]),
         ..Config::default()
     };
