@@ -17,39 +17,31 @@
 mod common;
 
 use common::{
-    assert_shrunk_case, config_with, failing_case, fixed_model_is_clean, quiet, replays_clean,
+    Budget, assert_shrunk_case, config_with, failing_case, fixed_model_is_clean, quiet,
+    replays_clean,
 };
 use mmharness::model::{Config, Oracle, Subsystem, Variant};
 use mmharness::scenario::generate::{GenOptions, OpFamily, scenario_strategy};
 use mmharness::scenario::{Op, Scenario};
 use proptest::prelude::*;
-use proptest::test_runner::{Config as ProptestConfig, RngAlgorithm, TestRng, TestRunner};
+use proptest::test_runner::TestRunner;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 /// The fixed seed every runner here starts from.
-const SEED: [u8; 32] = [3; 32];
+const SEED: u8 = 3;
 
 /// Executed cases for the fixed-model properties.
 const FIXED_CASES: u32 = 30_000;
 
-fn proptest_config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        // `migration_scenarios` keeps about one input in three.
-        max_local_rejects: cases.saturating_mul(50),
-        max_global_rejects: cases.saturating_mul(50),
-        max_shrink_iters: 300_000,
-        ..ProptestConfig::default()
-    }
-}
+/// `migration_scenarios` keeps about one input in three.
+const BUDGET: Budget = Budget {
+    rejects_per_case: 50,
+    max_shrink_iters: 300_000,
+};
 
 fn runner(cases: u32) -> TestRunner {
-    TestRunner::new_with_rng(
-        proptest_config(cases),
-        TestRng::from_seed(RngAlgorithm::ChaCha, &SEED),
-    )
+    BUDGET.runner(SEED, cases)
 }
 
 /// Does the op move a folio's contents (migration, collapse)?

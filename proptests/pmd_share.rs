@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::{assert_shrunk_case, config_with, failing_case, quiet, replays_clean};
+use common::{Budget, assert_shrunk_case, config_with, failing_case, quiet, replays_clean};
 use mmharness::exec::{Plan, run_shuttle};
 use mmharness::model::op::{Index, MmArg, Order, PageArg, PfnArg};
 use mmharness::model::{Config, Oracle, Subsystem, SubsystemSet, Variant};
@@ -24,33 +24,24 @@ use mmharness::scenario::generate::{GenOptions, OpFamily, scenario_strategy};
 use mmharness::scenario::{Op, Scenario};
 use mmharness::ui::render;
 use proptest::prelude::*;
-use proptest::test_runner::{Config as ProptestConfig, RngAlgorithm, TestRng, TestRunner};
+use proptest::test_runner::TestRunner;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 /// The fixed seed every runner here starts from.
-const SEED: [u8; 32] = [7; 32];
+const SEED: u8 = 7;
 
 /// Executed cases for the fixed-model properties.
 const FIXED_CASES: u32 = 20_000;
 
-fn proptest_config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        // `unsharing_scenarios` keeps about one input in three.
-        max_local_rejects: cases.saturating_mul(50),
-        max_global_rejects: cases.saturating_mul(50),
-        max_shrink_iters: 300_000,
-        ..ProptestConfig::default()
-    }
-}
+/// `unsharing_scenarios` keeps about one input in three.
+const BUDGET: Budget = Budget {
+    rejects_per_case: 50,
+    max_shrink_iters: 300_000,
+};
 
 fn runner(cases: u32) -> TestRunner {
-    TestRunner::new_with_rng(
-        proptest_config(cases),
-        TestRng::from_seed(RngAlgorithm::ChaCha, &SEED),
-    )
+    BUDGET.runner(SEED, cases)
 }
 
 /// Does the op unshare or free PMD tables?
@@ -86,7 +77,7 @@ fn unsharing_scenarios(opts: GenOptions) -> impl Strategy<Value = Scenario> {
 }
 
 proptest! {
-    #![proptest_config(proptest_config(FIXED_CASES))]
+    #![proptest_config(BUDGET.config(FIXED_CASES))]
 
     /// Two CPUs.
     #[test]
@@ -99,7 +90,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(proptest_config(FIXED_CASES / 4))]
+    #![proptest_config(BUDGET.config(FIXED_CASES / 4))]
 
     /// Three CPUs and longer op lists: a second unsharer or a third walker
     /// joins the race.

@@ -17,8 +17,8 @@
 mod common;
 
 use common::{
-    MINIMIZED_MAX_OPS, assert_shrunk_case, config_with, failing_case, guided_hunt_finds, quiet,
-    replays_clean, without_variants,
+    Budget, MINIMIZED_MAX_OPS, assert_shrunk_case, config_with, failing_case, guided_hunt_finds,
+    quiet, replays_clean, without_variants,
 };
 use mmharness::engine::{Engine, minimize};
 use mmharness::exec::{Verdict, run_input};
@@ -26,33 +26,24 @@ use mmharness::model::{Config, Oracle, Subsystem, Variant};
 use mmharness::scenario::generate::{GenOptions, OpFamily, scenario_strategy};
 use mmharness::scenario::{Op, Scenario};
 use proptest::prelude::*;
-use proptest::test_runner::{Config as ProptestConfig, RngAlgorithm, TestRng, TestRunner};
+use proptest::test_runner::TestRunner;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// The fixed seed every runner here starts from.
-const SEED: [u8; 32] = [5; 32];
+const SEED: u8 = 5;
 
 /// Executed cases for the fixed-model properties.
 const FIXED_CASES: u32 = 30_000;
 
-fn proptest_config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        // `thp_scenarios` keeps about one input in two.
-        max_local_rejects: cases.saturating_mul(20),
-        max_global_rejects: cases.saturating_mul(20),
-        max_shrink_iters: 100_000,
-        ..ProptestConfig::default()
-    }
-}
+/// `thp_scenarios` keeps about one input in two.
+const BUDGET: Budget = Budget {
+    rejects_per_case: 20,
+    max_shrink_iters: 100_000,
+};
 
 fn runner(cases: u32) -> TestRunner {
-    TestRunner::new_with_rng(
-        proptest_config(cases),
-        TestRng::from_seed(RngAlgorithm::ChaCha, &SEED),
-    )
+    BUDGET.runner(SEED, cases)
 }
 
 /// The THP arm: faults, user accesses, GUP, fault injection and the THP,
@@ -84,7 +75,7 @@ fn thp_scenarios(opts: GenOptions) -> impl Strategy<Value = Scenario> {
 }
 
 proptest! {
-    #![proptest_config(proptest_config(FIXED_CASES))]
+    #![proptest_config(BUDGET.config(FIXED_CASES))]
 
     /// Two CPUs: the default configuration (v5.19+).
     #[test]
@@ -95,7 +86,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(proptest_config(FIXED_CASES / 3))]
+    #![proptest_config(BUDGET.config(FIXED_CASES / 3))]
 
     /// Three CPUs and three processes: a grandchild, a second fork or a
     /// third party pinning the page join the race.

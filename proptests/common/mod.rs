@@ -242,3 +242,36 @@ pub fn fixed_model_is_clean(
         }
     }
 }
+
+/// A suite's proptest budget: rejects allowed per case (its strategy's
+/// filter keeps about one input in that many, with room) and shrink steps.
+pub struct Budget {
+    pub rejects_per_case: u32,
+    pub max_shrink_iters: u32,
+}
+
+impl Budget {
+    /// `cases` executed cases, no failure persistence (failures are kept
+    /// as scenario files instead).
+    pub fn config(&self, cases: u32) -> proptest::test_runner::Config {
+        proptest::test_runner::Config {
+            cases,
+            failure_persistence: None,
+            max_local_rejects: cases.saturating_mul(self.rejects_per_case),
+            max_global_rejects: cases.saturating_mul(self.rejects_per_case),
+            max_shrink_iters: self.max_shrink_iters,
+            ..proptest::test_runner::Config::default()
+        }
+    }
+
+    /// A runner over `config(cases)` from the fixed seed `[seed; 32]`.
+    pub fn runner(&self, seed: u8, cases: u32) -> proptest::test_runner::TestRunner {
+        proptest::test_runner::TestRunner::new_with_rng(
+            self.config(cases),
+            proptest::test_runner::TestRng::from_seed(
+                proptest::test_runner::RngAlgorithm::ChaCha,
+                &[seed; 32],
+            ),
+        )
+    }
+}

@@ -9,7 +9,7 @@ use super::hugetlbfs::i_mmap_lock_write;
 use super::memory::{
     mmap_read_lock, mmap_read_lock_then, mmap_read_unlock, mmap_write_lock_then, mmap_write_unlock,
 };
-use super::mmap::{anon_pages, mmap_write_lock, partial_pmd, zap_pages};
+use super::mmap::{anon_pages, by_pmd_range, mmap_write_lock, partial_pmd, zap_pages};
 use super::pgtable::{PmdVal, Uaddr};
 use super::vma::split_range;
 use crate::ktrace;
@@ -66,14 +66,7 @@ pub fn madvise_dontneed_free(cpu: &Cpu, a: Uaddr, len: u32) -> KResult<()> {
 pub fn madvise_update_vma(cpu: &Cpu, a: Uaddr, len: u32, dofork: bool) -> KResult<()> {
     mmap_write_lock(cpu, a.mm)?;
     let pages = cpu.step("madvise_walk_vmas", |m| Ok(anon_pages(m, a, len)))?;
-    let mut bases: Vec<u32> = pages.iter().map(|x| x.pmd_base()).collect();
-    bases.dedup();
-    for base in bases {
-        let here: Vec<Uaddr> = pages
-            .iter()
-            .copied()
-            .filter(|x| x.pmd_base() == base)
-            .collect();
+    for here in by_pmd_range(&pages) {
         cpu.step("madvise_update_vma", |m| {
             let x = here[0];
             let changes = here.iter().any(|y| m.vm_page(*y).dontcopy == dofork);

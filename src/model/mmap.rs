@@ -34,6 +34,19 @@ pub fn anon_pages(m: &Machine, a: Uaddr, len: u32) -> Vec<Uaddr> {
         .collect()
 }
 
+/// `pages` (in address order) split by PMD range, as the page-table walk
+/// (`walk_pmd_range`) visits them: one PMD's pages a step.
+pub fn by_pmd_range(pages: &[Uaddr]) -> Vec<Vec<Uaddr>> {
+    let mut ranges: Vec<Vec<Uaddr>> = Vec::new();
+    for &x in pages {
+        match ranges.last_mut() {
+            Some(r) if r[0].pmd_base() == x.pmd_base() => r.push(x),
+            _ => ranges.push(vec![x]),
+        }
+    }
+    ranges
+}
+
 /// Does `pages` leave part of the PMD range of `x` out?
 pub fn partial_pmd(pages: &[Uaddr], x: Uaddr) -> bool {
     (x.pmd_base()..x.pmd_base() + PMD_PAGES).any(|p| !pages.iter().any(|y| y.page == p))
@@ -45,15 +58,8 @@ pub fn partial_pmd(pages: &[Uaddr], x: Uaddr) -> bool {
 /// cleared; `then` runs on each page in the same step (the VMA change or
 /// the ledger's). Puts the mappings' references after the flush.
 pub fn zap_pages(cpu: &Cpu, pages: &[Uaddr], then: impl Fn(&mut Machine, Uaddr)) -> KResult<()> {
-    let mut bases: Vec<u32> = pages.iter().map(|x| x.pmd_base()).collect();
-    bases.dedup();
     let mut put: Vec<Pfn> = Vec::new();
-    for base in bases {
-        let here: Vec<Uaddr> = pages
-            .iter()
-            .copied()
-            .filter(|x| x.pmd_base() == base)
-            .collect();
+    for here in by_pmd_range(pages) {
         let folios = cpu.step("zap_pmd_range", |m| {
             let mut folios = Vec::new();
             let x = here[0];

@@ -11,7 +11,7 @@
 
 use super::KResult;
 use super::ctx::Cpu;
-use super::mmap::{anon_pages, mmap_write_lock, mmap_write_unlock, partial_pmd};
+use super::mmap::{anon_pages, by_pmd_range, mmap_write_lock, mmap_write_unlock, partial_pmd};
 use super::pgtable::{PmdLeaf, PmdVal, PteEntry, PteVal, Uaddr};
 use crate::ktrace;
 
@@ -20,14 +20,7 @@ use crate::ktrace;
 pub fn mprotect(cpu: &Cpu, a: Uaddr, len: u32, write: bool) -> KResult<()> {
     mmap_write_lock(cpu, a.mm)?;
     let pages = cpu.step("mprotect_fixup", |m| Ok(anon_pages(m, a, len)))?;
-    let mut bases: Vec<u32> = pages.iter().map(|x| x.pmd_base()).collect();
-    bases.dedup();
-    for base in bases {
-        let here: Vec<Uaddr> = pages
-            .iter()
-            .copied()
-            .filter(|x| x.pmd_base() == base)
-            .collect();
+    for here in by_pmd_range(&pages) {
         cpu.step("change_protection", |m| {
             let x = here[0];
             if let PmdVal::Leaf(l) = m.pmd(x) {
@@ -36,7 +29,7 @@ pub fn mprotect(cpu: &Cpu, a: Uaddr, len: u32, write: bool) -> KResult<()> {
                 } else if !write && l.write {
                     // change_huge_pmd.
                     m.set_pmd(x, PmdVal::Leaf(PmdLeaf { write: false, ..l }));
-                    m.flush_tlb_range(x.mm, base..base + super::config::PMD_PAGES);
+                    m.flush_tlb_range(x.mm, x.pmd_base()..x.pmd_base() + super::config::PMD_PAGES);
                 }
             }
             for &y in &here {
