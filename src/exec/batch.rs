@@ -179,14 +179,58 @@ fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// What a thread keeps from one run of jobs to the next: the booted
-/// machine of the last configuration, and the state executions run on.
-#[derive(Default)]
-struct Cache {
-    booted: Option<(Config, usize, Machine)>,
+/// Configurations a thread keeps booted: the adaptive hunt's arms draw
+/// CPU counts and memory sizes per scenario, and a single slot would boot
+/// (and copy every frame) again at every change.
+const SLOTS: usize = 8;
+
+/// One configuration's booted machine, and the state its executions run
+/// on (reset from the booted machine or a job's setup by copying only the
+/// frames an execution dirtied, while it stays with one source).
+struct Slot {
+    config: Config,
+    nr_cpus: usize,
+    booted: Machine,
     exec: Option<SharedState>,
     /// What the execution state's machine was last reset from.
     source: Source,
+}
+
+/// What a thread keeps from one run of jobs to the next: the slots of the
+/// last configurations, most recently used last.
+#[derive(Default)]
+struct Cache {
+    slots: Vec<Slot>,
+}
+
+impl Cache {
+    /// The slot of `config` with `nr_cpus` CPUs, booted now if there is
+    /// none; it becomes the most recently used.
+    fn slot(&mut self, config: Config, nr_cpus: usize) -> &mut Slot {
+        match self
+            .slots
+            .iter()
+            .position(|s| s.config == config && s.nr_cpus == nr_cpus)
+        {
+            Some(i) => {
+                let slot = self.slots.remove(i);
+                self.slots.push(slot);
+            }
+            None => {
+                if self.slots.len() == SLOTS {
+                    self.slots.remove(0);
+                }
+                self.slots.push(Slot {
+                    config,
+                    nr_cpus,
+                    booted: Machine::new(config, nr_cpus),
+                    exec: None,
+                    source: Source::None,
+                });
+            }
+        }
+        self.slots.last_mut().expect("pushed above")
+    }
 }
 
 /// A machine an execution starts from.
@@ -292,12 +336,13 @@ fn begin_execution(running: &Mutex<Running>) -> (Arc<Scenario>, SharedState) {
     let job = r.job().clone();
     let s = &job.scenario;
     let nr_cpus = s.cpus.len();
-    let exec = r
-        .cache
+    let serial = r.serial;
+    let slot = r.cache.slot(s.config, nr_cpus);
+    let exec = slot
         .exec
         .get_or_insert_with(|| {
             Arc::new(Mutex::new(ExecState {
-                machine: Machine::new(s.config, nr_cpus),
+                machine: slot.booted.clone(),
                 record: Record::default(),
                 setup_steps: 0,
                 running: 0,
@@ -307,20 +352,14 @@ fn begin_execution(running: &Mutex<Running>) -> (Arc<Scenario>, SharedState) {
         .clone();
     let mut st = lock(&exec);
     if let Some((m, rec)) = &r.after_setup {
-        let source = Source::AfterSetup(r.serial);
-        st.machine.reset_to(m, r.cache.source == source);
-        r.cache.source = source;
+        let source = Source::AfterSetup(serial);
+        st.machine.reset_to(m, slot.source == source);
+        slot.source = source;
         st.record.clone_from(rec);
     } else {
-        let fresh = matches!(&r.cache.booted, Some((c, n, _)) if *c == s.config && *n == nr_cpus);
-        if !fresh {
-            r.cache.booted = Some((s.config, nr_cpus, Machine::new(s.config, nr_cpus)));
-            r.cache.source = Source::None;
-        }
-        let (_, _, booted) = r.cache.booted.as_ref().expect("booted above");
         st.machine
-            .reset_to(booted, r.cache.source == Source::Booted);
-        r.cache.source = Source::Booted;
+            .reset_to(&slot.booted, slot.source == Source::Booted);
+        slot.source = Source::Booted;
         st.machine.trace.set_enabled(job.observe.tracing);
         st.machine.kcov = None;
         st.machine.reached = job.observe.reach.then_some(0);
@@ -505,8 +544,10 @@ pub fn run_jobs(jobs: Vec<Job>) -> Vec<Explored> {
         cache: CACHE.with(|c| {
             let mut cache = std::mem::take(&mut *c.borrow_mut());
             // Job serial numbers start again with this run.
-            if matches!(cache.source, Source::AfterSetup(_)) {
-                cache.source = Source::None;
+            for slot in &mut cache.slots {
+                if matches!(slot.source, Source::AfterSetup(_)) {
+                    slot.source = Source::None;
+                }
             }
             cache
         }),
@@ -545,8 +586,11 @@ pub fn run_jobs(jobs: Vec<Job>) -> Vec<Explored> {
                     IN_EXECUTION.with(|c| c.set(false));
                     let mut r = guard(&running);
                     if let Err(payload) = ran {
-                        let exec = r.cache.exec.take();
-                        r.cache.source = Source::None;
+                        // The failed execution's slot is the one used last.
+                        let exec = r.cache.slots.last_mut().and_then(|slot| {
+                            slot.source = Source::None;
+                            slot.exec.take()
+                        });
                         let o = failed_outcome(panic_message(payload.as_ref()), exec, &log);
                         r.report(o);
                     }
@@ -705,5 +749,72 @@ mod tests {
             r[1].failure
         );
         assert_eq!(r[2].replayed.as_ref().unwrap().verdict, Verdict::Clean);
+    }
+
+    /// The per-configuration slots reset each execution from the right
+    /// booted machine: scenarios of many configurations (more than there
+    /// are slots, so some are evicted) run interleaved in one batch give
+    /// each the outcome and trace it has alone on a fresh thread.
+    #[test]
+    fn interleaved_configurations_replay_as_they_do_alone() {
+        use crate::scenario::generate::{GenOptions, decode_bytes};
+        let opts = GenOptions {
+            max_cpus: 4,
+            memory_blocks: (2, 6),
+            hugetlb_order: (7, 9),
+            ..GenOptions::default()
+        };
+        let scenarios: Vec<Arc<Scenario>> = (0..48u8)
+            .map(|i| {
+                let bytes: Vec<u8> = (0..160u32)
+                    .map(|j| (j.wrapping_mul(31) ^ (u32::from(i) * 97)) as u8)
+                    .collect();
+                Arc::new(decode_bytes(&bytes, &opts))
+            })
+            .collect();
+        let configs: std::collections::BTreeSet<_> = scenarios
+            .iter()
+            .map(|s| (s.config.memory_blocks, s.config.hugetlb_order, s.cpus.len()))
+            .collect();
+        assert!(
+            configs.len() > SLOTS,
+            "only {} configurations",
+            configs.len()
+        );
+        let observe = Observe {
+            tracing: true,
+            ..Observe::default()
+        };
+        let summary = |o: &Outcome| {
+            (
+                o.verdict.clone(),
+                o.schedule.clone(),
+                o.steps,
+                o.trace.len(),
+            )
+        };
+        let alone: Vec<_> = scenarios
+            .iter()
+            .map(|s| {
+                let job = Job::replay(s.clone(), observe);
+                std::thread::spawn(move || run_jobs(vec![job]).pop().unwrap().replayed.unwrap())
+                    .join()
+                    .unwrap()
+            })
+            .collect();
+        let jobs: Vec<_> = scenarios
+            .iter()
+            .map(|s| Job::replay(s.clone(), observe))
+            .collect();
+        let together = std::thread::spawn(move || run_jobs(jobs)).join().unwrap();
+        for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+            let t = t.replayed.as_ref().unwrap();
+            assert_eq!(summary(a), summary(t), "scenario {i}");
+            assert_eq!(
+                format!("{:?}", a.trace),
+                format!("{:?}", t.trace),
+                "scenario {i}"
+            );
+        }
     }
 }

@@ -48,8 +48,11 @@ impl Arch {
     ///   destination operand is written back if the comparison fails");
     ///   arch/x86/include/asm/cmpxchg.h `__raw_cmpxchg`.
     /// - arm64 LSE: `CAS` is checked as a write whether or not it stores
-    ///   (Arm ARM DDI 0487, CAS: an atomic read-modify-write; a permission
-    ///   fault is generated even when the compare fails);
+    ///   (Arm ARM DDI 0487, CAS: its pseudocode makes one atomic
+    ///   read-modify-write access, `MemAtomic(.., MemAtomicOp_CAS, ..)`,
+    ///   translated and permission-checked as a write before the compare;
+    ///   on a failed compare "the architecture permits writing the value
+    ///   read" back);
     ///   arch/arm64/include/asm/atomic_lse.h `__lse__cmpxchg_case_*`.
     /// - arm64 LL/SC: `ldxr`, compare, `cbnz 2f` past the `stxr`: a failed
     ///   compare stores nothing and needs no write permission
