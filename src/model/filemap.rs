@@ -65,7 +65,8 @@ pub fn filemap_add_folio(cpu: &Cpu, index: u32, pfn_hint: Pfn) -> KResult<()> {
     let Some(folio) = cpu.step("filemap_alloc_folio", |m| {
         let folio = m.alloc_pages(0, pfn_hint)?;
         if let Some(f) = folio {
-            m.page_mut(f)?.flags |= pg::LOCKED | pg::LRU;
+            m.page_mut(f)?.flags |= pg::LRU;
+            m.folio_set_locked(f)?;
         }
         Ok(folio)
     })?
@@ -85,7 +86,7 @@ pub fn filemap_add_folio(cpu: &Cpu, index: u32, pfn_hint: Pfn) -> KResult<()> {
         Ok(true)
     })?;
     cpu.step("folio_unlock", |m| {
-        m.page_mut(folio)?.flags &= !pg::LOCKED;
+        m.folio_clear_locked(folio, "folio_unlock")?;
         if !inserted {
             m.page_mut(folio)?.mapping = Mapping::None;
         }
@@ -170,7 +171,9 @@ pub fn folio_lock_then<T>(
         func,
         |m| !m.peek(folio).test(pg::LOCKED),
         |m| {
-            m.page_mut(folio)?.flags |= pg::LOCKED;
+            // A sleeping lock: folio_lock() starts with might_sleep().
+            super::oracle::might_sleep(m, func)?;
+            m.folio_set_locked(folio)?;
             then(m)
         },
     )
@@ -182,7 +185,7 @@ pub fn folio_trylock(cpu: &Cpu, folio: Pfn) -> KResult<bool> {
         if m.page(folio)?.test(pg::LOCKED) {
             return Ok(false);
         }
-        m.page_mut(folio)?.flags |= pg::LOCKED;
+        m.folio_set_locked(folio)?;
         Ok(true)
     })
 }
@@ -190,9 +193,28 @@ pub fn folio_trylock(cpu: &Cpu, folio: Pfn) -> KResult<bool> {
 /// `folio_unlock`.
 pub fn folio_unlock(cpu: &Cpu, folio: Pfn) -> KResult<()> {
     cpu.step("folio_unlock", |m| {
-        m.page_mut(folio)?.flags &= !pg::LOCKED;
-        Ok(())
+        m.folio_clear_locked(folio, "folio_unlock")
     })
+}
+
+impl Machine {
+    /// PG_locked set (`__folio_set_locked` on a new folio, the test-and-set
+    /// of `folio_lock`/`folio_trylock`), held by the running CPU.
+    pub fn folio_set_locked(&mut self, folio: Pfn) -> Result<(), Violation> {
+        self.page_mut(folio)?.flags |= pg::LOCKED;
+        let me = self.this_cpu;
+        self.ledger.folio_locks.retain(|&(f, _)| f != folio);
+        self.ledger.folio_locks.push((folio, me));
+        Ok(())
+    }
+
+    /// PG_locked cleared (`folio_unlock`), by the CPU that holds it.
+    pub fn folio_clear_locked(&mut self, folio: Pfn, what: &str) -> Result<(), Violation> {
+        super::oracle::folio_unlock_by_locker(self, folio, what)?;
+        self.page_mut(folio)?.flags &= !pg::LOCKED;
+        self.ledger.folio_locks.retain(|&(f, _)| f != folio);
+        Ok(())
+    }
 }
 
 /// `__filemap_remove_folio` under `xa_lock`: clear the slot if it still
@@ -210,4 +232,65 @@ pub fn filemap_remove_folio_locked(
     p.mapping = Mapping::None;
     ktrace!(m, "xas_store(index {index}) = NULL");
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Oracle;
+    use crate::model::testing::Kernel;
+
+    /// A page-cache folio at index 0, unlocked, and the kernel it is in.
+    fn cached_folio() -> (Kernel, Pfn) {
+        let mut k = Kernel::boot();
+        k.on(0, |cpu| filemap_add_folio(cpu, 0, 600)).unwrap();
+        let folio = k.m.mapping.slot(0).expect("filemap_add_folio inserted it");
+        (k, folio)
+    }
+
+    #[test]
+    fn folio_unlock_by_the_cpu_that_locked_it_is_clean() {
+        let (mut k, folio) = cached_folio();
+
+        k.on(1, |cpu| folio_lock(cpu, folio)).unwrap();
+        k.on(1, |cpu| folio_unlock(cpu, folio)).unwrap();
+
+        assert!(!k.m.peek(folio).test(pg::LOCKED));
+        k.quiesce().unwrap();
+    }
+
+    #[test]
+    fn folio_unlock_of_a_folio_another_cpu_locked_is_caught() {
+        let (mut k, folio) = cached_folio();
+        k.on(0, |cpu| folio_lock(cpu, folio)).unwrap();
+
+        let err = k.on(1, |cpu| folio_unlock(cpu, folio)).unwrap_err();
+
+        assert_eq!(err.oracle, Oracle::FolioLockOwner);
+        assert!(err.detail.contains("CPU 0 locked it"), "{}", err.detail);
+    }
+
+    #[test]
+    fn folio_lock_inside_an_rcu_read_section_is_a_sleep_in_atomic_context() {
+        let (mut k, folio) = cached_folio();
+        k.step(0, |m| {
+            m.rcu_read_lock();
+            Ok(())
+        })
+        .unwrap();
+
+        let err = k.on(0, |cpu| folio_lock(cpu, folio)).unwrap_err();
+
+        assert_eq!(err.oracle, Oracle::MightSleep);
+    }
+
+    #[test]
+    fn folio_unlock_of_an_unlocked_folio_is_caught() {
+        let (mut k, folio) = cached_folio();
+
+        let err = k.on(0, |cpu| folio_unlock(cpu, folio)).unwrap_err();
+
+        assert_eq!(err.oracle, Oracle::FolioLockOwner);
+        assert!(err.detail.contains("unlocked pfn"), "{}", err.detail);
+    }
 }

@@ -110,7 +110,8 @@ pub fn collapse_huge_page(cpu: &Cpu, mm: u8, pfn_hint: Pfn) -> KResult<()> {
             m.set_pte_in(table, x, PteVal::None);
             let p = m.page_mut(page)?;
             p.mapcount -= 1;
-            p.flags &= !(pg::LOCKED | pg::ANON_EXCLUSIVE);
+            p.flags &= !pg::ANON_EXCLUSIVE;
+            m.folio_clear_locked(page, "release_pte_folio")?;
             // free_folio_and_swap_cache(): the mapping's reference.
             folio_ref_sub_and_test(m, page, 1)?;
             let cpu = m.cpu_index() as u8;
@@ -195,8 +196,9 @@ fn collapse_huge_page_isolate(
                     ok = false;
                 } else {
                     let q = m.page_mut(pfn)?;
-                    q.flags = (q.flags | pg::LOCKED) & !pg::LRU;
+                    q.flags &= !pg::LRU;
                     q.refcount += 1;
+                    m.folio_set_locked(pfn)?;
                     got.push((i, pfn));
                 }
             }
@@ -212,8 +214,9 @@ fn collapse_huge_page_isolate(
     // release_pte_pages(): unlock and put back what was isolated.
     for &(_, pfn) in &got {
         let q = m.page_mut(pfn)?;
-        q.flags = (q.flags | pg::LRU) & !pg::LOCKED;
+        q.flags |= pg::LRU;
         q.refcount -= 1;
+        m.folio_clear_locked(pfn, "release_pte_pages")?;
     }
     Ok(None)
 }

@@ -4,6 +4,7 @@
 //! back, and which page each user mapping maps.
 
 use super::config::{MAX_MMS, MAX_USER_PAGES};
+use super::ctx::CpuId;
 use super::machine::Pfn;
 use super::pgtable::Uaddr;
 
@@ -139,6 +140,8 @@ pub struct Ledger {
     pub walks_across_unshare: u32,
     /// Freed PMD tables that had been shared.
     pub shared_tables_freed: u32,
+    /// Locked folios and the CPU that holds each lock.
+    pub folio_locks: Vec<(Pfn, CpuId)>,
 }
 
 crate::clone_by_field!(Ledger {
@@ -167,7 +170,8 @@ crate::clone_by_field!(Ledger {
     shared,
     pmd_shares,
     walks_across_unshare,
-    shared_tables_freed
+    shared_tables_freed,
+    folio_locks
 });
 
 impl Default for Ledger {
@@ -205,6 +209,7 @@ impl Default for Ledger {
             pmd_shares: 0,
             walks_across_unshare: 0,
             shared_tables_freed: 0,
+            folio_locks: Vec::new(),
         }
     }
 }

@@ -327,7 +327,7 @@ fn do_read_fault(cpu: &Cpu, a: Uaddr, pfn_hint: Pfn, write: bool) -> KResult<boo
         let ours = m.page(folio)?.mapping == Mapping::File { index };
         if !ours {
             ktrace!(m, "pfn {folio} was truncated: retry");
-            m.page_mut(folio)?.flags &= !pg::LOCKED;
+            m.folio_clear_locked(folio, "folio_unlock")?;
         }
         Ok(ours)
     })?;

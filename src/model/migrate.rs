@@ -157,7 +157,7 @@ fn migrate_folio_unmap(
     let Some(dst) = cpu.step("alloc_migration_target", |m| {
         let dst = m.alloc_pages(order, hint)?;
         if let Some(d) = dst {
-            m.page_mut(d)?.flags |= pg::LOCKED;
+            m.folio_set_locked(d)?;
         }
         Ok(dst)
     })?

@@ -26,7 +26,7 @@ pub use migration::{
     folio_is_quiet, migration_carries_data, migration_expected_refs, migration_makes_progress,
     migration_refcount_exact,
 };
-pub use page_alloc::{hvo_folio_frozen, might_sleep, no_bad_page_at_free};
+pub use page_alloc::{folio_unlock_by_locker, hvo_folio_frozen, might_sleep, no_bad_page_at_free};
 pub use pmd_share::{
     pmd_table_free_unshared, share_counts_at_quiescence, share_counts_match,
     unshare_holds_off_walkers, walked_pmd_table_not_of_mm,
@@ -136,6 +136,8 @@ oracles! {
     MightSleep = "no-sleep-in-atomic-context";
     /// HVO optimized or restored a folio that was not frozen.
     HvoNotFrozen = "hvo-only-on-frozen-folio";
+    /// A folio unlocked that was not locked, or that another CPU locked.
+    FolioLockOwner = "folio-unlock-by-its-locker";
     /// Every CPU is blocked.
     Deadlock = "no-deadlock";
     /// The execution did not finish within the step bound.
@@ -323,7 +325,11 @@ pub static INVARIANTS: &[Invariant] = &[
     },
     Invariant {
         oracle: Oracle::MightSleep,
-        when: When::Path("rcu::synchronize_rcu"),
+        when: When::Path("rcu::synchronize_rcu, filemap::folio_lock"),
+    },
+    Invariant {
+        oracle: Oracle::FolioLockOwner,
+        when: When::Path("filemap::folio_unlock and every PG_locked clear"),
     },
     Invariant {
         oracle: Oracle::HvoNotFrozen,

@@ -92,3 +92,23 @@ pub fn hvo_folio_frozen(m: &Machine, folio: Pfn, what: &str) -> Result<(), Viola
         format!("{what}(pfn {folio}) on a folio with refcount {count}, not frozen"),
     )
 }
+
+/// `folio_unlock` (mm/filemap.c) is `VM_BUG_ON_FOLIO(!folio_test_locked(folio))`
+/// and, as a sleeping lock, PG_locked belongs to the task that took it:
+/// the CPU that clears it must be the one that set it.
+pub fn folio_unlock_by_locker(m: &Machine, folio: Pfn, what: &str) -> Result<(), Violation> {
+    match m.ledger.folio_locks.iter().find(|&&(f, _)| f == folio) {
+        Some(&(_, owner)) if owner == m.this_cpu => Ok(()),
+        Some(&(_, owner)) => fail(
+            Oracle::FolioLockOwner,
+            format!(
+                "{what}: pfn {folio} unlocked by {}, but {owner} locked it",
+                m.this_cpu
+            ),
+        ),
+        None => fail(
+            Oracle::FolioLockOwner,
+            format!("VM_BUG_ON_FOLIO(!folio_test_locked): {what} of unlocked pfn {folio}"),
+        ),
+    }
+}
