@@ -141,12 +141,21 @@ pub fn alloc_pool_huge_folio(cpu: &Cpu, pfn_hint: Pfn) -> KResult<()> {
 
 /// `hugetlb_hstate_alloc_pages` at boot: `hugepages=N` pool folios, from
 /// blocks 1, 2, ..., each HVO'd as it joins the pool, run before any CPU
-/// starts.
+/// starts. Built as the fixed kernel builds it: a variant's bug is the
+/// run's to find, and one that fails at boot (hvo-free-before-flush frees
+/// before the flush here too) would leave no machine to run it on. The
+/// pool booted either way is the same.
 pub fn hugetlb_hstate_alloc_pages(m: &mut Machine) {
     let n = m.cfg.hugepages as u32;
     if n == 0 {
         return;
     }
+    let variants = std::mem::take(&mut m.cfg.variants);
+    boot_pool(m, n);
+    m.cfg.variants = variants;
+}
+
+fn boot_pool(m: &mut Machine, n: u32) {
     let per_block = m.cfg.pages_per_huge_page();
     let seq = super::ctx::Sequential::new(m, super::ctx::Record::new(false));
     let cpu = seq.cpu(super::ctx::CpuId::SETUP);

@@ -459,6 +459,36 @@ mod tests {
         assert_eq!(k.m.peek(640).compound_info, CompoundInfo::Tail(FOLIO));
     }
 
+    /// The old vmemmap frames go back to the buddy allocator only after
+    /// the TLB flush; freed first, the remapping CPU's own TLB still maps
+    /// them, and the free is caught there.
+    #[test]
+    fn hvo_frees_the_old_vmemmap_frames_only_after_the_tlb_flush() {
+        let mut k = boot(HvoMode::Keep1);
+        k.pool_huge_folio(FOLIO);
+        assert!(k.m.cpus.iter().all(|c| {
+            c.tlb
+                .iter()
+                .all(|e| e.is_none_or(|pte| k.m.frames[pte.frame as usize].owner != Owner::Free))
+        }));
+
+        let mut k = Kernel::builder()
+            .hvo(HvoMode::Keep1)
+            .variant(Variant::HvoFreeBeforeFlush)
+            .boot();
+        let err = k
+            .on(0, |cpu| {
+                crate::model::hugetlb::alloc_pool_huge_folio(cpu, FOLIO)
+            })
+            .unwrap_err();
+        assert_eq!(err.oracle, Oracle::TlbFlushBeforeFree);
+        assert!(
+            err.detail.contains("TLB still maps vmemmap page"),
+            "{}",
+            err.detail
+        );
+    }
+
     #[test]
     fn keep1_hvo_aliases_every_vmemmap_page_to_a_copy_of_the_head_one() {
         let mut k = boot(HvoMode::Keep1);

@@ -55,8 +55,8 @@ variants! {
     RefFakeHeadBeforeCount = "ref-fake-head-before-count", Hvo, RoVmemmapWrite,
         "page_count_writable() checks page_is_fake_head() before reading the refcount, racing with remap + unfreeze (fixed in 2025, \"fix memory loads ordering\")";
     /// Free the old vmemmap frames before `flush_tlb_kernel_range`.
-    HvoFreeBeforeFlush = "hvo-free-before-flush", Hvo, UseAfterRemap,
-        "HVO frees the old vmemmap frames before the TLB flush, so a stale TLB entry reaches a frame the buddy allocator owns";
+    HvoFreeBeforeFlush = "hvo-free-before-flush", Hvo, TlbFlushBeforeFree,
+        "HVO frees the old vmemmap frames before the TLB flush, so the buddy allocator owns (and hands out) frames a CPU's TLB still maps as struct pages";
     /// Free the folio even though its vmemmap could not be restored.
     HvoRestoreFailFrees = "hvo-restore-fail-frees", Hvo, BadPage,
         "on hugetlb_vmemmap_restore_folio() -ENOMEM the folio is freed anyway: __free_pages_prepare finds the RO-aliased tail struct pages inconsistent (bad_page) and then writes through the RO alias (seed 004)";

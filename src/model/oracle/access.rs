@@ -207,13 +207,29 @@ pub fn user_tlb_table_current(m: &Machine, e: &UserTlbEntry) -> Result<(), Viola
 /// translation to them, or one derived from a page table among them: the
 /// flush comes first (`tlb_finish_mmu` flushes, then frees; unsharing
 /// flushes before `i_mmap_rwsem` lets the table go, a4a118f2eead).
-/// Otherwise the next access through the entry reaches freed memory.
+/// Otherwise the next access through the entry reaches freed memory. The
+/// kernel's vmemmap translations count too: HVO frees the old vmemmap
+/// frames only after `flush_tlb_kernel_range` (v6.10
+/// `vmemmap_remap_free`), so this fails at the free, not only at a later
+/// access through the stale entry.
 pub fn no_tlb_entry_outlives_free(
     m: &Machine,
     frames: std::ops::Range<Pfn>,
     to: &str,
 ) -> Result<(), Violation> {
     for (c, cpu) in m.cpus.iter().enumerate() {
+        if let Some((vpage, pte)) = cpu.tlb.iter().enumerate().find_map(|(v, e)| {
+            e.filter(|pte| frames.contains(&pte.frame))
+                .map(|pte| (v, pte))
+        }) {
+            return fail(
+                Oracle::TlbFlushBeforeFree,
+                format!(
+                    "frames {}..{} go back to {to}, but CPU {c}'s TLB still maps vmemmap page {vpage} to frame {}",
+                    frames.start, frames.end, pte.frame
+                ),
+            );
+        }
         let stale = cpu
             .user_tlb
             .entries()
