@@ -734,3 +734,42 @@ fn import_of_bad_input_exits_2_naming_the_problem() {
         .assert_stderr_has("missing: cannot read");
     assert!(!dir.path("counterexamples").exists());
 }
+
+#[test]
+fn bench_scoreboard_writes_every_hunt() {
+    let dir = TempDir::new("bench-hunts");
+    let tsv = dir.path("hunts.tsv");
+    let r = mmharness(&[
+        "bench",
+        "--variants",
+        "--variant",
+        "fork-shares-pinned-page",
+        "--engine",
+        "input",
+        "--seeds",
+        "2",
+        "--budget",
+        "30",
+        "--no-write",
+        "--hunts",
+        s(&tsv),
+    ]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("| fork-shares-pinned-page | input | 2/2 |"),
+        "{}",
+        r.stdout
+    );
+    let text = std::fs::read_to_string(&tsv).expect("the hunts file");
+    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for (seed, l) in lines.iter().enumerate() {
+        assert_eq!(
+            l[..4],
+            ["fork-shares-pinned-page", "input", &seed.to_string(), "1"],
+            "{text}"
+        );
+        assert!(l[5].parse::<u64>().unwrap() > 0, "{text}");
+    }
+}

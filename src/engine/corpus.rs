@@ -33,14 +33,6 @@ impl Hasher for FeatureHasher {
 
 type FeatureMap = HashMap<u64, u64, BuildHasherDefault<FeatureHasher>>;
 
-/// What [`Corpus::observe`] found.
-pub struct Seen {
-    /// Features no execution reached before.
-    pub new: usize,
-    /// The fewest executions that had reached one of the features.
-    pub least_explored: u64,
-}
-
 /// One kept input.
 pub struct Entry {
     pub bytes: Vec<u8>,
@@ -80,19 +72,21 @@ impl Corpus {
         self.hits.len()
     }
 
-    /// Count the executions that reached an explored input's features.
-    pub fn observe(&mut self, features: &[u64], executions: u64) -> Seen {
-        let mut seen = Seen {
-            new: 0,
-            least_explored: u64::MAX,
-        };
+    /// Count the executions that reached an explored input's features;
+    /// returns how many of them no execution reached before.
+    pub fn observe(&mut self, features: &[u64], executions: u64) -> usize {
+        let mut new = 0;
         for f in features {
             let h = self.hits.entry(*f).or_insert(0);
-            seen.new += (*h == 0) as usize;
-            seen.least_explored = seen.least_explored.min(*h);
+            new += (*h == 0) as usize;
             *h += executions;
         }
-        seen
+        new
+    }
+
+    /// How many executions reached `feature`.
+    pub fn hits(&self, feature: u64) -> u64 {
+        self.hits.get(&feature).copied().unwrap_or(0)
     }
 
     /// Keep an input (call after [`Corpus::observe`] counted its features).

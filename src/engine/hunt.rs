@@ -46,7 +46,8 @@ pub struct HuntOptions {
     pub iterations: Option<u64>,
     pub time: Duration,
     pub seed: u64,
-    /// Interleavings a shuttle scheduler explores per generated scenario.
+    /// Interleavings a shuttle scheduler explores per generated scenario,
+    /// at most (see [`SWARM_HALVINGS`]).
     pub executions_per_scenario: usize,
     /// PCT depth; `None` draws one per scenario from [`PCT_SWARM_DEPTHS`].
     pub pct_depth: Option<usize>,
@@ -143,12 +144,27 @@ pub const PCT_SWARM_DEPTHS: std::ops::RangeInclusive<usize> = 4..=5;
 /// How many times the usual interleavings a boosted scenario gets.
 const ENERGY: usize = 16;
 
-/// A scenario is boosted while one of its features has been reached by
-/// fewer executions than this: every feature, not only a new one, gets
-/// some depth of exploration. A deep race's stepping stone (a walker that
-/// met a folio HVO was remapping) is reached by few scenarios, and each
-/// needs hundreds of PCT runs to place three preemptions.
+/// A scenario is a boost candidate while one of its features has been
+/// reached by fewer executions than this: every feature, not only a new
+/// one, gets some depth of exploration. A deep race's stepping stone (a
+/// walker that met a folio HVO was remapping) is reached by few scenarios,
+/// and each needs hundreds of PCT runs to place three preemptions.
 const RARE_BUDGET: u64 = 5_000;
+
+/// Boosts take at most this share of a hunt's executions. In a rich
+/// feature space (the THP ops) nearly every scenario reaches some rare
+/// feature; boosting them all spent 16 of every 17 executions on boosts,
+/// so bugs that need the right ops more than the right schedule starved.
+/// Under the cap the rarest candidates go first.
+const BOOST_SHARE: (u64, u64) = (1, 2);
+
+/// Boost candidates waiting for the share to allow them; beyond this the
+/// least rare is dropped.
+const BOOST_QUEUE: usize = 64;
+
+/// A fresh scenario gets `executions_per_scenario / 2^k` interleavings, k
+/// drawn from `0..=SWARM_HALVINGS` (1 to 32 of the default 32).
+const SWARM_HALVINGS: u32 = 5;
 
 /// One input of a batch, and what became of it.
 struct Pending {
@@ -158,6 +174,68 @@ struct Pending {
     /// A rerun with more interleavings, after a first exploration that
     /// reached a rarely explored feature.
     boost: bool,
+}
+
+/// A scenario owed a boost.
+struct Candidate {
+    pending: Pending,
+    /// Its features that were rare when it was explored: the only ones
+    /// that can still be its rarest, as hit counts only grow.
+    rare: Vec<u64>,
+}
+
+impl Candidate {
+    /// Executions that reached its rarest feature so far.
+    fn rarity(&self, corpus: &Corpus) -> u64 {
+        self.rare
+            .iter()
+            .map(|&f| corpus.hits(f))
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+}
+
+/// Boost candidates, the rarest first.
+#[derive(Default)]
+struct Boosts {
+    queue: Vec<Candidate>,
+}
+
+impl Boosts {
+    fn push(&mut self, c: Candidate, corpus: &Corpus) {
+        self.queue.push(c);
+        if self.queue.len() > BOOST_QUEUE {
+            let i = self.rank(corpus).1;
+            self.queue.remove(i);
+        }
+    }
+
+    /// The rarest candidate that is still rare, oldest first among equals;
+    /// drops the ones whose features other executions have since explored.
+    fn pop(&mut self, corpus: &Corpus) -> Option<Pending> {
+        self.queue.retain(|c| c.rarity(corpus) < RARE_BUDGET);
+        if self.queue.is_empty() {
+            return None;
+        }
+        let i = self.rank(corpus).0;
+        Some(self.queue.remove(i).pending)
+    }
+
+    /// The indices of the rarest and the least rare candidates (the first
+    /// of equals for the rarest, the last for the least rare).
+    fn rank(&self, corpus: &Corpus) -> (usize, usize) {
+        let (mut lo, mut hi) = ((u64::MAX, 0), (0, 0));
+        for (i, c) in self.queue.iter().enumerate() {
+            let r = c.rarity(corpus);
+            if r < lo.0 {
+                lo = (r, i);
+            }
+            if r >= hi.0 {
+                hi = (r, i);
+            }
+        }
+        (lo.1, hi.1)
+    }
 }
 
 /// The next input: fresh bytes, or a mutation of a kept one.
@@ -223,7 +301,9 @@ pub struct Hunter {
     pub opts: HuntOptions,
     rng: StdRng,
     corpus: Corpus,
-    boosts: Vec<Pending>,
+    boosts: Boosts,
+    /// Executions boosts took.
+    boosted: u64,
     pub report: HuntReport,
 }
 
@@ -232,7 +312,8 @@ impl Hunter {
         Hunter {
             rng: StdRng::seed_from_u64(opts.seed),
             corpus: Corpus::default(),
-            boosts: Vec::new(),
+            boosts: Boosts::default(),
+            boosted: 0,
             report: HuntReport {
                 engine: opts.engine,
                 scenarios: 0,
@@ -261,16 +342,27 @@ impl Hunter {
                 .is_some_and(|n| self.report.scenarios >= n)
     }
 
-    /// One batch: the boosts owed, then fresh or mutated inputs. Returns
-    /// the features it reached that no execution of this hunt had.
+    /// One batch: the rarest boosts owed while boosts are within their
+    /// share, then fresh or mutated inputs. Returns the features it reached
+    /// that no execution of this hunt had.
     pub fn batch(&mut self) -> usize {
         let opts = &self.opts;
         let report = &mut self.report;
-        let mut batch = std::mem::take(&mut self.boosts);
         let room = opts
             .iterations
             .map_or(usize::MAX, |n| (n - report.scenarios) as usize);
-        while batch.len() < batch_size(opts.engine).min(room) {
+        let size = batch_size(opts.engine).min(room);
+        let mut batch = Vec::with_capacity(size);
+        let mut boosted = self.boosted;
+        while batch.len() < size
+            && boosted * BOOST_SHARE.1 <= report.executions * BOOST_SHARE.0
+            && let Some(p) = self.boosts.pop(&self.corpus)
+        {
+            // Counted ahead, so that one batch does not overshoot.
+            boosted += (opts.executions_per_scenario * ENERGY) as u64;
+            batch.push(p);
+        }
+        while batch.len() < size {
             let bytes = next_input(&mut self.rng, &mut self.corpus, opts);
             let (scenario, ops_prefix) = decode_with_ops_prefix(&bytes, &opts.generate);
             batch.push(Pending {
@@ -283,7 +375,17 @@ impl Hunter {
         let jobs = batch
             .iter()
             .map(|p| {
-                let executions = opts.executions_per_scenario * if p.boost { ENERGY } else { 1 };
+                let executions = if opts.engine == Engine::Input {
+                    1
+                } else if p.boost {
+                    opts.executions_per_scenario * ENERGY
+                } else {
+                    // Swarm: 1/2^k of the interleavings, k drawn per
+                    // scenario, so that bugs in the ops more than in the
+                    // schedule see many op sequences, and some scenarios
+                    // still get the full exploration.
+                    (opts.executions_per_scenario >> self.rng.gen_range(0..=SWARM_HALVINGS)).max(1)
+                };
                 job(p.scenario.clone(), opts, self.rng.next_u64(), executions)
             })
             .collect();
@@ -291,29 +393,40 @@ impl Hunter {
         for (p, explored) in batch.into_iter().zip(run_jobs(jobs)) {
             report.scenarios += !p.boost as u64;
             report.executions += explored.executions as u64;
+            if p.boost {
+                self.boosted += explored.executions as u64;
+            }
             report.steps += explored.steps;
             report.cpu_steps += explored.cpu_steps;
             report.cpus += (p.scenario.cpus.len() * explored.executions) as u64;
             let seen = self
                 .corpus
                 .observe(&explored.features, explored.executions as u64);
-            new += seen.new;
+            new += seen;
             if let Some(outcome) = explored.failure {
                 report_failure(report, &p.scenario, outcome);
                 break;
             }
             // Energy: a scenario that reaches a feature few executions have
-            // explored yet (a new one above all) gets a longer exploration,
-            // as AFL gives productive seeds more runs.
-            if !p.boost && opts.engine != Engine::Input && seen.least_explored < RARE_BUDGET {
-                self.boosts.push(Pending {
+            // explored yet (a new one above all) may get a longer
+            // exploration, as AFL gives productive seeds more runs; a boost
+            // that found new features may get another.
+            let rare: Vec<u64> = explored
+                .features
+                .iter()
+                .copied()
+                .filter(|&f| self.corpus.hits(f) < RARE_BUDGET)
+                .collect();
+            if opts.engine != Engine::Input && !rare.is_empty() && (!p.boost || seen > 0) {
+                let pending = Pending {
                     bytes: p.bytes.clone(),
                     ops_prefix: p.ops_prefix.clone(),
                     scenario: p.scenario.clone(),
                     boost: true,
-                });
+                };
+                self.boosts.push(Candidate { pending, rare }, &self.corpus);
             }
-            if seen.new > 0 {
+            if seen > 0 {
                 self.corpus.add(Entry {
                     schedule: explored.replayed.map(|o| o.schedule).unwrap_or_default(),
                     nr_cpus: p.scenario.cpus.len() as u8,
@@ -342,5 +455,85 @@ fn report_failure(report: &mut HuntReport, scenario: &Scenario, outcome: Outcome
             report.model_panic = Some((scenario, msg.clone()));
         }
         Verdict::Clean => unreachable!("a failure is not clean"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Config;
+
+    fn candidate(rare: &[u64], tag: u8) -> Candidate {
+        let bytes = vec![tag; 32];
+        let (scenario, ops_prefix) =
+            decode_with_ops_prefix(&bytes, &GenOptions::with_config(Config::default()));
+        Candidate {
+            pending: Pending {
+                bytes,
+                ops_prefix,
+                scenario: Arc::new(scenario),
+                boost: true,
+            },
+            rare: rare.to_vec(),
+        }
+    }
+
+    #[test]
+    fn boosts_go_rarest_first_and_drop_what_others_explored() {
+        let mut corpus = Corpus::default();
+        corpus.observe(&[1], 10);
+        corpus.observe(&[2], 100);
+        corpus.observe(&[3], 1_000);
+        let mut boosts = Boosts::default();
+        for (rare, tag) in [(&[3][..], 3), (&[1], 1), (&[2, 3], 2)] {
+            boosts.push(candidate(rare, tag), &corpus);
+        }
+        assert_eq!(boosts.pop(&corpus).unwrap().bytes[0], 1);
+        // Feature 2 is explored enough now: its candidate is dropped; the
+        // one reaching 3 stays.
+        corpus.observe(&[2], RARE_BUDGET);
+        corpus.observe(&[3], RARE_BUDGET);
+        boosts.push(candidate(&[1], 4), &corpus);
+        assert_eq!(boosts.pop(&corpus).unwrap().bytes[0], 4);
+        assert!(boosts.pop(&corpus).is_none());
+    }
+
+    #[test]
+    fn a_full_boost_queue_drops_its_least_rare() {
+        let mut corpus = Corpus::default();
+        let mut boosts = Boosts::default();
+        for f in 0..=BOOST_QUEUE as u64 {
+            corpus.observe(&[f], 1 + f);
+            boosts.push(candidate(&[f], f as u8), &corpus);
+        }
+        let mut popped = Vec::new();
+        while let Some(p) = boosts.pop(&corpus) {
+            popped.push(p.bytes[0] as usize);
+        }
+        assert_eq!(popped, (0..BOOST_QUEUE).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn boosts_stay_within_their_share_and_fresh_scenarios_draw_fewer_interleavings() {
+        let mut opts = HuntOptions::new(Engine::Pct, GenOptions::with_config(Config::default()));
+        opts.iterations = Some(400);
+        opts.time = Duration::from_secs(600);
+        let mut h = Hunter::new(opts);
+        while !h.done() {
+            h.batch();
+        }
+        assert!(h.report.finding.is_none(), "the fixed model is clean");
+        let (total, boosted) = (h.report.executions, h.boosted);
+        let one_boost = (32 * ENERGY) as u64;
+        assert!(boosted > 0, "rare features were boosted");
+        assert!(
+            boosted * BOOST_SHARE.1 <= total * BOOST_SHARE.0 + one_boost,
+            "{boosted} of {total} executions were boosts"
+        );
+        let fresh = (total - boosted) as f64 / h.report.scenarios as f64;
+        assert!(
+            (2.0..24.0).contains(&fresh),
+            "a fresh scenario ran {fresh} interleavings on average"
+        );
     }
 }

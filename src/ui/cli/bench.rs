@@ -49,6 +49,11 @@ pub struct Bench {
     /// Print only; leave the file alone.
     #[arg(long)]
     no_write: bool,
+    /// Scoreboard: also write every hunt to FILE, one tab-separated line
+    /// each: variant, engine, seed, found (1 or 0), seconds, executions,
+    /// scenarios.
+    #[arg(long, value_name = "FILE")]
+    hunts: Option<PathBuf>,
 }
 
 impl Bench {
@@ -110,6 +115,10 @@ impl Bench {
             ));
         }
         progress.finish();
+        if let Some(path) = &self.hunts {
+            std::fs::write(path, hunts_tsv(&scores))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
         let table = scoreboard_table(&scores, self.budget, self.seeds);
         print!("{table}");
         if !self.no_write && !interrupted() {
@@ -122,6 +131,27 @@ impl Bench {
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// Every hunt of the scoreboard, one tab-separated line each.
+fn hunts_tsv(scores: &[Score]) -> String {
+    let mut out = String::new();
+    for s in scores {
+        for h in &s.hunts {
+            let _ = writeln!(
+                out,
+                "{}\t{}\t{}\t{}\t{:.1}\t{}\t{}",
+                s.variant,
+                s.engine.name(),
+                h.seed,
+                h.found as u8,
+                h.secs,
+                h.executions,
+                h.scenarios
+            );
+        }
+    }
+    out
 }
 
 /// The machine, as the tables record it.

@@ -52,7 +52,9 @@ pub struct Hunt {
     /// Pin the hugetlb folio order [default: 9].
     #[arg(long, value_parser = clap::value_parser!(u8).range(7..=10))]
     hugetlb_order: Option<u8>,
-    /// Interleavings per scenario for random, pct and dfs.
+    /// Interleavings per scenario for random, pct and dfs, at most: each
+    /// fresh scenario draws 1/2^k of them (k in 0..=5), a boosted one gets
+    /// 16 times them.
     #[arg(long, default_value_t = 32)]
     executions_per_scenario: usize,
     /// Op families: `auto` (every subsystem's arm, adaptively), `any`
