@@ -16,15 +16,22 @@
 # the imported crash is worse than tmin's on ops or steps, `minimize` of
 # the tmin'd import is also run and the row says so.
 #
-# VARIANTS="a b" limits it to those variants.
+# VARIANTS="a b" limits it to those variants; TMIN_SECS (default 120)
+# bounds each `cargo fuzz tmin`; KEEP=DIR keeps the crashes and logs there.
 set -euo pipefail
 find_secs="${1:-30}"
 more_secs="${2:-90}"
 min_secs="${3:-10}"
 cd "$(dirname "$0")/.."
 root="$PWD"
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+tmin_secs="${TMIN_SECS:-120}"
+if [[ -n "${KEEP:-}" ]]; then
+    work="$KEEP"
+    mkdir -p "$work"
+else
+    work="$(mktemp -d)"
+    trap 'rm -rf "$work"' EXIT
+fi
 unset MMHARNESS_VARIANTS MMHARNESS_HVO_MODE MMHARNESS_ARCH MMHARNESS_CPUS MMHARNESS_OPS \
     MMHARNESS_MEMORY_BLOCKS MMHARNESS_HUGETLB_ORDER MMHARNESS_CRASH_DIR
 cargo build --release --quiet
@@ -89,11 +96,15 @@ for line in "${lines[@]}"; do
         [[ "$name" == MMHARNESS_TARGET || -z "$name" ]] || export "$name=$value"
     done <"$crash.settings"
     "$mm" import "$crash" --out "$d/raw.json" >/dev/null 2>&1 || true
-    (cd fuzz && timeout 120 cargo fuzz tmin "$t" -O --sanitizer none "$crash" -r 2000 -- \
+    (cd fuzz && timeout "$tmin_secs" cargo fuzz tmin "$t" -O --sanitizer none "$crash" -r 2000 -- \
         -artifact_prefix="$d/" >"$d/tmin.log" 2>&1) || true
     unset MMHARNESS_VARIANTS MMHARNESS_HVO_MODE MMHARNESS_ARCH MMHARNESS_CPUS MMHARNESS_OPS \
         MMHARNESS_MEMORY_BLOCKS MMHARNESS_HUGETLB_ORDER
     tmin=$(ls -t "$d"/minimized-from-* 2>/dev/null | head -n1 || true)
+    # tmin found no smaller input that still crashes: its result is the crash.
+    if [[ -z "$tmin" ]] && grep -q 'failed to minimize beyond' "$d/tmin.log"; then
+        tmin="$crash"
+    fi
     to="-" ts="-"
     if [[ -n "$tmin" ]]; then
         "$mm" import "$tmin" --out "$d/tmin.json" >/dev/null 2>&1 || true
