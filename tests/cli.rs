@@ -466,6 +466,64 @@ fn hunt_finds_saves_and_never_overwrites() {
     assert_eq!(raws(), 2, "the raw finding was overwritten");
 }
 
+/// `hunt --raw-out`: the input engine's finding as raw bytes and the
+/// `scenario` target's settings, which `import` (the fuzz targets' check)
+/// decodes to the same ops and the same violation; on arm64 for a variant
+/// of that architecture.
+#[test]
+fn hunt_raw_out_writes_input_bytes_that_import_reproduces() {
+    let dir = TempDir::new("raw-out");
+    let (out, raw) = (dir.path("x.json"), dir.path("x.bin"));
+    let r = mmharness_in(
+        Some(&dir.0),
+        &[
+            "hunt",
+            "--variant",
+            "hvo-bbm-no-pause",
+            "--engine",
+            "input",
+            "--time",
+            "20",
+            "--minimize-time",
+            "1",
+            "--out",
+            s(&out),
+            "--raw-out",
+            s(&raw),
+        ],
+    );
+    r.assert_exit(1).assert_stdout_has("raw input:");
+    let settings = std::fs::read_to_string(dir.path("x.bin.settings")).expect("settings written");
+    for line in [
+        "MMHARNESS_TARGET=scenario",
+        "MMHARNESS_VARIANTS=hvo-bbm-no-pause",
+        "MMHARNESS_ARCH=arm64",
+    ] {
+        assert!(settings.lines().any(|l| l == line), "{line}: {settings}");
+    }
+    let imported = dir.path("y.json");
+    mmharness_in(Some(&dir.0), &["import", s(&raw), "--out", s(&imported)])
+        .assert_exit(1)
+        .assert_stdout_has("VIOLATION of no-fault-on-vmemmap-access");
+    let found = Scenario::load(&dir.path("x.raw.json")).expect("the unminimized finding");
+    let imported = Scenario::load(&imported).expect("the imported file loads");
+    assert_eq!(
+        (&imported.setup, &imported.cpus, &imported.config),
+        (&found.setup, &found.cpus, &found.config)
+    );
+    // Only the input engine's findings are input bytes.
+    mmharness(&[
+        "hunt",
+        "--variant",
+        "hvo-bbm-no-pause",
+        "--raw-out",
+        s(&dir.path("z.bin")),
+    ])
+    .assert_exit(2)
+    .assert_stderr_has("--raw-out needs --engine input");
+    assert!(!dir.path("z.bin").exists());
+}
+
 #[test]
 fn minimize_writes_a_replayable_file() {
     let dir = TempDir::new("minimize");

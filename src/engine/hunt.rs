@@ -76,6 +76,10 @@ impl HuntOptions {
 pub struct Finding {
     pub scenario: Scenario,
     pub outcome: Outcome,
+    /// The input bytes, when the input engine found it: under the hunt's
+    /// generator options they decode to `scenario`, as a fuzz target's
+    /// input does.
+    pub bytes: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]
@@ -404,7 +408,8 @@ impl Hunter {
                 .observe(&explored.features, explored.executions as u64);
             new += seen;
             if let Some(outcome) = explored.failure {
-                report_failure(report, &p.scenario, outcome);
+                let bytes = (opts.engine == Engine::Input).then(|| p.bytes.clone());
+                report_failure(report, &p.scenario, outcome, bytes);
                 break;
             }
             // Energy: a scenario that reaches a feature few executions have
@@ -443,13 +448,22 @@ impl Hunter {
 }
 
 /// A failing outcome of `scenario`: a finding, or a model panic.
-fn report_failure(report: &mut HuntReport, scenario: &Scenario, outcome: Outcome) {
+fn report_failure(
+    report: &mut HuntReport,
+    scenario: &Scenario,
+    outcome: Outcome,
+    bytes: Option<Vec<u8>>,
+) {
     let mut scenario = scenario.clone();
     scenario.schedule = outcome.schedule.clone();
     match &outcome.verdict {
         Verdict::Violation(d) => {
             scenario.expect = Some(Expect::from(d));
-            report.finding = Some(Finding { scenario, outcome });
+            report.finding = Some(Finding {
+                scenario,
+                outcome,
+                bytes,
+            });
         }
         Verdict::ModelPanic(msg) => {
             report.model_panic = Some((scenario, msg.clone()));

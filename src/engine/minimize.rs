@@ -4,7 +4,10 @@
 //! smaller field values, and a shorter schedule with fewer context
 //! switches. Every candidate is replayed with the input scheduler; one
 //! whose old schedule no longer lines up gets a short PCT search for a new
-//! one.
+//! one. With the ops fixed, a last pass searches schedules for one that
+//! fails at an earlier step. The result never fails later than the input
+//! did: if the smallest scenario only fails later, minimization starts
+//! again from the input with the input's step as a bound.
 
 use crate::exec::{Plan, run_input, run_shuttle};
 use crate::model::Oracle;
@@ -18,11 +21,21 @@ const MAX_RUNS: usize = 20_000;
 /// PCT depth in `RESCHEDULE_DEPTHS`.
 const RESCHEDULE_EXECUTIONS: usize = 256;
 const RESCHEDULE_DEPTHS: [usize; 3] = [3, 2, 4];
+/// The last pass's search for an earlier failure: rounds of PCT at each
+/// depth (and a random run), `STEP_SEARCH_EXECUTIONS` interleavings each.
+const STEP_SEARCH_ROUNDS: u64 = 6;
+const STEP_SEARCH_DEPTHS: [usize; 3] = [2, 3, 4];
+const STEP_SEARCH_EXECUTIONS: usize = 128;
 
 struct Shrinker {
     target: Oracle,
     runs: usize,
     deadline: Instant,
+    /// A candidate must fail by this step (the input's, in the bounded
+    /// pass).
+    step_limit: u32,
+    /// The step at which the current best fails.
+    best_step: u32,
 }
 
 impl Shrinker {
@@ -30,30 +43,48 @@ impl Shrinker {
         self.runs >= MAX_RUNS || Instant::now() >= self.deadline
     }
 
-    /// Does `c` still fail the target oracle? If so, record its verdict.
-    fn fails(&mut self, c: &mut Scenario) -> bool {
+    /// The step at which `c` fails the target oracle, within the step
+    /// limit; if it does, record its verdict.
+    fn fails(&mut self, c: &mut Scenario) -> Option<u32> {
         if self.exhausted() {
-            return false;
+            return None;
         }
         self.runs += 1;
         let o = run_input(c, false);
         match o.violation() {
-            Some(d) if d.violation.oracle == self.target => {
+            Some(d) if d.violation.oracle == self.target && d.step <= self.step_limit => {
                 c.expect = Some(Expect::from(d));
                 // Keep only the decisions the execution used.
                 c.schedule.truncate(o.schedule.len());
+                Some(d.step)
+            }
+            _ => None,
+        }
+    }
+
+    /// Replace `best` by `cand` if it fails, and, with as many ops, no
+    /// later (fewer ops may take more steps; the last pass and the bound
+    /// see to that).
+    fn try_replace(&mut self, best: &mut Scenario, mut cand: Scenario) -> bool {
+        match self.fails(&mut cand) {
+            Some(step) if cand.op_count() < best.op_count() || step <= self.best_step => {
+                self.best_step = step;
+                *best = cand;
                 true
             }
             _ => false,
         }
     }
 
-    fn try_replace(&mut self, best: &mut Scenario, mut cand: Scenario) -> bool {
-        if self.fails(&mut cand) {
-            *best = cand;
-            true
-        } else {
-            false
+    /// Replace `best` by `cand` if it fails at an earlier step.
+    fn try_earlier(&mut self, best: &mut Scenario, mut cand: Scenario) -> bool {
+        match self.fails(&mut cand) {
+            Some(step) if step < self.best_step => {
+                self.best_step = step;
+                *best = cand;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -287,6 +318,77 @@ fn shrink_schedule(sh: &mut Shrinker, best: &mut Scenario) -> bool {
     progress
 }
 
+/// With the ops fixed, an earlier failure: interleavings shuttle's PCT
+/// (at a few depths) and random schedulers find, and single-decision
+/// edits of the failing schedule (a decision dropped, or given to another
+/// CPU, which may then run on), each kept when the oracle fires at an
+/// earlier step.
+fn shorten_steps(sh: &mut Shrinker, best: &mut Scenario) {
+    let nr_cpus = best.cpus.len();
+    if nr_cpus < 2 || sh.exhausted() {
+        return;
+    }
+    // Every decision the failing run took, so that each can be edited.
+    sh.runs += 1;
+    best.schedule = run_input(best, false).schedule;
+    for round in 0..STEP_SEARCH_ROUNDS {
+        let plans = STEP_SEARCH_DEPTHS
+            .iter()
+            .map(|&depth| Plan::Pct {
+                seed: round * 16 + depth as u64,
+                depth,
+                executions: STEP_SEARCH_EXECUTIONS,
+            })
+            .chain([Plan::Random {
+                seed: round,
+                executions: STEP_SEARCH_EXECUTIONS,
+            }]);
+        for plan in plans {
+            if sh.exhausted() {
+                return;
+            }
+            let (n, found) = run_shuttle(best, plan);
+            sh.runs += n;
+            if let Some(o) = found.filter(|o| {
+                o.violation()
+                    .is_some_and(|d| d.violation.oracle == sh.target && d.step < sh.best_step)
+            }) {
+                let mut c = best.clone();
+                c.schedule = o.schedule;
+                sh.try_earlier(best, c);
+            }
+        }
+    }
+    let mut progress = true;
+    while progress && !sh.exhausted() {
+        progress = false;
+        let mut i = 0;
+        while i < best.schedule.len() && !sh.exhausted() {
+            let mut c = best.clone();
+            c.schedule.remove(i);
+            if sh.try_earlier(best, c) {
+                progress = true;
+                continue;
+            }
+            // Decision i to another CPU, then the rest as before; or that
+            // CPU running on from there (the schedule cut after it).
+            for cpu in 0..nr_cpus as u8 {
+                for cut in [false, true] {
+                    if i < best.schedule.len() && best.schedule[i] != cpu {
+                        let mut c = best.clone();
+                        c.schedule[i] = cpu;
+                        if cut {
+                            c.schedule.truncate(i + 1);
+                        }
+                        progress |= sh.try_earlier(best, c);
+                    }
+                }
+            }
+            i += 1;
+        }
+    }
+}
+
 /// Structure first; numbers only once no CPU or op can go.
 fn one_pass(sh: &mut Shrinker, best: &mut Scenario) -> bool {
     let mut progress = shrink_cpus(sh, best);
@@ -298,20 +400,47 @@ fn one_pass(sh: &mut Shrinker, best: &mut Scenario) -> bool {
     progress
 }
 
+/// Shrink from `s` until the deadline, a pass makes no progress, or the
+/// runs run out; then the last pass. `None` if `s` does not fail.
+fn shrink_from(sh: &mut Shrinker, s: &Scenario) -> Option<Scenario> {
+    let mut best = s.clone();
+    sh.best_step = sh.fails(&mut best)?;
+    while one_pass(sh, &mut best) && !sh.exhausted() {}
+    shorten_steps(sh, &mut best);
+    // The fewest decisions that fail as early.
+    shrink_schedule(sh, &mut best);
+    Some(best)
+}
+
 /// Minimize `s`, which must fail `target` when replayed. Returns the
-/// smallest failing scenario found within `time`.
+/// smallest failing scenario found within `time`: fewest ops, then the
+/// earliest failure, and never one failing later than `s` does (see the
+/// module's doc).
 pub fn minimize(s: &Scenario, target: Oracle, time: Duration) -> Scenario {
+    let start = Instant::now();
     let mut sh = Shrinker {
         target,
         runs: 0,
-        deadline: Instant::now() + time,
+        // Two thirds of the time, the rest kept for the bounded pass.
+        deadline: start + time * 2 / 3,
+        step_limit: u32::MAX,
+        best_step: u32::MAX,
     };
-    let mut best = s.clone();
-    if !sh.fails(&mut best) {
+    let Some(first) = shrink_from(&mut sh, s) else {
         return s.clone();
+    };
+    let input_step = run_input(s, false).violation().map_or(u32::MAX, |d| d.step);
+    if sh.best_step <= input_step {
+        return first;
     }
-    while one_pass(&mut sh, &mut best) && !sh.exhausted() {}
-    best
+    let mut bounded = Shrinker {
+        target,
+        runs: 0,
+        deadline: start + time,
+        step_limit: input_step,
+        best_step: u32::MAX,
+    };
+    shrink_from(&mut bounded, s).unwrap_or_else(|| s.clone())
 }
 
 #[cfg(test)]
@@ -391,6 +520,34 @@ mod tests {
         let d = after.violation().expect("still fails");
         assert!(expect.matches(d), "{d:?}");
         assert!(min.op_count() < s.op_count());
+    }
+
+    /// With the ops fixed, the last pass finds a schedule on which the
+    /// violation comes earlier: the empty schedule runs CPU 0's noise
+    /// first, CPU 1 can fail without waiting for it.
+    #[test]
+    fn the_last_pass_finds_an_earlier_failure_with_the_same_ops() {
+        let s = restore_fail_frees_with_noise();
+        let before = run_input(&s, false).violation().expect("fails").step;
+        let mut sh = Shrinker {
+            target: Oracle::BadPage,
+            runs: 0,
+            deadline: Instant::now() + Duration::from_secs(60),
+            step_limit: u32::MAX,
+            best_step: before,
+        };
+        let mut best = s.clone();
+        shorten_steps(&mut sh, &mut best);
+        let after = run_input(&best, false);
+        let d = after.violation().expect("still fails");
+        assert_eq!(d.violation.oracle, Oracle::BadPage);
+        assert_eq!((&best.setup, &best.cpus), (&s.setup, &s.cpus));
+        assert!(d.step < before, "step {} not before {before}", d.step);
+        assert_eq!(d.step, sh.best_step);
+        // minimize as a whole never fails later than its input.
+        let min = minimize(&s, Oracle::BadPage, Duration::from_secs(20));
+        let m = run_input(&min, false);
+        assert!(m.violation().expect("fails").step <= before);
     }
 
     #[test]

@@ -82,6 +82,17 @@ impl OpFamily {
         Ok(OpFamily::Of(SubsystemSet::of(&set).arms()))
     }
 
+    /// A text [`OpFamily::parse`] reads back as this family, if there is
+    /// one: `any`, `all`, a subsystem whose arm it is, or its members.
+    pub fn setting(self) -> Option<String> {
+        let mut texts = vec!["any".to_string(), "all".to_string()];
+        texts.extend(Subsystem::ALL.iter().map(|s| s.name().to_string()));
+        if let OpFamily::Of(set) = self {
+            texts.push(set.label());
+        }
+        texts.into_iter().find(|t| OpFamily::parse(t) == Ok(self))
+    }
+
     pub fn label(self) -> String {
         match self {
             OpFamily::Any => "any".into(),
@@ -529,9 +540,19 @@ pub const SLOT_BYTES: usize = 24;
 /// Bytes the head reads.
 pub const HEAD_BYTES: usize = 40;
 
-/// Decode a structured scenario: the head as a scenario's start, then
-/// every slot from its own bytes (zero-padded), with the head's palettes.
-pub fn decode_structured(st: &Structured, opts: &GenOptions) -> Scenario {
+/// The ops each slot of a structured scenario decodes to (none, one, or
+/// an idiom's two), under the configuration its head chose.
+#[derive(Debug, Clone)]
+pub struct SlotOps {
+    pub config: Config,
+    pub setup: Vec<Vec<Op>>,
+    /// Per CPU, per slot (a CPU may have none).
+    pub cpus: Vec<Vec<Vec<Op>>>,
+}
+
+/// Decode every slot of a structured scenario from its own bytes
+/// (zero-padded), with the head's configuration and palettes.
+pub fn decode_slots(st: &Structured, opts: &GenOptions) -> SlotOps {
     let nr_cpus = st.cpus.len().clamp(1, MAX_CPUS);
     let mut head = st.head.clone();
     head.resize(HEAD_BYTES, 0);
@@ -557,7 +578,7 @@ pub fn decode_structured(st: &Structured, opts: &GenOptions) -> Scenario {
     // As `decode`: the machine the arm's races need.
     let config = arm.layout(config);
     let (setup_choices, choices) = (Choices::of(arm, true), Choices::of(arm, false));
-    let slot = |bytes: &[u8], choices: &Choices, ops: &mut Vec<Op>| {
+    let slot = |bytes: &[u8], choices: &Choices| {
         let mut b = bytes.to_vec();
         b.resize(SLOT_BYTES, 0);
         let mut d = Drawer {
@@ -567,24 +588,39 @@ pub fn decode_structured(st: &Structured, opts: &GenOptions) -> Scenario {
             uaddrs: &uaddrs,
             page: None,
         };
-        decode_slot(&mut d, choices, ops).expect("missing slot bytes read as zero");
+        let mut ops = Vec::new();
+        decode_slot(&mut d, choices, &mut ops).expect("missing slot bytes read as zero");
+        ops
     };
-    let mut setup = Vec::new();
-    for b in st.setup.iter().take(opts.max_setup) {
-        slot(b, &setup_choices, &mut setup);
+    SlotOps {
+        config,
+        setup: st
+            .setup
+            .iter()
+            .take(opts.max_setup)
+            .map(|b| slot(b, &setup_choices))
+            .collect(),
+        cpus: st
+            .cpus
+            .iter()
+            .take(nr_cpus)
+            .map(|slots| {
+                slots
+                    .iter()
+                    .take(opts.max_ops.max(1))
+                    .map(|b| slot(b, &choices))
+                    .collect()
+            })
+            .collect(),
     }
-    let mut cpus: Vec<Vec<Op>> = st
-        .cpus
-        .iter()
-        .take(nr_cpus)
-        .map(|slots| {
-            let mut ops = Vec::new();
-            for b in slots.iter().take(opts.max_ops.max(1)) {
-                slot(b, &choices, &mut ops);
-            }
-            ops
-        })
-        .collect();
+}
+
+/// Decode a structured scenario: the head as a scenario's start, then
+/// every slot from its own bytes (zero-padded), with the head's palettes.
+pub fn decode_structured(st: &Structured, opts: &GenOptions) -> Scenario {
+    let slots = decode_slots(st, opts);
+    let setup = slots.setup.concat();
+    let mut cpus: Vec<Vec<Op>> = slots.cpus.iter().map(|c| c.concat()).collect();
     // A CPU shrunk to no ops is no CPU (one stays).
     if cpus.iter().any(|c| !c.is_empty()) {
         cpus.retain(|c| !c.is_empty());
@@ -592,38 +628,20 @@ pub fn decode_structured(st: &Structured, opts: &GenOptions) -> Scenario {
         cpus.truncate(1);
     }
     let nr_cpus = cpus.len().max(1);
-    let mut s = Scenario::new(config, setup, cpus);
+    let mut s = Scenario::new(slots.config, setup, cpus);
     s.schedule = st.schedule.iter().map(|c| c % nr_cpus as u8).collect();
     s
 }
 
 /// proptest at the op level, in the style of proptest-state-machine's
 /// transitions: a scenario is CPUs of op slots plus a schedule, and proptest
-/// shrinks it by deleting whole CPUs and ops, then simplifying each op (an
-/// earlier kind, smaller fields: its slot's bytes toward zero) and the
-/// schedule (fewer, lower choices). A failing case comes out small without
-/// another minimizer pass.
+/// shrinks it by deleting whole CPUs, ops and pairs of ops, then
+/// simplifying each op (an earlier kind, smaller fields: its slot's bytes
+/// toward zero) and the schedule (fewer, lower choices). A failing case
+/// comes out small without another minimizer pass. See
+/// [`super::ops_strategy`].
 pub fn scenario_ops_strategy(opts: GenOptions) -> impl Strategy<Value = Scenario> {
-    use proptest::collection::vec;
-    let slot = || vec(any::<u8>(), SLOT_BYTES);
-    let cpus = opts.max_cpus.clamp(2, MAX_CPUS);
-    (
-        vec(any::<u8>(), HEAD_BYTES),
-        vec(slot(), 0..=opts.max_setup),
-        vec(vec(slot(), 0..=opts.max_ops.max(1)), 1..=cpus),
-        vec(0..cpus as u8, 0..64),
-    )
-        .prop_map(move |(head, setup, cpus, schedule)| {
-            decode_structured(
-                &Structured {
-                    head,
-                    setup,
-                    cpus,
-                    schedule,
-                },
-                &opts,
-            )
-        })
+    super::ops_strategy::OpsStrategy { opts }
 }
 
 #[cfg(test)]

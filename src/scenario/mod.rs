@@ -2,6 +2,7 @@
 //! Versioned, human-readable JSON.
 
 pub mod generate;
+pub mod ops_strategy;
 
 pub use crate::model::Op;
 

@@ -3,12 +3,14 @@
 use super::{EXIT_INTERRUPTED, EXIT_MODEL_PANIC, seconds};
 use crate::engine::adaptive::{AdaptiveOptions, AdaptiveReport, Arm, ArmReport, adaptive_hunt};
 use crate::engine::{Engine, Flow, minimize};
-use crate::model::{Arch, Config, HvoMode, Subsystem, Variant, VariantSet};
+use crate::model::{Arch, Config, HvoMode, Oracle, Subsystem, Variant, VariantSet};
 use crate::scenario::generate::OpFamily;
 use crate::scenario::{Build, Scenario};
+use crate::ui::fuzz::{Checked, Settings, Target, check_bytes, record_settings, settings_path};
 use crate::ui::progress::{Progress, catch_ctrl_c, interrupted};
 use crate::ui::render;
 use clap::Args;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -35,6 +37,12 @@ pub struct Hunt {
     /// goes next to it, as FILE.raw.json).
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
+    /// Also write the finding's input bytes to FILE, and the fuzz settings
+    /// they decode under to FILE.settings, so that the `scenario` fuzz
+    /// target (`cargo fuzz tmin`, `run`), bolero and `mmharness import`
+    /// start from the same crash (needs `--engine input`).
+    #[arg(long, value_name = "FILE")]
+    raw_out: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "keep-1")]
     hvo_mode: HvoMode,
     /// The architecture [default: the one the variants' bugs are about,
@@ -123,6 +131,12 @@ impl Hunt {
     }
 
     pub fn run(self) -> Result<ExitCode, String> {
+        if self.raw_out.is_some() && self.engine != Some(Engine::Input) {
+            return Err(
+                "--raw-out needs --engine input: only the input engine's findings are input bytes"
+                    .into(),
+            );
+        }
         catch_ctrl_c();
         let mut a = self.options()?;
         a.iterations = self.iterations;
@@ -169,6 +183,18 @@ impl Hunt {
             found.build = Some(build.clone());
             let raw = save(&found, self.out.as_deref(), &stem, &arm, self.seed, "raw")?;
             let target = f.outcome.oracle().expect("a finding has an oracle");
+            if let Some(path) = &self.raw_out {
+                let bytes = f
+                    .bytes
+                    .as_deref()
+                    .expect("the input engine's finding has bytes");
+                write_raw(path, bytes, &a, &arm, target)?;
+                println!(
+                    "  raw input: {} (settings: {})",
+                    path.display(),
+                    settings_path(path).display()
+                );
+            }
             let mut min = minimize(&found, target, Duration::from_secs_f64(self.minimize_time));
             min.build = Some(build);
             let path = save(&min, self.out.as_deref(), &stem, &arm, self.seed, "")?;
@@ -281,6 +307,63 @@ fn print_summary(r: &AdaptiveReport) {
             arms.iter().map(|a| a.report.features).sum::<usize>()
         );
     }
+}
+
+/// Write a finding's input bytes to `path` and, beside them, the fuzz
+/// settings of the `scenario` target under which they decode to the
+/// finding (`a`'s configuration, `arm`'s op family and CPUs). Checks that
+/// they fail `target` there.
+fn write_raw(
+    path: &Path,
+    bytes: &[u8],
+    a: &AdaptiveOptions,
+    arm: &Arm,
+    target: Oracle,
+) -> Result<(), String> {
+    let c = &a.config;
+    let range = |(lo, hi): (u8, u8)| {
+        if lo == hi {
+            lo.to_string()
+        } else {
+            format!("{lo}-{hi}")
+        }
+    };
+    let ops = arm.ops.setting().ok_or_else(|| {
+        format!(
+            "--raw-out: the op family {} has no MMHARNESS_OPS setting",
+            arm.ops.label()
+        )
+    })?;
+    let names: Vec<&str> = c.variants.iter().map(|v| v.name()).collect();
+    let vars: BTreeMap<&str, String> = [
+        ("MMHARNESS_VARIANTS", names.join(",")),
+        ("MMHARNESS_HVO_MODE", c.hvo_mode.name().to_string()),
+        ("MMHARNESS_ARCH", c.arch.name().to_string()),
+        ("MMHARNESS_CPUS", arm.cpus.to_string()),
+        ("MMHARNESS_OPS", ops),
+        ("MMHARNESS_MEMORY_BLOCKS", range(a.memory_blocks)),
+        ("MMHARNESS_HUGETLB_ORDER", range(a.hugetlb_order)),
+    ]
+    .into_iter()
+    .collect();
+    let settings = Settings::from_vars(Target::Scenario, |n| vars.get(n).cloned())?;
+    match check_bytes(bytes, &settings, "mmharness hunt") {
+        Checked::Failed(f)
+            if f.scenario
+                .expect
+                .as_ref()
+                .is_some_and(|e| e.oracle == target) => {}
+        _ => {
+            return Err(format!(
+                "--raw-out: the finding's bytes do not fail {target} under the fuzz settings ({})",
+                settings.label
+            ));
+        }
+    }
+    std::fs::write(path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    record_settings(path, &settings)
+        .map_err(|e| format!("cannot write {}: {e}", settings_path(path).display()))?;
+    Ok(())
 }
 
 fn save(
