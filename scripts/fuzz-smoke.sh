@@ -49,7 +49,7 @@ unset MMHARNESS_VARIANTS MMHARNESS_HVO_MODE MMHARNESS_CPUS MMHARNESS_OPS \
     MMHARNESS_MEMORY_BLOCKS MMHARNESS_HUGETLB_ORDER MMHARNESS_CRASH_DIR
 
 echo "fuzz-smoke: building the fuzz targets and mmharness"
-cargo fuzz build -O --sanitizer none
+cargo fuzz build -O --sanitizer none --no-trace-compares
 cargo build --release --quiet
 mmharness="$root/target/release/mmharness"
 # Not `cargo fuzz list | ...` under pipefail: a reader that exits first
@@ -73,7 +73,7 @@ fuzz() {
     local seeds=()
     if [[ $target == parser ]]; then seeds=("$root/corpus"); fi
     set +e
-    env "${envs[@]}" cargo fuzz run "$target" -O --sanitizer none "$work/$name/corpus" "${seeds[@]}" -- \
+    env "${envs[@]}" cargo fuzz run "$target" -O --sanitizer none --no-trace-compares "$work/$name/corpus" "${seeds[@]}" -- \
         -max_total_time="$time" -artifact_prefix="$work/$name/artifacts/" "${args[@]}" \
         >"$work/$name/log" 2>&1
     status=$?
@@ -141,7 +141,7 @@ replay() {
     local target="$1" file="$2" log="$work/replay-$1-$(basename "$2")-$#.log"
     shift 2
     set +e
-    env "$@" cargo fuzz run "$target" -O --sanitizer none "$file" -- \
+    env "$@" cargo fuzz run "$target" -O --sanitizer none --no-trace-compares "$file" -- \
         -runs=1 -artifact_prefix="$work/" >"$log" 2>&1
     status=$?
     set -e

@@ -35,7 +35,7 @@ fi
 unset MMHARNESS_VARIANTS MMHARNESS_HVO_MODE MMHARNESS_ARCH MMHARNESS_CPUS MMHARNESS_OPS \
     MMHARNESS_MEMORY_BLOCKS MMHARNESS_HUGETLB_ORDER MMHARNESS_CRASH_DIR
 cargo build --release --quiet
-(cd fuzz && cargo fuzz build -O --sanitizer none >/dev/null 2>&1)
+(cd fuzz && cargo fuzz build -O --sanitizer none --no-trace-compares >/dev/null 2>&1)
 mm="$root/target/release/mmharness"
 
 # size FILE: "OPS STEPS"
@@ -48,7 +48,7 @@ size() {
 
 # fuzz DIR TARGET SECS: one seeded cargo-fuzz run; prints the crash, if any.
 fuzz() {
-    (cd fuzz && cargo fuzz run "$2" -O --sanitizer none "$1/corpus" -- \
+    (cd fuzz && cargo fuzz run "$2" -O --sanitizer none --no-trace-compares "$1/corpus" -- \
         -max_total_time="$3" -seed=1 -artifact_prefix="$1/" >>"$1/fuzz.log" 2>&1) || true
     find "$1" -maxdepth 1 -name 'crash-*' ! -name '*.settings' | head -n1
 }
@@ -96,7 +96,7 @@ for line in "${lines[@]}"; do
         [[ "$name" == MMHARNESS_TARGET || -z "$name" ]] || export "$name=$value"
     done <"$crash.settings"
     "$mm" import "$crash" --out "$d/raw.json" >/dev/null 2>&1 || true
-    (cd fuzz && timeout "$tmin_secs" cargo fuzz tmin "$t" -O --sanitizer none "$crash" -r 2000 -- \
+    (cd fuzz && timeout "$tmin_secs" cargo fuzz tmin "$t" -O --sanitizer none --no-trace-compares "$crash" -r 2000 -- \
         -artifact_prefix="$d/" >"$d/tmin.log" 2>&1) || true
     unset MMHARNESS_VARIANTS MMHARNESS_HVO_MODE MMHARNESS_ARCH MMHARNESS_CPUS MMHARNESS_OPS \
         MMHARNESS_MEMORY_BLOCKS MMHARNESS_HUGETLB_ORDER
