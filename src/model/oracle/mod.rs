@@ -514,6 +514,19 @@ pub static REACHABLE: &[Reachable] = &[
         subsystem: super::subsystem::Subsystem::PmdShare,
         when: Reach::Step(|m| m.ledger.pmd_shares > 0),
     },
+    // Past the first PUD range: where a table is found by the file offset
+    // of another process's VMA (`page_table_shareable`'s arithmetic).
+    Reachable {
+        name: "pmd-table-shared-past-the-first-pud-range",
+        subsystem: super::subsystem::Subsystem::PmdShare,
+        when: Reach::Step(|m| {
+            m.mms.iter().any(|x| {
+                x.pud[1..].iter().any(
+                    |p| matches!(*p, super::pgtable::PudVal::Table(t) if m.pmd_table_users(t) > 1),
+                )
+            })
+        }),
+    },
     Reachable {
         name: "walker-between-pud-and-pmd-load-across-unshare",
         subsystem: super::subsystem::Subsystem::PmdShare,
