@@ -130,8 +130,9 @@ fn draw_in(u: &mut Unstructured, (lo, hi): (u8, u8)) -> arbitrary::Result<u8> {
 }
 
 /// The configuration's VMAs, each grown by 0..=`growth` pages (a hugetlb
-/// VMA by whole PMDs), one byte a VMA; the layout as it is when the grown
-/// one would not fit the address space. No bytes when `growth` is 0.
+/// VMA by whole PMDs), one byte a VMA, then rotated by a byte's count (so
+/// that any of them may map page 0); the layout as it is when the new one
+/// would not fit the address space. No bytes when `growth` is 0.
 fn draw_vmas(u: &mut Unstructured, vmas: Vmas, growth: u8) -> arbitrary::Result<Vmas> {
     if growth == 0 {
         return Ok(vmas);
@@ -143,6 +144,10 @@ fn draw_vmas(u: &mut Unstructured, vmas: Vmas, growth: u8) -> arbitrary::Result<
             VmaKind::HugetlbShared => extra - extra % PMD_PAGES as u8,
             _ => extra,
         };
+    }
+    if specs.len() > 1 {
+        let by = u.int_in_range(0..=specs.len() - 1)?;
+        specs.rotate_left(by);
     }
     let grown = Vmas::new(&specs).expect("as many VMAs as before");
     Ok(if grown.end() <= MAX_USER_PAGES {
@@ -664,8 +669,9 @@ mod tests {
     use super::*;
     use rand::{Rng, RngCore, SeedableRng, rngs::StdRng};
 
-    /// VMA growth draws valid layouts of several sizes, PMD sharing over
-    /// two PUD ranges among them; without it, the configuration's layout.
+    /// VMA growth draws valid layouts of several sizes and orders (the
+    /// anonymous VMA at page 0, PMD sharing over two PUD ranges among
+    /// them); without it, the configuration's layout.
     #[test]
     fn vma_growth_varies_the_layout_and_keeps_it_valid() {
         use crate::model::config::PUD_PAGES;
@@ -675,6 +681,7 @@ mod tests {
         };
         let mut rng = StdRng::seed_from_u64(3);
         let (mut ends, mut two_puds) = (std::collections::BTreeSet::new(), false);
+        let mut anon_first = false;
         for _ in 0..2000 {
             let mut bytes = vec![0; rng.gen_range(8..200usize)];
             rng.fill_bytes(&mut bytes);
@@ -683,6 +690,7 @@ mod tests {
             let s = decode_bytes(&bytes, &grown);
             s.config.validate().expect("a grown layout is valid");
             ends.insert(s.config.vmas.end());
+            anon_first |= s.config.vmas.specs()[0].kind == VmaKind::AnonPrivate;
             two_puds |= s
                 .config
                 .vmas
@@ -691,6 +699,7 @@ mod tests {
         }
         assert!(ends.len() >= 4, "user pages end at only {ends:?}");
         assert!(two_puds, "no hugetlb VMA over two PUD ranges");
+        assert!(anon_first, "no layout with the anonymous VMA at page 0");
     }
 
     /// Ops bytes followed by an encoded schedule decode to that schedule.
