@@ -34,6 +34,7 @@ fn scenarios_to_reach(i: usize, rng: &mut StdRng) -> Option<usize> {
         max_cpus: *defaults.cpus.iter().max().unwrap(),
         memory_blocks: defaults.memory_blocks,
         hugetlb_order: defaults.hugetlb_order,
+        vma_growth: defaults.vma_growth,
         ..GenOptions::default()
     };
     let observe = Observe {

@@ -390,6 +390,8 @@ fn hunt_on_the_fixed_model_exits_0() {
             "input",
             "--ops",
             "hvo",
+            "--hvo-mode",
+            "keep-1",
             "--iterations",
             "200",
         ],

@@ -11,8 +11,9 @@
 //! With one worker the hunt is deterministic for a given seed.
 
 use super::hunt::{Engine, Finding, Flow, HuntOptions, HuntReport, Hunter};
+use crate::model::config::PMD_PAGES;
 use crate::model::subsystem::distinct_arms;
-use crate::model::{Config, SubsystemSet};
+use crate::model::{Config, HvoMode, Subsystem, SubsystemSet};
 use crate::scenario::Scenario;
 use crate::scenario::generate::{GenOptions, OpFamily};
 use rand::rngs::StdRng;
@@ -28,18 +29,21 @@ pub struct Arm {
     pub ops: OpFamily,
     /// CPUs per scenario, at most (each scenario draws 2 up to this).
     pub cpus: usize,
+    /// The HVO generation its machines run.
+    pub hvo: HvoMode,
 }
 
 impl Arm {
     pub fn label(&self) -> String {
         format!(
-            "{} / {} / {} CPUs",
+            "{} / {} / {} CPUs / {}",
             self.engine.name(),
             match self.ops {
                 OpFamily::Any => "any".to_string(),
                 OpFamily::Of(set) => set.arm_name(),
             },
-            self.cpus
+            self.cpus,
+            self.hvo.name()
         )
     }
 }
@@ -51,8 +55,14 @@ pub struct AdaptiveOptions {
     /// Op arms; every subsystem's arm and every op kind by default.
     pub op_arms: Vec<OpFamily>,
     pub cpus: Vec<usize>,
+    /// HVO generations the op arms that drive HVO (the HVO subsystem's
+    /// ops) each run as an arm of their own; other op arms run the
+    /// configuration's.
+    pub hvo_modes: Vec<HvoMode>,
     pub memory_blocks: (u8, u8),
     pub hugetlb_order: (u8, u8),
+    /// Pages each VMA may grow by per scenario ([`GenOptions::vma_growth`]).
+    pub vma_growth: u8,
     pub time: Duration,
     pub seed: u64,
     /// Parallel workers.
@@ -67,9 +77,11 @@ pub struct AdaptiveOptions {
 }
 
 impl AdaptiveOptions {
-    /// Every engine, every subsystem's arm and all ops together, scenarios
-    /// of 2-4 CPUs and two or three memory blocks (so that two hugetlb
-    /// folios can be alive at once), one worker per core.
+    /// Every engine, every subsystem's arm and all ops together (those
+    /// with the HVO subsystem's ops once per clean HVO generation, keep-1
+    /// and keep-2), scenarios of 2-4 CPUs, two or three memory blocks (so
+    /// that two hugetlb folios can be alive at once) and VMAs grown by up
+    /// to a PMD each, one worker per core.
     pub fn new(config: Config, time: Duration, seed: u64) -> AdaptiveOptions {
         let mut op_arms: Vec<OpFamily> = distinct_arms().into_iter().map(OpFamily::Of).collect();
         op_arms.push(OpFamily::Of(SubsystemSet::all()));
@@ -78,8 +90,15 @@ impl AdaptiveOptions {
             engines: Engine::ALL.to_vec(),
             op_arms,
             cpus: vec![4],
+            // Not shared-tail: its design has a race of its own (the
+            // `shared-tail-cmpxchg-ro-tail` corpus finding), which would
+            // be all a default hunt finds; `--hvo-mode shared-tail` hunts it.
+            hvo_modes: vec![HvoMode::Keep1, HvoMode::Keep2],
             memory_blocks: (2, 3),
             hugetlb_order: (config.hugetlb_order, config.hugetlb_order),
+            // A PMD more per VMA: VMAs that start past a PMD of their
+            // neighbour's, and PMD sharing over two PUD ranges.
+            vma_growth: PMD_PAGES as u8,
             time,
             seed,
             jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -99,7 +118,14 @@ impl AdaptiveOptions {
         for &engine in &self.engines {
             for &ops in &self.op_arms {
                 for &cpus in &self.cpus {
-                    arms.push(Arm { engine, ops, cpus });
+                    for hvo in self.hvo_modes_of(ops) {
+                        arms.push(Arm {
+                            engine,
+                            ops,
+                            cpus,
+                            hvo,
+                        });
+                    }
                 }
             }
         }
@@ -110,14 +136,37 @@ impl AdaptiveOptions {
         arms
     }
 
+    /// The HVO generations op arm `ops` runs: the configuration's, then
+    /// the rest of `hvo_modes` when it has the HVO subsystem's ops.
+    fn hvo_modes_of(&self, ops: OpFamily) -> Vec<HvoMode> {
+        let drives_hvo = match ops {
+            OpFamily::Any => true,
+            OpFamily::Of(set) => set.has(Subsystem::Hvo),
+        };
+        let mut modes = vec![self.config.hvo_mode];
+        if drives_hvo {
+            modes.extend(
+                self.hvo_modes
+                    .iter()
+                    .filter(|&&m| m != self.config.hvo_mode),
+            );
+        }
+        modes
+    }
+
     fn hunter(&self, i: usize, arm: Arm) -> Hunter {
+        let config = Config {
+            hvo_mode: arm.hvo,
+            ..self.config
+        };
         let mut generate = GenOptions {
             max_cpus: arm.cpus,
             ops: arm.ops,
-            ..GenOptions::with_config(self.config)
+            ..GenOptions::with_config(config)
         };
         generate.memory_blocks = self.memory_blocks;
         generate.hugetlb_order = self.hugetlb_order;
+        generate.vma_growth = self.vma_growth;
         let mut opts = HuntOptions::new(arm.engine, generate);
         // Arm 0 hunts with the seed itself, as a single-arm hunt always did.
         opts.seed = self.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);

@@ -853,6 +853,7 @@ pub fn update_and_free_hugetlb_folio(cpu: &Cpu, folio: Pfn) -> KResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::config::{VmaKind, VmaSpec, Vmas};
     use crate::model::hugetlbfs::{hugetlb_vmtruncate, hugetlbfs_punch_hole};
     use crate::model::machine::Owner;
     use crate::model::madvise::{madvise_dontfork, madvise_dontneed};
@@ -1166,6 +1167,63 @@ mod tests {
 
         assert_eq!(k.m.frames[t as usize].owner, Owner::Free);
         assert_eq!(k.m.mms[1].pud[0], PudVal::None);
+        k.quiesce().unwrap();
+    }
+
+    /// The hugetlb VMA over two PUD ranges, pages 0-7, with a folio per
+    /// huge page in the pool:
+    ///
+    /// ```text
+    ///  mm0, mm1: | PUD 0: file pages 0-3 | PUD 1: file pages 4-7 |
+    /// ```
+    fn two_pud_ranges() -> Kernel {
+        Kernel::builder()
+            .config(|c| {
+                c.vmas = Vmas::new(&[VmaSpec {
+                    kind: VmaKind::HugetlbShared,
+                    pages: 8,
+                }])
+                .unwrap();
+                c.memory_blocks = 5;
+                c.hugepages = 4;
+            })
+            .pmd_share()
+            .boot()
+    }
+
+    #[test]
+    fn a_pmd_table_shared_at_another_file_offset_fails_the_step() {
+        let mut k = two_pud_ranges();
+        fault(&mut k, 0, 0);
+        let PudVal::Table(t) = k.m.pud(Uaddr::new(0, 0)) else {
+            panic!("mm0 has a PMD table");
+        };
+
+        // mm1's PUD 1 (file pages 4-7) takes mm0's table of file pages 0-3,
+        // its share counted.
+        let err = k
+            .step(1, |m| {
+                m.set_pud(Uaddr::new(1, 4), PudVal::Table(t));
+                ptdesc_pmd_pts_add(m, t, 1)
+            })
+            .unwrap_err();
+
+        assert_eq!(err.oracle, Oracle::PmdShareSameOffset);
+        assert!(err.detail.contains("file page 4"), "{}", err.detail);
+    }
+
+    #[test]
+    fn pmd_tables_shared_over_two_pud_ranges_map_one_offset_each() {
+        let mut k = two_pud_ranges();
+        fault(&mut k, 0, 4);
+        fault(&mut k, 1, 6);
+        fault(&mut k, 1, 0);
+        fault(&mut k, 0, 2);
+
+        let (a, b) = (Uaddr::new(0, 4), Uaddr::new(1, 4));
+        assert_eq!(k.m.pud(a), k.m.pud(b), "PUD 1 shared");
+        assert_eq!(k.m.pud(Uaddr::new(0, 0)), k.m.pud(Uaddr::new(1, 0)));
+        assert_ne!(k.m.pud(a), k.m.pud(Uaddr::new(0, 0)));
         k.quiesce().unwrap();
     }
 

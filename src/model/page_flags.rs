@@ -23,11 +23,6 @@ pub fn page_fixed_fake_head(m: &mut Machine, pfn: Pfn) -> Result<Pfn, Violation>
     Ok(pfn)
 }
 
-/// `page_is_fake_head`.
-pub fn page_is_fake_head(m: &mut Machine, pfn: Pfn) -> Result<bool, Violation> {
-    Ok(page_fixed_fake_head(m, pfn)? != pfn)
-}
-
 /// `_compound_head`: decode the tail bit, else fix up a fake head.
 pub fn compound_head(m: &mut Machine, pfn: Pfn) -> Result<Pfn, Violation> {
     match m.page(pfn)?.compound_info {

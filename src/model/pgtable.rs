@@ -806,11 +806,10 @@ impl Machine {
         self.flush_tlb_range(mm, 0..u32::MAX);
     }
 
-    /// Visit every present mapping in the page tables: its address, the
-    /// page it maps (a PMD leaf's head), and whether it is a PMD leaf. A PMD
-    /// table shared by several processes maps its pages once: it is
-    /// visited once, at the first process that points at it.
-    pub fn for_each_mapping(&self, mut f: impl FnMut(Uaddr, Pfn, bool)) {
+    /// Visit every present mapping in the page tables: the page it maps (a
+    /// PMD leaf's head), and whether it is a PMD leaf. A PMD table shared by
+    /// several processes maps its pages once: it is visited once.
+    pub fn for_each_mapping(&self, mut f: impl FnMut(Pfn, bool)) {
         let mut seen: Vec<Pfn> = Vec::new();
         for mm in 0..self.mms.len() as u8 {
             for pud in 0..PUDS {
@@ -822,17 +821,13 @@ impl Machine {
                     continue;
                 }
                 seen.push(t);
-                for i in 0..PTRS_PER_PMD {
-                    let a = Uaddr {
-                        mm,
-                        page: base + i * PMD_PAGES,
-                    };
-                    match self.pmds(t)[i as usize] {
-                        PmdVal::Leaf(l) => f(a, l.pfn, true),
+                for pmd in self.pmds(t) {
+                    match *pmd {
+                        PmdVal::Leaf(l) => f(l.pfn, true),
                         PmdVal::Table(pt) => {
-                            for (j, pte) in self.ptes(pt).iter().enumerate() {
+                            for pte in self.ptes(pt) {
                                 if let Some(pfn) = pte.present_pfn() {
-                                    f(a.with_page(a.page + j as u32), pfn, false);
+                                    f(pfn, false);
                                 }
                             }
                         }

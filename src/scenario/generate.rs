@@ -8,7 +8,9 @@
 //! scenario.
 
 use super::{MAX_CPUS, Op, Scenario};
-use crate::model::config::{PMD_PAGES, STRUCT_PAGES_PER_VMEMMAP_PAGE, VmaKind};
+use crate::model::config::{
+    MAX_USER_PAGES, PMD_PAGES, STRUCT_PAGES_PER_VMEMMAP_PAGE, VmaKind, Vmas,
+};
 use crate::model::op::{Arg, Bit, Draw, Index, Role};
 use crate::model::subsystem::distinct_arms;
 use crate::model::{Config, OpKind, Subsystem, SubsystemSet, Variant};
@@ -32,6 +34,11 @@ pub struct GenOptions {
     pub memory_blocks: (u8, u8),
     /// Hugetlb folio orders, likewise.
     pub hugetlb_order: (u8, u8),
+    /// Pages each VMA of the configuration may grow by, drawn per scenario
+    /// (a hugetlb VMA by whole PMDs): VMA sizes, where the VMAs after the
+    /// first start, and where the user pages end vary. 0: the
+    /// configuration's layout.
+    pub vma_growth: u8,
 }
 
 /// Which subsystems a generated scenario's ops come from.
@@ -118,6 +125,7 @@ impl GenOptions {
             ops: OpFamily::Any,
             memory_blocks: (config.memory_blocks, config.memory_blocks),
             hugetlb_order: (config.hugetlb_order, config.hugetlb_order),
+            vma_growth: 0,
         }
     }
 }
@@ -130,6 +138,34 @@ fn draw_in(u: &mut Unstructured, (lo, hi): (u8, u8)) -> arbitrary::Result<u8> {
     } else {
         Ok(lo)
     }
+}
+
+/// The configuration's VMAs, each grown by 0..=`growth` pages (a hugetlb
+/// VMA by whole PMDs), one byte a VMA, then rotated by a byte's count (so
+/// that any of them may map page 0); the layout as it is when the new one
+/// would not fit the address space. No bytes when `growth` is 0.
+fn draw_vmas(u: &mut Unstructured, vmas: Vmas, growth: u8) -> arbitrary::Result<Vmas> {
+    if growth == 0 {
+        return Ok(vmas);
+    }
+    let mut specs = vmas.specs().to_vec();
+    for s in &mut specs {
+        let extra = u.int_in_range(0..=growth)?;
+        s.pages += match s.kind {
+            VmaKind::HugetlbShared => extra - extra % PMD_PAGES as u8,
+            _ => extra,
+        };
+    }
+    if specs.len() > 1 {
+        let by = u.int_in_range(0..=specs.len() - 1)?;
+        specs.rotate_left(by);
+    }
+    let grown = Vmas::new(&specs).expect("as many VMAs as before");
+    Ok(if grown.end() <= MAX_USER_PAGES {
+        grown
+    } else {
+        vmas
+    })
 }
 
 /// A pfn biased toward the struct pages HVO treats specially: the first
@@ -394,6 +430,7 @@ fn decode_ops_then_schedule(
     let config = Config {
         memory_blocks: draw_in(u, opts.memory_blocks)?,
         hugetlb_order: draw_in(u, opts.hugetlb_order)?,
+        vmas: draw_vmas(u, opts.config.vmas, opts.vma_growth)?,
         ..opts.config
     };
     let cfg = &config;
@@ -560,6 +597,7 @@ pub fn decode_slots(st: &Structured, opts: &GenOptions) -> SlotOps {
     let config = Config {
         memory_blocks: draw_in(u, opts.memory_blocks).unwrap_or(opts.memory_blocks.0),
         hugetlb_order: draw_in(u, opts.hugetlb_order).unwrap_or(opts.hugetlb_order.0),
+        vmas: draw_vmas(u, opts.config.vmas, opts.vma_growth).unwrap_or(opts.config.vmas),
         ..opts.config
     };
     let read = |u: &mut Unstructured| -> arbitrary::Result<(Palette, Uaddrs, SubsystemSet)> {
@@ -648,6 +686,39 @@ pub fn scenario_ops_strategy(opts: GenOptions) -> impl Strategy<Value = Scenario
 mod tests {
     use super::*;
     use rand::{Rng, RngCore, SeedableRng, rngs::StdRng};
+
+    /// VMA growth draws valid layouts of several sizes and orders (the
+    /// anonymous VMA at page 0, PMD sharing over two PUD ranges among
+    /// them); without it, the configuration's layout.
+    #[test]
+    fn vma_growth_varies_the_layout_and_keeps_it_valid() {
+        use crate::model::config::PUD_PAGES;
+        let grown = GenOptions {
+            vma_growth: PMD_PAGES as u8,
+            ..GenOptions::default()
+        };
+        let mut rng = StdRng::seed_from_u64(3);
+        let (mut ends, mut two_puds) = (std::collections::BTreeSet::new(), false);
+        let mut anon_first = false;
+        for _ in 0..2000 {
+            let mut bytes = vec![0; rng.gen_range(8..200usize)];
+            rng.fill_bytes(&mut bytes);
+            let fixed = decode_bytes(&bytes, &GenOptions::default()).config.vmas;
+            assert!(fixed == Vmas::default() || fixed.specs()[0].kind == VmaKind::HugetlbShared);
+            let s = decode_bytes(&bytes, &grown);
+            s.config.validate().expect("a grown layout is valid");
+            ends.insert(s.config.vmas.end());
+            anon_first |= s.config.vmas.specs()[0].kind == VmaKind::AnonPrivate;
+            two_puds |= s
+                .config
+                .vmas
+                .slots()
+                .any(|v| v.kind == VmaKind::HugetlbShared && v.pages > PUD_PAGES);
+        }
+        assert!(ends.len() >= 4, "user pages end at only {ends:?}");
+        assert!(two_puds, "no hugetlb VMA over two PUD ranges");
+        assert!(anon_first, "no layout with the anonymous VMA at page 0");
+    }
 
     /// Ops bytes followed by an encoded schedule decode to that schedule.
     #[test]

@@ -19,7 +19,7 @@ pub fn migration_expected_refs(m: &Machine, folio: Pfn) -> i32 {
         .filter(|s| **s == Some(folio))
         .count() as i32;
     let mut mapped = 0;
-    m.for_each_mapping(|_, page, _| mapped += (peek_head(m, page) == folio) as i32);
+    m.for_each_mapping(|page, _| mapped += (peek_head(m, page) == folio) as i32);
     1 + cached * nr as i32 + m.peek(folio).test(pg::PRIVATE) as i32 + mapped
 }
 

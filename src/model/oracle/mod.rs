@@ -29,7 +29,7 @@ pub use migration::{
 pub use page_alloc::{folio_unlock_by_locker, hvo_folio_frozen, might_sleep, no_bad_page_at_free};
 pub use pmd_share::{
     pmd_table_free_unshared, share_counts_at_quiescence, share_counts_match,
-    unshare_holds_off_walkers, walked_pmd_table_not_of_mm,
+    shared_tables_map_one_offset, unshare_holds_off_walkers, walked_pmd_table_not_of_mm,
 };
 pub use quiescent::{
     Quiescence, every_frame_accounted, every_reference_put, no_migration_entry_left,
@@ -125,6 +125,9 @@ oracles! {
     /// A PMD table's `pt_share_count` is not one less than the processes
     /// using it, or a PMD table was freed while still in use.
     PmdShareCount = "pmd-share-count-matches";
+    /// Processes that share a PMD table map the same hugetlbfs pages
+    /// through it: their VMAs map one file offset at its PUD range.
+    PmdShareSameOffset = "pmd-shared-at-one-file-offset";
     /// An unshare of a PMD table held off neither through `mmap_lock` for
     /// write nor through the VMA locks every walker of its process that
     /// may be on the table.
@@ -304,6 +307,10 @@ pub static INVARIANTS: &[Invariant] = &[
         when: When::Step(share_counts_match),
     },
     Invariant {
+        oracle: Oracle::PmdShareSameOffset,
+        when: When::Step(shared_tables_map_one_offset),
+    },
+    Invariant {
         oracle: Oracle::PmdShareCount,
         when: When::Path("pgtable::pagetable_free"),
     },
@@ -477,7 +484,7 @@ pub static REACHABLE: &[Reachable] = &[
         subsystem: super::subsystem::Subsystem::Migration,
         when: Reach::Step(|m| {
             let mut leaf = false;
-            m.for_each_mapping(|_, _, is_leaf| leaf |= is_leaf);
+            m.for_each_mapping(|_, is_leaf| leaf |= is_leaf);
             leaf
         }),
     },
@@ -512,6 +519,19 @@ pub static REACHABLE: &[Reachable] = &[
         name: "pmd-table-shared",
         subsystem: super::subsystem::Subsystem::PmdShare,
         when: Reach::Step(|m| m.ledger.pmd_shares > 0),
+    },
+    // Past the first PUD range: where a table is found by the file offset
+    // of another process's VMA (`page_table_shareable`'s arithmetic).
+    Reachable {
+        name: "pmd-table-shared-past-the-first-pud-range",
+        subsystem: super::subsystem::Subsystem::PmdShare,
+        when: Reach::Step(|m| {
+            m.mms.iter().any(|x| {
+                x.pud[1..].iter().any(
+                    |p| matches!(*p, super::pgtable::PudVal::Table(t) if m.pmd_table_users(t) > 1),
+                )
+            })
+        }),
     },
     Reachable {
         name: "walker-between-pud-and-pmd-load-across-unshare",

@@ -4,8 +4,9 @@
 //! at.
 
 use super::{Oracle, Quiescence, Violation, fail};
+use crate::model::config::PUD_PAGES;
 use crate::model::machine::{Content, Machine, Owner, Pfn};
-use crate::model::pgtable::{Level, Uaddr};
+use crate::model::pgtable::{Level, PudVal, Uaddr};
 
 /// A walker of process `a.mm` loaded from `table`, which is no longer a
 /// PMD table of that process (`Machine::pmd_table_of`).
@@ -105,6 +106,54 @@ pub fn share_counts_match(m: &Machine) -> Result<(), Violation> {
         .pmd_tables_touched
         .iter()
         .try_for_each(|&t| share_count_matches(m, t))
+}
+
+/// The hugetlbfs page that process `mm` maps at the start of PUD range
+/// `pud` (`vma->vm_pgoff` + the offset in its VMA, signed: the VMA may
+/// start inside the range), through the first of its hugetlb VMAs there.
+fn file_offset_at_pud(m: &Machine, mm: usize, pud: u32) -> Option<i64> {
+    let base = pud * PUD_PAGES;
+    m.mms[mm]
+        .hugetlb_vmas
+        .iter()
+        .find(|v| v.start < base + PUD_PAGES && base < v.end)
+        .map(|v| v.pgoff as i64 + base as i64 - v.start as i64)
+}
+
+/// After every step: every process pointing at a PMD table the step
+/// touched maps the same file pages through it (`page_table_shareable`
+/// shares only a table whose PUD range maps the same file offset), else
+/// one process's pages are another range's folios, which rmap and
+/// truncation look for elsewhere.
+pub fn shared_tables_map_one_offset(m: &Machine) -> Result<(), Violation> {
+    for &t in &m.ledger.pmd_tables_touched {
+        let mut first: Option<(usize, u32, i64)> = None;
+        for (mm, x) in m.mms.iter().enumerate() {
+            for pud in 0..x.pud.len() as u32 {
+                if x.pud[pud as usize] != PudVal::Table(t) {
+                    continue;
+                }
+                let Some(off) = file_offset_at_pud(m, mm, pud) else {
+                    continue;
+                };
+                match first {
+                    None => first = Some((mm, pud, off)),
+                    Some((m0, p0, o0)) if o0 != off => {
+                        return fail(
+                            Oracle::PmdShareSameOffset,
+                            format!(
+                                "PMD table in frame {t} is shared by mm{m0} at pages {}.. (file page {o0}) and mm{mm} at pages {}.. (file page {off}): they map different hugetlbfs pages through it",
+                                p0 * PUD_PAGES,
+                                pud * PUD_PAGES
+                            ),
+                        );
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `pagetable_free` of a PMD table: no process points at it, none is

@@ -73,7 +73,7 @@ fn live_folios(m: &Machine) -> Vec<LiveFolio> {
         let f = entry(&mut user, m, head, "page-cache folio");
         f.expected_refs += f.nr as i32;
     }
-    m.for_each_mapping(|_, page, leaf| {
+    m.for_each_mapping(|page, leaf| {
         let head = peek_head(m, page);
         let f = entry(&mut user, m, head, "mapped folio");
         f.expected_refs += 1;

@@ -43,8 +43,10 @@ pub struct Hunt {
     /// start from the same crash (needs `--engine input`).
     #[arg(long, value_name = "FILE")]
     raw_out: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "keep-1")]
-    hvo_mode: HvoMode,
+    /// Pin the HVO generation [default: keep-1, and keep-2 as arms of its
+    /// own for the op arms with HVO ops; keep-1 alone with --variant].
+    #[arg(long, value_enum)]
+    hvo_mode: Option<HvoMode>,
     /// The architecture [default: the one the variants' bugs are about,
     /// x86 for the fixed model].
     #[arg(long, value_enum)]
@@ -92,7 +94,7 @@ impl Hunt {
         let variants = VariantSet::new(&self.variants);
         let config = Config {
             arch: self.arch.unwrap_or(variants.arch()),
-            hvo_mode: self.hvo_mode,
+            hvo_mode: self.hvo_mode.unwrap_or_default(),
             variants,
             hugetlb_order: self
                 .hugetlb_order
@@ -112,6 +114,9 @@ impl Hunt {
         if let Some(e) = self.engine {
             a.engines = vec![e];
         }
+        if self.hvo_mode.is_some() || !self.variants.is_empty() {
+            a.hvo_modes = vec![config.hvo_mode];
+        }
         if let Some(c) = self.cpus {
             a.cpus = vec![c as usize];
         } else if targeted {
@@ -121,6 +126,9 @@ impl Hunt {
             a.memory_blocks = (m, m);
         } else if targeted {
             a.memory_blocks = (config.memory_blocks, config.memory_blocks);
+        }
+        if targeted {
+            a.vma_growth = 0;
         }
         if let Some(j) = self.jobs {
             a.jobs = j.max(1);
@@ -146,12 +154,17 @@ impl Hunt {
         let build = Build::current();
         let label = model_label(&a.config, &build);
         println!(
-            "hunting {label} for {:.0} s: {} arm(s) ({} engine(s) x {} op arm(s) x {} CPU count(s)), memory {}-{} blocks, {} worker(s)",
+            "hunting {label} for {:.0} s: {} arm(s) ({} engine(s) x {} op arm(s) x {} CPU count(s), HVO {}), memory {}-{} blocks, {} worker(s)",
             self.time,
-            a.engines.len() * a.op_arms.len() * a.cpus.len(),
+            a.arms().len(),
             a.engines.len(),
             a.op_arms.len(),
             a.cpus.len(),
+            a.hvo_modes
+                .iter()
+                .map(|m| m.name())
+                .collect::<Vec<_>>()
+                .join(","),
             a.memory_blocks.0,
             a.memory_blocks.1,
             a.jobs
