@@ -207,6 +207,13 @@ impl Cache {
     /// The slot of `config` with `nr_cpus` CPUs, booted now if there is
     /// none; it becomes the most recently used.
     fn slot(&mut self, config: Config, nr_cpus: usize) -> &mut Slot {
+        // Boot reads the VMA layout only into the processes, which
+        // `Machine::set_vmas` sets up for each execution: one slot serves
+        // every layout the default hunt draws.
+        let config = Config {
+            vmas: Config::default().vmas,
+            ..config
+        };
         match self
             .slots
             .iter()
@@ -359,6 +366,9 @@ fn begin_execution(running: &Mutex<Running>) -> (Arc<Scenario>, SharedState) {
     } else {
         st.machine
             .reset_to(&slot.booted, slot.source == Source::Booted);
+        if st.machine.cfg.vmas != s.config.vmas {
+            st.machine.set_vmas(s.config);
+        }
         slot.source = Source::Booted;
         st.machine.trace.set_enabled(job.observe.tracing);
         st.machine.kcov = None;
@@ -762,6 +772,7 @@ mod tests {
             max_cpus: 4,
             memory_blocks: (2, 6),
             hugetlb_order: (7, 9),
+            vma_growth: 16,
             ..GenOptions::default()
         };
         let scenarios: Vec<Arc<Scenario>> = (0..48u8)
@@ -816,5 +827,38 @@ mod tests {
                 "scenario {i}"
             );
         }
+    }
+
+    /// A slot boots one machine for every VMA layout: `set_vmas` makes it
+    /// the machine that layout boots.
+    #[test]
+    fn set_vmas_gives_the_machine_the_layout_boots() {
+        use crate::scenario::generate::{GenOptions, decode_bytes};
+        let opts = GenOptions {
+            vma_growth: 16,
+            ..GenOptions::default()
+        };
+        let mut layouts = 0;
+        for i in 0..32u8 {
+            let bytes: Vec<u8> = (0..64u8).map(|j| j.wrapping_mul(37) ^ i).collect();
+            let config = decode_bytes(&bytes, &opts).config;
+            let booted_for_default = Machine::new(
+                Config {
+                    vmas: Config::default().vmas,
+                    ..config
+                },
+                2,
+            );
+            layouts += (config.vmas != Config::default().vmas) as usize;
+            let mut m = booted_for_default;
+            m.set_vmas(config);
+            assert_eq!(
+                format!("{:?}", m),
+                format!("{:?}", Machine::new(config, 2)),
+                "layout {:?}",
+                config.vmas
+            );
+        }
+        assert!(layouts > 8, "only {layouts} grown layouts");
     }
 }

@@ -419,6 +419,16 @@ impl Machine {
         m
     }
 
+    /// Become the machine `Machine::new(cfg)` boots, from one booted with
+    /// another VMA layout and otherwise `cfg`: boot reads the layout only
+    /// into the processes, which exec (`Mm::new`) sets up afresh.
+    pub fn set_vmas(&mut self, cfg: Config) {
+        self.cfg = cfg;
+        for (i, mm) in self.mms.iter_mut().enumerate() {
+            *mm = Mm::new(&cfg, i as u8);
+        }
+    }
+
     pub fn nr_pfns(&self) -> u32 {
         self.frames.len() as u32
     }
