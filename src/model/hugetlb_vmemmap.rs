@@ -60,6 +60,21 @@ fn flush_step(cpu: &Cpu, range: Range<u32>) -> KResult<()> {
     super::vmemmap::flush_tlb_kernel_range(cpu, range)
 }
 
+/// `set_pte_at(&init_mm, ...)` of one vmemmap PTE, traced.
+fn set_pte_at(m: &mut Machine, vpage: u32, pte: Pte) {
+    m.set_vmemmap_pte(vpage, pte);
+    let how = if pte.writable {
+        "read-write"
+    } else {
+        "read-only"
+    };
+    ktrace!(
+        m,
+        "set_pte_at(vmemmap page {vpage}): frame {} {how}",
+        pte.frame
+    );
+}
+
 /// The PTE stores of one vmemmap walk (`vmemmap_remap_range` calling
 /// `vmemmap_remap_pte` or `vmemmap_restore_pte` per PTE, in address order,
 /// so the head vmemmap page first), one step per `set_pte_at` with
@@ -86,13 +101,6 @@ fn vmemmap_update_range(
     if pause {
         pause_remote_cpus(cpu)?;
     }
-    let show = |p: Pte| {
-        if p.writable {
-            "read-write"
-        } else {
-            "read-only"
-        }
-    };
     for (i, &(vpage, pte)) in updates.iter().enumerate() {
         cpu.step(func, |m| {
             prepare(m, i)?;
@@ -100,32 +108,18 @@ fn vmemmap_update_range(
                 m.clear_vmemmap_pte(vpage);
                 ktrace!(m, "pte_clear(vmemmap page {vpage})");
             } else {
-                m.set_vmemmap_pte(vpage, pte);
-                ktrace!(
-                    m,
-                    "set_pte_at(vmemmap page {vpage}): frame {} {}",
-                    pte.frame,
-                    show(pte)
-                );
+                set_pte_at(m, vpage, pte);
             }
             Ok(())
         })?;
         if bbm {
             cpu.step("flush_tlb_kernel_range", |m| {
-                for c in 0..m.cpus.len() {
-                    m.flush_cpu_kernel_tlb(c, vpage..vpage + 1);
-                }
+                m.flush_tlb_kernel_range(vpage..vpage + 1);
                 ktrace!(m, "tlbi vaale1is: vmemmap page {vpage}");
                 Ok(())
             })?;
             cpu.step("set_pte_at", |m| {
-                m.set_vmemmap_pte(vpage, pte);
-                ktrace!(
-                    m,
-                    "set_pte_at(vmemmap page {vpage}): frame {} {}",
-                    pte.frame,
-                    show(pte)
-                );
+                set_pte_at(m, vpage, pte);
                 Ok(())
             })?;
         }

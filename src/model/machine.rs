@@ -424,8 +424,11 @@ impl Machine {
     /// into the processes, which exec (`Mm::new`) sets up afresh.
     pub fn set_vmas(&mut self, cfg: Config) {
         self.cfg = cfg;
-        for (i, mm) in self.mms.iter_mut().enumerate() {
-            *mm = Mm::new(&cfg, i as u8);
+        // In place of `Mm::new`: the booted processes are `Mm::new` of the
+        // booted layout, and only their VMAs differ.
+        for mm in &mut self.mms {
+            mm.next_vma_id = 0;
+            mm.reset_vmas(&cfg);
         }
     }
 
