@@ -93,6 +93,20 @@ impl Buddy {
 }
 
 impl Machine {
+    /// `__alloc_pages` with a gfp that allows direct reclaim (GFP_KERNEL,
+    /// GFP_USER, GFP_HIGHUSER_MOVABLE, GFP_TRANSHUGE): `prepare_alloc_pages`'
+    /// `might_alloc` is `might_sleep_if(gfpflags_allow_blocking(gfp))`.
+    /// `caller` names the allocation site in the report.
+    pub fn alloc_pages_may_sleep(
+        &mut self,
+        order: u8,
+        hint: Pfn,
+        caller: &str,
+    ) -> Result<Option<Pfn>, Violation> {
+        super::oracle::might_sleep(self, caller)?;
+        self.alloc_pages(order, hint)
+    }
+
     /// `__alloc_pages(gfp, order)`: returns the first pfn, or `None` when the
     /// allocation fails (no block, or injected failure).
     pub fn alloc_pages(&mut self, order: u8, hint: Pfn) -> Result<Option<Pfn>, Violation> {

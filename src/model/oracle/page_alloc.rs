@@ -112,3 +112,118 @@ pub fn folio_unlock_by_locker(m: &Machine, folio: Pfn, what: &str) -> Result<(),
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::model::filemap::filemap_add_folio;
+    use crate::model::hugetlb::{
+        alloc_pool_huge_folio, hugetlb_fault_mutex_lock_then, hugetlb_vma_lock_read,
+        hugetlb_vma_lock_write,
+    };
+    use crate::model::hugetlbfs::{i_mmap_lock_read_then, i_mmap_lock_write};
+    use crate::model::memory::{mmap_read_lock, mmap_write_lock_then};
+    use crate::model::oracle::{Oracle, Violation};
+    use crate::model::testing::Kernel;
+
+    /// CPU 1 in an RCU read section.
+    fn in_rcu_read_section() -> Kernel {
+        let mut k = Kernel::boot();
+        k.step(1, |m| {
+            m.rcu_read_lock();
+            Ok(())
+        })
+        .unwrap();
+        k
+    }
+
+    /// CPU 1 with interrupts disabled (GUP-fast's section).
+    fn irqs_off() -> Kernel {
+        let mut k = Kernel::boot();
+        k.step(1, |m| {
+            m.local_irq_save();
+            Ok(())
+        })
+        .unwrap();
+        k
+    }
+
+    fn sleeps_in_atomic(r: Result<(), Violation>, what: &str) {
+        let err = r.unwrap_err();
+        assert_eq!(err.oracle, Oracle::MightSleep, "{}", err.detail);
+        assert!(err.detail.contains(what), "{}", err.detail);
+    }
+
+    #[test]
+    fn mmap_lock_inside_an_rcu_read_section_sleeps_in_atomic_context() {
+        let mut k = in_rcu_read_section();
+        sleeps_in_atomic(k.on(1, |cpu| mmap_read_lock(cpu, 0)), "mmap_read_lock");
+        let mut k = in_rcu_read_section();
+        sleeps_in_atomic(
+            k.on(1, |cpu| mmap_write_lock_then(cpu, 0, |_| Ok(()))),
+            "mmap_write_lock",
+        );
+    }
+
+    #[test]
+    fn i_mmap_rwsem_with_interrupts_off_sleeps_in_atomic_context() {
+        let mut k = irqs_off();
+        sleeps_in_atomic(
+            k.on(1, |cpu| i_mmap_lock_read_then(cpu, "test", |_| Ok(()))),
+            "i_mmap_lock_read",
+        );
+        let mut k = irqs_off();
+        sleeps_in_atomic(k.on(1, i_mmap_lock_write), "i_mmap_lock_write");
+    }
+
+    #[test]
+    fn hugetlb_vma_lock_and_fault_mutex_inside_rcu_sleep_in_atomic_context() {
+        let mut k = in_rcu_read_section();
+        sleeps_in_atomic(
+            k.on(1, |cpu| hugetlb_vma_lock_read(cpu, 0, 0)),
+            "hugetlb_vma_lock_read",
+        );
+        let mut k = in_rcu_read_section();
+        sleeps_in_atomic(
+            k.on(1, |cpu| hugetlb_vma_lock_write(cpu, 0, 0)),
+            "hugetlb_vma_lock_write",
+        );
+        let mut k = in_rcu_read_section();
+        sleeps_in_atomic(
+            k.on(1, |cpu| {
+                hugetlb_fault_mutex_lock_then(cpu, "test", 0, |_| Ok(()))
+            }),
+            "hugetlb_fault_mutex_lock",
+        );
+    }
+
+    #[test]
+    fn sleeping_allocations_in_atomic_context_are_caught() {
+        let mut k = in_rcu_read_section();
+        sleeps_in_atomic(
+            k.on(1, |cpu| filemap_add_folio(cpu, 0, 0)),
+            "filemap_alloc_folio",
+        );
+        let mut k = irqs_off();
+        sleeps_in_atomic(
+            k.on(1, |cpu| alloc_pool_huge_folio(cpu, 0)),
+            "alloc_buddy_hugetlb_folio",
+        );
+        let mut k = irqs_off();
+        sleeps_in_atomic(
+            k.step(1, |m| {
+                m.pagetable_alloc(crate::model::pgtable::Level::Pte)
+                    .map(|_| ())
+            }),
+            "pagetable_alloc",
+        );
+    }
+
+    #[test]
+    fn the_same_calls_outside_atomic_context_do_not_trip() {
+        let mut k = Kernel::boot();
+        k.on(1, |cpu| mmap_read_lock(cpu, 0)).unwrap();
+        k.on(1, i_mmap_lock_write).unwrap();
+        k.on(1, |cpu| filemap_add_folio(cpu, 0, 0)).unwrap();
+        k.on(1, |cpu| alloc_pool_huge_folio(cpu, 0)).unwrap();
+    }
+}
