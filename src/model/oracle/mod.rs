@@ -28,6 +28,7 @@ pub use migration::{
     folio_is_quiet, migration_carries_data, migration_expected_refs, migration_makes_progress,
     migration_refcount_exact,
 };
+pub use page_alloc::buddy_lists_match_pages;
 pub use page_alloc::{folio_unlock_by_locker, hvo_folio_frozen, might_sleep, no_bad_page_at_free};
 pub use pmd_share::{
     pmd_table_free_unshared, share_counts_at_quiescence, share_counts_match,
@@ -147,6 +148,10 @@ oracles! {
     /// the free and active lists, `surplus_huge_pages` exceeds it, or a
     /// folio is on the lists twice.
     HugetlbCounters = "hugetlb-counters-match-lists";
+    /// After a step, a page in a block the buddy allocator changed has
+    /// PageBuddy without heading a free block of its `buddy_order`, a free
+    /// block's head lacks it, or two free blocks overlap.
+    BuddyConsistent = "buddy-lists-match-pagebuddy";
     /// Every CPU is blocked.
     Deadlock = "no-deadlock";
     /// The execution did not finish within the step bound.
@@ -325,6 +330,10 @@ pub static INVARIANTS: &[Invariant] = &[
         when: When::Quiescent(share_counts_at_quiescence),
     },
     Invariant {
+        oracle: Oracle::BuddyConsistent,
+        when: When::Step(buddy_lists_match_pages),
+    },
+    Invariant {
         oracle: Oracle::HugetlbCounters,
         when: When::Step(hugetlb_counters_match),
     },
@@ -412,6 +421,7 @@ pub fn after_step(m: &mut Machine) -> Result<(), Violation> {
     m.ledger.touched.clear();
     m.ledger.pmd_tables_touched.clear();
     m.ledger.hugetlb_changed = false;
+    m.buddy.changed.clear();
     if m.reached.is_some() {
         let mut got = 0;
         for (i, r) in REACHABLE.iter().enumerate() {

@@ -57,6 +57,55 @@ pub fn no_bad_page_at_free(m: &Machine, pfn: Pfn, order: u8) -> Result<(), Viola
     Ok(())
 }
 
+/// The buddy allocator's own consistency (v6.12 mm/page_alloc.c: a free
+/// block's head has PageBuddy and `buddy_order` (`set_buddy_order`), no
+/// other page of it does, and `__free_one_page` never lists overlapping
+/// blocks), for the blocks the step put on or took off a free list only:
+/// each page of such a range is checked against the free blocks overlapping
+/// it, so the work is the size of what the step changed.
+pub fn buddy_lists_match_pages(m: &Machine) -> Result<(), Violation> {
+    for &(start, order) in &m.buddy.changed {
+        let listed = m.buddy.free_blocks_overlapping(start, order);
+        let bad = |what: String| fail(Oracle::BuddyConsistent, what);
+        for (i, &(b, o)) in listed.iter().enumerate() {
+            if let Some(&(c, p)) = listed[i + 1..]
+                .iter()
+                .find(|&&(c, p)| c < b + (1 << o) && b < c + (1 << p))
+            {
+                return bad(format!(
+                    "free blocks pfn {b} order {o} and pfn {c} order {p} overlap"
+                ));
+            }
+        }
+        let (lo, hi) = listed
+            .iter()
+            .fold((start, start + (1 << order)), |(l, h), &(b, o)| {
+                (l.min(b), h.max(b + (1 << o)))
+            });
+        for pfn in lo..hi {
+            let page = m.peek(pfn);
+            let head_of = listed.iter().find(|&&(b, _)| b == pfn);
+            match head_of {
+                Some(&(_, o)) if !page.test(pg::BUDDY) || page.private != o as u32 => {
+                    return bad(format!(
+                        "pfn {pfn} heads a free block of order {o}, but PageBuddy {} buddy_order {}",
+                        page.test(pg::BUDDY),
+                        page.private
+                    ));
+                }
+                None if page.test(pg::BUDDY) => {
+                    return bad(format!(
+                        "pfn {pfn} has PageBuddy (order {}) but heads no free block",
+                        page.private
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `might_sleep()` (`__might_sleep`, kernel/sched/core.c): a sleeping call
 /// (`synchronize_rcu`, a sleeping allocation or lock) inside an RCU read
 /// section, with interrupts disabled, or under a spinlock (a page-table lock
@@ -122,7 +171,8 @@ mod tests {
     };
     use crate::model::hugetlbfs::{i_mmap_lock_read_then, i_mmap_lock_write};
     use crate::model::memory::{mmap_read_lock, mmap_write_lock_then};
-    use crate::model::oracle::{Oracle, Violation};
+    use crate::model::mm_types::pg;
+    use crate::model::oracle::{Oracle, Violation, after_step};
     use crate::model::testing::Kernel;
 
     /// CPU 1 in an RCU read section.
@@ -216,6 +266,61 @@ mod tests {
             }),
             "pagetable_alloc",
         );
+    }
+
+    #[test]
+    fn alloc_and_free_keep_the_buddy_lists_and_pagebuddy_in_step() {
+        // Kernel::step runs the per-step invariants after each step.
+        let mut k = Kernel::boot();
+        let pfn = k
+            .step(0, |m| {
+                let pfn = m.alloc_pages(0, 600)?;
+                assert!(!m.buddy.changed.is_empty(), "the split is recorded");
+                Ok(pfn)
+            })
+            .unwrap()
+            .unwrap();
+        assert!(k.m.buddy.changed.is_empty(), "cleared after the step");
+        k.step(0, |m| {
+            m.page_mut(pfn)?.refcount = 0;
+            m.free_pages(pfn, 0)
+        })
+        .unwrap();
+        after_step(&mut k.m).unwrap();
+    }
+
+    #[test]
+    fn pagebuddy_on_an_allocated_page_is_caught() {
+        let mut k = Kernel::boot();
+        let err = k
+            .step(0, |m| {
+                let pfn = m.alloc_pages(0, 600)?.unwrap();
+                // A set_buddy_order on the page handed out instead of the half.
+                m.peek_mut(pfn).flags |= pg::BUDDY;
+                Ok(())
+            })
+            .unwrap_err();
+
+        assert_eq!(err.oracle, Oracle::BuddyConsistent);
+        assert!(err.detail.contains("heads no free block"), "{}", err.detail);
+    }
+
+    #[test]
+    fn a_free_block_with_the_wrong_buddy_order_is_caught() {
+        let mut k = Kernel::boot();
+        let pfn = k.step(0, |m| m.alloc_pages(0, 600)).unwrap().unwrap();
+        let err = k
+            .step(0, |m| {
+                m.page_mut(pfn)?.refcount = 0;
+                m.free_pages(pfn, 0)?;
+                let &(head, _) = m.buddy.changed.last().unwrap();
+                m.peek_mut(head).private += 1;
+                Ok(())
+            })
+            .unwrap_err();
+
+        assert_eq!(err.oracle, Oracle::BuddyConsistent);
+        assert!(err.detail.contains("heads a free block"), "{}", err.detail);
     }
 
     #[test]
