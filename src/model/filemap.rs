@@ -63,7 +63,7 @@ pub fn with_xa_lock<T>(
 /// reference per page.
 pub fn filemap_add_folio(cpu: &Cpu, index: u32, pfn_hint: Pfn) -> KResult<()> {
     let Some(folio) = cpu.step("filemap_alloc_folio", |m| {
-        let folio = m.alloc_pages(0, pfn_hint)?;
+        let folio = m.alloc_pages_may_sleep(0, pfn_hint, "filemap_alloc_folio")?;
         if let Some(f) = folio {
             m.page_mut(f)?.flags |= pg::LRU;
             m.folio_set_locked(f)?;

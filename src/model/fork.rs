@@ -49,6 +49,7 @@ pub fn dup_mmap(cpu: &Cpu, mm: u8, child: u8) -> KResult<()> {
                 && m.cpus.iter().all(|c| c.gup_fast_mm != Some(child))
         },
         |m| {
+            super::oracle::might_sleep(m, "mmap_write_lock_killable")?;
             m.mms[mm as usize].mmap_lock.writer = Some(me);
             m.mms[child as usize].mmap_lock.writer = Some(me);
             m.mms[child as usize].in_fork = true;
@@ -338,7 +339,7 @@ fn copy_pte(cpu: &Cpu, mm: u8, child: u8, page: u32, variant: bool) -> KResult<b
 /// `copy_present_page`: the child gets a copy of an exclusive page that
 /// may be pinned; the parent keeps the page, writable.
 fn copy_present_page(m: &mut Machine, pa: Uaddr, ca: Uaddr, e: PteEntry) -> Result<Pte, Violation> {
-    let Some(new) = m.alloc_pages(0, 0)? else {
+    let Some(new) = m.alloc_pages_may_sleep(0, 0, "folio_prealloc(GFP_HIGHUSER_MOVABLE)")? else {
         return Ok(Pte::Enomem);
     };
     let data = m.frames[e.pfn as usize].content.clone();

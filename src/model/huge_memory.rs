@@ -69,7 +69,12 @@ pub fn do_huge_pmd_anonymous_page(cpu: &Cpu, a: Uaddr, pfn_hint: Pfn) -> KResult
     })?;
     let thp = if eligible {
         cpu.step("vma_alloc_anon_folio_pmd", |m| {
-            let Some(folio) = m.alloc_pages(HPAGE_PMD_ORDER, pfn_hint)? else {
+            let Some(folio) = m.alloc_pages_may_sleep(
+                HPAGE_PMD_ORDER,
+                pfn_hint,
+                "vma_alloc_folio(GFP_TRANSHUGE)",
+            )?
+            else {
                 return Ok(None);
             };
             let Some(table) = m.pagetable_alloc(Level::Pte)? else {

@@ -67,7 +67,12 @@ fn with_hugetlb_lock<T>(
     func: &'static str,
     f: impl FnOnce(&mut Machine) -> Result<T, Violation>,
 ) -> KResult<T> {
-    cpu.step(func, f)
+    cpu.step(func, |m| {
+        let r = f(m)?;
+        // spin_unlock(&hugetlb_lock): the counters must match the lists.
+        m.ledger.hugetlb_changed = true;
+        Ok(r)
+    })
 }
 
 /// `enqueue_hugetlb_folio`: onto the free list, frozen at 0, free for the
@@ -88,7 +93,7 @@ fn alloc_buddy_hugetlb_folio(cpu: &Cpu, pfn_hint: Pfn) -> KResult<Option<Pfn>> {
     for _attempt in 0..2 {
         let order = cpu.cfg().hugetlb_order;
         let Some(folio) = cpu.step("alloc_buddy_hugetlb_folio", |m| {
-            m.alloc_pages(order, pfn_hint)
+            m.alloc_pages_may_sleep(order, pfn_hint, "alloc_buddy_hugetlb_folio")
         })?
         else {
             return Ok(None);
@@ -231,6 +236,7 @@ pub fn hugetlb_vma_lock_read(cpu: &Cpu, mm: u8, id: u32) -> KResult<()> {
         "hugetlb_vma_lock_read",
         |m| vma_lock(m, mm, id).is_none_or(|l| l.can_read()),
         |m| {
+            super::oracle::might_sleep(m, "hugetlb_vma_lock_read")?;
             if let Some(l) = vma_lock_mut(m, mm, id) {
                 l.readers += 1;
             }
@@ -257,6 +263,7 @@ pub fn hugetlb_vma_lock_write(cpu: &Cpu, mm: u8, id: u32) -> KResult<()> {
         "hugetlb_vma_lock_write",
         |m| vma_lock(m, mm, id).is_none_or(|l| l.can_write()),
         |m| {
+            super::oracle::might_sleep(m, "hugetlb_vma_lock_write")?;
             if let Some(l) = vma_lock_mut(m, mm, id) {
                 l.writer = Some(me);
             }
@@ -314,6 +321,7 @@ pub fn hugetlb_fault_mutex_lock_then<T>(
         func,
         |m| m.hstate.fault_mutex[idx as usize].is_none(),
         |m| {
+            super::oracle::might_sleep(m, "hugetlb_fault_mutex_lock")?;
             m.hstate.fault_mutex[idx as usize] = Some(me);
             then(m)
         },

@@ -202,7 +202,8 @@ pub fn hugetlb_vmemmap_optimize_folio(cpu: &Cpu, folio: Pfn) -> KResult<()> {
         None
     } else {
         let new_head = cpu.step("vmemmap_remap_free", |m| {
-            let Some(frame) = m.alloc_pages(0, 0)? else {
+            let Some(frame) = m.alloc_pages_may_sleep(0, 0, "vmemmap_remap_free(GFP_KERNEL)")?
+            else {
                 return Ok(None);
             };
             let copy = m.read_vmemmap_page(head_vpage)?;
@@ -298,7 +299,7 @@ pub fn hugetlb_vmemmap_restore_folio(cpu: &Cpu, folio: Pfn) -> KResult<bool> {
     let new_frames = cpu.step("alloc_vmemmap_page_list", |m| {
         let mut got = Vec::new();
         for _ in tails.clone() {
-            match m.alloc_pages(0, 0)? {
+            match m.alloc_pages_may_sleep(0, 0, "alloc_vmemmap_page_list(GFP_KERNEL)")? {
                 Some(f) => got.push(f),
                 None => {
                     for &f in &got {

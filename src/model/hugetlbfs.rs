@@ -55,6 +55,7 @@ pub fn i_mmap_lock_read_then<T>(
         func,
         |m| m.hugetlbfs.i_mmap_rwsem.can_read(),
         |m| {
+            super::oracle::might_sleep(m, "i_mmap_lock_read")?;
             m.hugetlbfs.i_mmap_rwsem.readers += 1;
             then(m)
         },
@@ -80,6 +81,7 @@ pub fn i_mmap_lock_write_then<T>(
         func,
         |m| m.hugetlbfs.i_mmap_rwsem.can_write(),
         |m| {
+            super::oracle::might_sleep(m, "i_mmap_lock_write")?;
             m.hugetlbfs.i_mmap_rwsem.writer = Some(me);
             then(m)
         },

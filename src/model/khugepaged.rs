@@ -39,7 +39,11 @@ pub fn collapse_huge_page(cpu: &Cpu, mm: u8, pfn_hint: Pfn) -> KResult<()> {
     };
     let me = cpu.index() as u8;
     let Some(new) = cpu.step("alloc_charge_folio", |m| {
-        m.alloc_pages(HPAGE_PMD_ORDER, pfn_hint)
+        m.alloc_pages_may_sleep(
+            HPAGE_PMD_ORDER,
+            pfn_hint,
+            "alloc_charge_folio(GFP_TRANSHUGE)",
+        )
     })?
     else {
         return Ok(());
@@ -64,6 +68,7 @@ pub fn collapse_huge_page(cpu: &Cpu, mm: u8, pfn_hint: Pfn) -> KResult<()> {
                 ktrace!(m, "{a}: the PMD range spans VMAs: SCAN_VMA_CHECK");
                 return Ok(None);
             }
+            super::oracle::might_sleep(m, "mmap_write_lock")?;
             m.mms[mm as usize].mmap_lock.writer = Some(me);
             let av = m.mms[mm as usize].anon_vma;
             m.anon_vma_lock_mut(av).writer = Some(me);

@@ -127,6 +127,9 @@ pub struct Ledger {
     /// PMD tables whose PUD references or share count the running step
     /// changed, for the per-step share-count check.
     pub pmd_tables_touched: Vec<Pfn>,
+    /// The running step released `hugetlb_lock`: the pool's counters and
+    /// lists are consistent again, for the per-step counter check.
+    pub hugetlb_changed: bool,
     /// Lockless walks between their PUD load and their next load: (CPU,
     /// process, the PMD table read).
     pub walks: Vec<(u8, u8, Pfn)>,
@@ -166,6 +169,7 @@ crate::clone_by_field!(Ledger {
     unshared,
     unsharing,
     pmd_tables_touched,
+    hugetlb_changed,
     walks,
     shared,
     pmd_shares,
@@ -204,6 +208,7 @@ impl Default for Ledger {
             unshared: false,
             unsharing: Vec::new(),
             pmd_tables_touched: Vec::new(),
+            hugetlb_changed: false,
             walks: Vec::new(),
             shared: Vec::new(),
             pmd_shares: 0,

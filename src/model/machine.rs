@@ -415,6 +415,7 @@ impl Machine {
             m.peek_mut(pfn).private = order as u32;
         }
         super::hugetlb::hugetlb_hstate_alloc_pages(&mut m);
+        m.buddy.changed.clear();
         m.frames.forget_boot();
         m
     }

@@ -25,6 +25,7 @@ pub fn mmap_read_lock(cpu: &Cpu, mm: u8) -> KResult<()> {
         "mmap_read_lock",
         |m| m.mms[mm as usize].mmap_lock.can_read(),
         |m| {
+            super::oracle::might_sleep(m, "mmap_read_lock")?;
             m.mms[mm as usize].mmap_lock.readers += 1;
             Ok(())
         },
@@ -49,6 +50,7 @@ pub fn mmap_read_lock_then<T>(
         "mmap_read_lock",
         |m| m.mms[mm as usize].mmap_lock.can_read(),
         |m| {
+            super::oracle::might_sleep(m, "mmap_read_lock")?;
             m.mms[mm as usize].mmap_lock.readers += 1;
             then(m)
         },
@@ -66,6 +68,7 @@ pub fn mmap_write_lock_then<T>(
         "mmap_write_lock",
         |m| m.mms[mm as usize].mmap_lock.can_write(),
         |m| {
+            super::oracle::might_sleep(m, "mmap_write_lock")?;
             m.mms[mm as usize].mmap_lock.writer = Some(me);
             then(m)
         },
@@ -258,7 +261,7 @@ fn do_anonymous_page(cpu: &Cpu, a: Uaddr, pfn_hint: Pfn, order: u8) -> KResult<(
         } else {
             0
         };
-        let Some(folio) = m.alloc_pages(order, pfn_hint)? else {
+        let Some(folio) = m.alloc_pages_may_sleep(order, pfn_hint, "alloc_anon_folio")? else {
             return Ok(None);
         };
         let pages = anon_range(a, order);
@@ -491,7 +494,7 @@ fn wp_page_copy(
     unshare: bool,
 ) -> KResult<bool> {
     let Some(new) = cpu.step("wp_page_copy", |m| {
-        let Some(new) = m.alloc_pages(0, pfn_hint)? else {
+        let Some(new) = m.alloc_pages_may_sleep(0, pfn_hint, "wp_page_copy")? else {
             return Ok(None);
         };
         let data = m.frames[orig.pfn as usize].content.clone();

@@ -155,7 +155,7 @@ fn migrate_folio_unmap(
 ) -> KResult<Attempt<(Pfn, Vec<RmapSection>)>> {
     let (order, hint) = (mig.order, mig.pfn_hint);
     let Some(dst) = cpu.step("alloc_migration_target", |m| {
-        let dst = m.alloc_pages(order, hint)?;
+        let dst = m.alloc_pages_may_sleep(order, hint, "alloc_migration_target(GFP_USER)")?;
         if let Some(d) = dst {
             m.folio_set_locked(d)?;
         }

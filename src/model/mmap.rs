@@ -228,6 +228,7 @@ pub fn exit_mmap(cpu: &Cpu, mm: u8) -> KResult<()> {
                 && m.cpus.iter().all(|c| c.gup_fast_mm != Some(mm))
         },
         |m| {
+            super::oracle::might_sleep(m, "mmap_write_lock")?;
             let x = &mut m.mms[mm as usize];
             x.mmap_lock.writer = Some(me);
             if x.exited {

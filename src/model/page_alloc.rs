@@ -15,11 +15,15 @@ pub struct Buddy {
     max_order: u8,
     /// `zone->free_area[order]`, most recently freed last.
     free_area: Vec<Vec<Pfn>>,
+    /// Blocks (first pfn, order) put on or taken off a free list by the
+    /// running step, for the per-step buddy check; cleared after it.
+    pub changed: Vec<(Pfn, u8)>,
 }
 
 crate::clone_by_field!(Buddy {
     max_order,
-    free_area
+    free_area,
+    changed
 });
 
 impl Buddy {
@@ -27,6 +31,7 @@ impl Buddy {
         Buddy {
             max_order,
             free_area: vec![Vec::new(); max_order as usize + 1],
+            changed: Vec::new(),
         }
     }
 
@@ -41,6 +46,18 @@ impl Buddy {
             self.free_area[order as usize].push(pfn);
             pfn += 1 << order;
         }
+    }
+
+    /// The free blocks that overlap `[pfn, pfn + 2^order)`, as (first pfn,
+    /// order).
+    pub fn free_blocks_overlapping(&self, pfn: Pfn, order: u8) -> Vec<(Pfn, u8)> {
+        let end = pfn + (1 << order);
+        let mut v = Vec::new();
+        for (o, list) in self.free_area.iter().enumerate() {
+            let hits = list.iter().filter(|&&b| b < end && pfn < b + (1 << o));
+            v.extend(hits.map(|&b| (b, o as u8)));
+        }
+        v
     }
 
     /// Every free block as (first pfn, order).
@@ -70,6 +87,7 @@ impl Buddy {
                 .map(|o| (o, self.free_area[o as usize].len() - 1))
         })?;
         let mut block = self.free_area[o as usize].remove(pos);
+        self.changed.push((block, o));
         let target = if block <= target && target < block + (1 << o) {
             target
         } else {
@@ -93,6 +111,20 @@ impl Buddy {
 }
 
 impl Machine {
+    /// `__alloc_pages` with a gfp that allows direct reclaim (GFP_KERNEL,
+    /// GFP_USER, GFP_HIGHUSER_MOVABLE, GFP_TRANSHUGE): `prepare_alloc_pages`'
+    /// `might_alloc` is `might_sleep_if(gfpflags_allow_blocking(gfp))`.
+    /// `caller` names the allocation site in the report.
+    pub fn alloc_pages_may_sleep(
+        &mut self,
+        order: u8,
+        hint: Pfn,
+        caller: &str,
+    ) -> Result<Option<Pfn>, Violation> {
+        super::oracle::might_sleep(self, caller)?;
+        self.alloc_pages(order, hint)
+    }
+
     /// `__alloc_pages(gfp, order)`: returns the first pfn, or `None` when the
     /// allocation fails (no block, or injected failure).
     pub fn alloc_pages(&mut self, order: u8, hint: Pfn) -> Result<Option<Pfn>, Violation> {
@@ -185,11 +217,13 @@ impl Machine {
                 break;
             };
             list.remove(pos);
+            self.buddy.changed.push((buddy, order));
             self.page_mut(buddy)?.flags &= !pg::BUDDY;
             pfn = pfn.min(buddy);
             order += 1;
         }
         self.buddy.free_area[order as usize].push(pfn);
+        self.buddy.changed.push((pfn, order));
         let p = self.page_mut(pfn)?;
         p.flags |= pg::BUDDY;
         p.private = order as u32;

@@ -626,7 +626,8 @@ impl Machine {
     /// `pagetable_alloc`: a zeroed table page, `PG_table`, one reference.
     /// `None` when the allocation fails.
     pub fn pagetable_alloc(&mut self, level: Level) -> Result<Option<Pfn>, Violation> {
-        let Some(pfn) = self.alloc_pages(0, 0)? else {
+        let Some(pfn) = self.alloc_pages_may_sleep(0, 0, "pagetable_alloc(GFP_PGTABLE_USER)")?
+        else {
             return Ok(None);
         };
         let frame = &mut self.frames[pfn as usize];

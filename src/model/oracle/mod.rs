@@ -9,6 +9,7 @@
 //!   completed), so that a test can assert generated inputs still get there.
 
 mod access;
+mod hugetlb;
 mod migration;
 mod page_alloc;
 mod pmd_share;
@@ -22,10 +23,12 @@ pub use access::{
     ref_target_is_genuine, unfreeze_from_zero, user_tlb_entry_current, user_tlb_table_current,
     walked_freed_table,
 };
+pub use hugetlb::hugetlb_counters_match;
 pub use migration::{
     folio_is_quiet, migration_carries_data, migration_expected_refs, migration_makes_progress,
     migration_refcount_exact,
 };
+pub use page_alloc::buddy_lists_match_pages;
 pub use page_alloc::{folio_unlock_by_locker, hvo_folio_frozen, might_sleep, no_bad_page_at_free};
 pub use pmd_share::{
     pmd_table_free_unshared, share_counts_at_quiescence, share_counts_match,
@@ -141,6 +144,14 @@ oracles! {
     HvoNotFrozen = "hvo-only-on-frozen-folio";
     /// A folio unlocked that was not locked, or that another CPU locked.
     FolioLockOwner = "folio-unlock-by-its-locker";
+    /// After a `hugetlb_lock` section, `nr_huge_pages` is not the folios on
+    /// the free and active lists, `surplus_huge_pages` exceeds it, or a
+    /// folio is on the lists twice.
+    HugetlbCounters = "hugetlb-counters-match-lists";
+    /// After a step, a page in a block the buddy allocator changed has
+    /// PageBuddy without heading a free block of its `buddy_order`, a free
+    /// block's head lacks it, or two free blocks overlap.
+    BuddyConsistent = "buddy-lists-match-pagebuddy";
     /// Every CPU is blocked.
     Deadlock = "no-deadlock";
     /// The execution did not finish within the step bound.
@@ -319,6 +330,14 @@ pub static INVARIANTS: &[Invariant] = &[
         when: When::Quiescent(share_counts_at_quiescence),
     },
     Invariant {
+        oracle: Oracle::BuddyConsistent,
+        when: When::Step(buddy_lists_match_pages),
+    },
+    Invariant {
+        oracle: Oracle::HugetlbCounters,
+        when: When::Step(hugetlb_counters_match),
+    },
+    Invariant {
         oracle: Oracle::FrameAccounting,
         when: When::Quiescent(every_frame_accounted),
     },
@@ -332,7 +351,11 @@ pub static INVARIANTS: &[Invariant] = &[
     },
     Invariant {
         oracle: Oracle::MightSleep,
-        when: When::Path("rcu::synchronize_rcu, filemap::folio_lock"),
+        when: When::Path(
+            "rcu::synchronize_rcu, filemap::folio_lock, page_alloc::alloc_pages_may_sleep \
+             (every GFP_KERNEL-like allocation), mmap_lock, i_mmap_rwsem, the hugetlb VMA \
+             lock, hugetlb_fault_mutex",
+        ),
     },
     Invariant {
         oracle: Oracle::FolioLockOwner,
@@ -397,6 +420,8 @@ pub fn after_step(m: &mut Machine) -> Result<(), Violation> {
     by_kind().step.iter().try_for_each(|check| check(m))?;
     m.ledger.touched.clear();
     m.ledger.pmd_tables_touched.clear();
+    m.ledger.hugetlb_changed = false;
+    m.buddy.changed.clear();
     if m.reached.is_some() {
         let mut got = 0;
         for (i, r) in REACHABLE.iter().enumerate() {

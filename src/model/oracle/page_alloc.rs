@@ -57,6 +57,55 @@ pub fn no_bad_page_at_free(m: &Machine, pfn: Pfn, order: u8) -> Result<(), Viola
     Ok(())
 }
 
+/// The buddy allocator's own consistency (v6.12 mm/page_alloc.c: a free
+/// block's head has PageBuddy and `buddy_order` (`set_buddy_order`), no
+/// other page of it does, and `__free_one_page` never lists overlapping
+/// blocks), for the blocks the step put on or took off a free list only:
+/// each page of such a range is checked against the free blocks overlapping
+/// it, so the work is the size of what the step changed.
+pub fn buddy_lists_match_pages(m: &Machine) -> Result<(), Violation> {
+    for &(start, order) in &m.buddy.changed {
+        let listed = m.buddy.free_blocks_overlapping(start, order);
+        let bad = |what: String| fail(Oracle::BuddyConsistent, what);
+        for (i, &(b, o)) in listed.iter().enumerate() {
+            if let Some(&(c, p)) = listed[i + 1..]
+                .iter()
+                .find(|&&(c, p)| c < b + (1 << o) && b < c + (1 << p))
+            {
+                return bad(format!(
+                    "free blocks pfn {b} order {o} and pfn {c} order {p} overlap"
+                ));
+            }
+        }
+        let (lo, hi) = listed
+            .iter()
+            .fold((start, start + (1 << order)), |(l, h), &(b, o)| {
+                (l.min(b), h.max(b + (1 << o)))
+            });
+        for pfn in lo..hi {
+            let page = m.peek(pfn);
+            let head_of = listed.iter().find(|&&(b, _)| b == pfn);
+            match head_of {
+                Some(&(_, o)) if !page.test(pg::BUDDY) || page.private != o as u32 => {
+                    return bad(format!(
+                        "pfn {pfn} heads a free block of order {o}, but PageBuddy {} buddy_order {}",
+                        page.test(pg::BUDDY),
+                        page.private
+                    ));
+                }
+                None if page.test(pg::BUDDY) => {
+                    return bad(format!(
+                        "pfn {pfn} has PageBuddy (order {}) but heads no free block",
+                        page.private
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `might_sleep()` (`__might_sleep`, kernel/sched/core.c): a sleeping call
 /// (`synchronize_rcu`, a sleeping allocation or lock) inside an RCU read
 /// section, with interrupts disabled, or under a spinlock (a page-table lock
@@ -110,5 +159,176 @@ pub fn folio_unlock_by_locker(m: &Machine, folio: Pfn, what: &str) -> Result<(),
             Oracle::FolioLockOwner,
             format!("VM_BUG_ON_FOLIO(!folio_test_locked): {what} of unlocked pfn {folio}"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::filemap::filemap_add_folio;
+    use crate::model::hugetlb::{
+        alloc_pool_huge_folio, hugetlb_fault_mutex_lock_then, hugetlb_vma_lock_read,
+        hugetlb_vma_lock_write,
+    };
+    use crate::model::hugetlbfs::{i_mmap_lock_read_then, i_mmap_lock_write};
+    use crate::model::memory::{mmap_read_lock, mmap_write_lock_then};
+    use crate::model::mm_types::pg;
+    use crate::model::oracle::{Oracle, Violation, after_step};
+    use crate::model::testing::Kernel;
+
+    /// CPU 1 in an RCU read section.
+    fn in_rcu_read_section() -> Kernel {
+        let mut k = Kernel::boot();
+        k.step(1, |m| {
+            m.rcu_read_lock();
+            Ok(())
+        })
+        .unwrap();
+        k
+    }
+
+    /// CPU 1 with interrupts disabled (GUP-fast's section).
+    fn irqs_off() -> Kernel {
+        let mut k = Kernel::boot();
+        k.step(1, |m| {
+            m.local_irq_save();
+            Ok(())
+        })
+        .unwrap();
+        k
+    }
+
+    fn sleeps_in_atomic(r: Result<(), Violation>, what: &str) {
+        let err = r.unwrap_err();
+        assert_eq!(err.oracle, Oracle::MightSleep, "{}", err.detail);
+        assert!(err.detail.contains(what), "{}", err.detail);
+    }
+
+    #[test]
+    fn mmap_lock_inside_an_rcu_read_section_sleeps_in_atomic_context() {
+        let mut k = in_rcu_read_section();
+        sleeps_in_atomic(k.on(1, |cpu| mmap_read_lock(cpu, 0)), "mmap_read_lock");
+        let mut k = in_rcu_read_section();
+        sleeps_in_atomic(
+            k.on(1, |cpu| mmap_write_lock_then(cpu, 0, |_| Ok(()))),
+            "mmap_write_lock",
+        );
+    }
+
+    #[test]
+    fn i_mmap_rwsem_with_interrupts_off_sleeps_in_atomic_context() {
+        let mut k = irqs_off();
+        sleeps_in_atomic(
+            k.on(1, |cpu| i_mmap_lock_read_then(cpu, "test", |_| Ok(()))),
+            "i_mmap_lock_read",
+        );
+        let mut k = irqs_off();
+        sleeps_in_atomic(k.on(1, i_mmap_lock_write), "i_mmap_lock_write");
+    }
+
+    #[test]
+    fn hugetlb_vma_lock_and_fault_mutex_inside_rcu_sleep_in_atomic_context() {
+        let mut k = in_rcu_read_section();
+        sleeps_in_atomic(
+            k.on(1, |cpu| hugetlb_vma_lock_read(cpu, 0, 0)),
+            "hugetlb_vma_lock_read",
+        );
+        let mut k = in_rcu_read_section();
+        sleeps_in_atomic(
+            k.on(1, |cpu| hugetlb_vma_lock_write(cpu, 0, 0)),
+            "hugetlb_vma_lock_write",
+        );
+        let mut k = in_rcu_read_section();
+        sleeps_in_atomic(
+            k.on(1, |cpu| {
+                hugetlb_fault_mutex_lock_then(cpu, "test", 0, |_| Ok(()))
+            }),
+            "hugetlb_fault_mutex_lock",
+        );
+    }
+
+    #[test]
+    fn sleeping_allocations_in_atomic_context_are_caught() {
+        let mut k = in_rcu_read_section();
+        sleeps_in_atomic(
+            k.on(1, |cpu| filemap_add_folio(cpu, 0, 0)),
+            "filemap_alloc_folio",
+        );
+        let mut k = irqs_off();
+        sleeps_in_atomic(
+            k.on(1, |cpu| alloc_pool_huge_folio(cpu, 0)),
+            "alloc_buddy_hugetlb_folio",
+        );
+        let mut k = irqs_off();
+        sleeps_in_atomic(
+            k.step(1, |m| {
+                m.pagetable_alloc(crate::model::pgtable::Level::Pte)
+                    .map(|_| ())
+            }),
+            "pagetable_alloc",
+        );
+    }
+
+    #[test]
+    fn alloc_and_free_keep_the_buddy_lists_and_pagebuddy_in_step() {
+        // Kernel::step runs the per-step invariants after each step.
+        let mut k = Kernel::boot();
+        let pfn = k
+            .step(0, |m| {
+                let pfn = m.alloc_pages(0, 600)?;
+                assert!(!m.buddy.changed.is_empty(), "the split is recorded");
+                Ok(pfn)
+            })
+            .unwrap()
+            .unwrap();
+        assert!(k.m.buddy.changed.is_empty(), "cleared after the step");
+        k.step(0, |m| {
+            m.page_mut(pfn)?.refcount = 0;
+            m.free_pages(pfn, 0)
+        })
+        .unwrap();
+        after_step(&mut k.m).unwrap();
+    }
+
+    #[test]
+    fn pagebuddy_on_an_allocated_page_is_caught() {
+        let mut k = Kernel::boot();
+        let err = k
+            .step(0, |m| {
+                let pfn = m.alloc_pages(0, 600)?.unwrap();
+                // A set_buddy_order on the page handed out instead of the half.
+                m.peek_mut(pfn).flags |= pg::BUDDY;
+                Ok(())
+            })
+            .unwrap_err();
+
+        assert_eq!(err.oracle, Oracle::BuddyConsistent);
+        assert!(err.detail.contains("heads no free block"), "{}", err.detail);
+    }
+
+    #[test]
+    fn a_free_block_with_the_wrong_buddy_order_is_caught() {
+        let mut k = Kernel::boot();
+        let pfn = k.step(0, |m| m.alloc_pages(0, 600)).unwrap().unwrap();
+        let err = k
+            .step(0, |m| {
+                m.page_mut(pfn)?.refcount = 0;
+                m.free_pages(pfn, 0)?;
+                let &(head, _) = m.buddy.changed.last().unwrap();
+                m.peek_mut(head).private += 1;
+                Ok(())
+            })
+            .unwrap_err();
+
+        assert_eq!(err.oracle, Oracle::BuddyConsistent);
+        assert!(err.detail.contains("heads a free block"), "{}", err.detail);
+    }
+
+    #[test]
+    fn the_same_calls_outside_atomic_context_do_not_trip() {
+        let mut k = Kernel::boot();
+        k.on(1, |cpu| mmap_read_lock(cpu, 0)).unwrap();
+        k.on(1, i_mmap_lock_write).unwrap();
+        k.on(1, |cpu| filemap_add_folio(cpu, 0, 0)).unwrap();
+        k.on(1, |cpu| alloc_pool_huge_folio(cpu, 0)).unwrap();
     }
 }
