@@ -10,6 +10,7 @@ use super::mm_types::{Mapping, pg};
 use super::oracle::Violation;
 use super::page_ref::{folio_put, folio_try_get};
 use super::pgtable::RwSem;
+use super::smp::under_spinlock;
 use crate::ktrace;
 
 #[derive(Debug)]
@@ -55,7 +56,11 @@ pub fn with_xa_lock<T>(
     func: &'static str,
     f: impl FnOnce(&mut Machine) -> Result<T, Violation>,
 ) -> KResult<T> {
-    cpu.step_when(func, |m| m.mapping.xa_lock.is_none(), f)
+    cpu.step_when(
+        func,
+        |m| m.mapping.xa_lock.is_none(),
+        |m| under_spinlock(m, "xa_lock", f),
+    )
 }
 
 /// `filemap_add_folio` (with `filemap_alloc_folio`): allocate a locked

@@ -24,6 +24,7 @@ use super::mm_types::pg;
 use super::oracle::Violation;
 use super::page_ref::{folio_get, folio_put, folio_ref_add, folio_ref_freeze, folio_ref_unfreeze};
 use super::pgtable::{PmdLeaf, PmdVal, PudVal, RwSem, Uaddr, VmArea, tlb_remove_table_sync_one};
+use super::smp::under_spinlock;
 use super::variant::Variant;
 use crate::ktrace;
 
@@ -68,7 +69,7 @@ fn with_hugetlb_lock<T>(
     f: impl FnOnce(&mut Machine) -> Result<T, Violation>,
 ) -> KResult<T> {
     cpu.step(func, |m| {
-        let r = f(m)?;
+        let r = under_spinlock(m, "hugetlb_lock", f)?;
         // spin_unlock(&hugetlb_lock): the counters must match the lists.
         m.ledger.hugetlb_changed = true;
         Ok(r)
@@ -1260,5 +1261,27 @@ mod tests {
 
         assert_eq!(err.oracle, Oracle::PmdTableNotOfMm);
         assert!(err.detail.contains("free in the buddy"), "{}", err.detail);
+    }
+
+    #[test]
+    fn a_sleeping_allocation_under_hugetlb_lock_is_caught() {
+        let mut k = Kernel::builder().boot();
+        let outside = k.on(0, |cpu| {
+            cpu.step("alloc_buddy_hugetlb_folio", |m| {
+                m.alloc_pages_may_sleep(0, 0, "alloc_buddy_hugetlb_folio")
+            })
+        });
+        assert!(outside.unwrap().is_some());
+
+        let err = k
+            .on(0, |cpu| {
+                with_hugetlb_lock(cpu, "alloc_surplus_hugetlb_folio", |m| {
+                    m.alloc_pages_may_sleep(0, 0, "alloc_buddy_hugetlb_folio")
+                })
+            })
+            .unwrap_err();
+
+        assert_eq!(err.oracle, Oracle::MightSleep);
+        assert!(err.detail.ends_with("under hugetlb_lock"), "{}", err.detail);
     }
 }

@@ -245,6 +245,9 @@ pub struct CpuState {
     /// An x86 kernel TLB-flush IPI this CPU has not taken yet (interrupts
     /// off): its vmemmap TLB is flushed when it enables them.
     pub kernel_flush_pending: bool,
+    /// The spinlock (`hugetlb_lock`, `xa_lock`) the running step's body
+    /// holds, for `might_sleep`.
+    pub spinlock: Option<&'static str>,
 }
 
 crate::clone_by_field!(CpuState {
@@ -254,7 +257,8 @@ crate::clone_by_field!(CpuState {
     irqs_off,
     irq_sections,
     gup_fast_mm,
-    kernel_flush_pending
+    kernel_flush_pending,
+    spinlock
 });
 
 /// The lines a step traces (`trace_printk`), until the executor stamps
@@ -385,6 +389,7 @@ impl Machine {
                     irq_sections: 0,
                     gup_fast_mm: None,
                     kernel_flush_pending: false,
+                    spinlock: None,
                 };
                 nr_cpus
             ],

@@ -232,3 +232,17 @@ mod tests {
         assert!(err.detail.contains("interrupts disabled"), "{}", err.detail);
     }
 }
+
+/// `spin_lock(lock)` around `f`, inside one step: a sleeping call in `f`
+/// is a sleep in atomic context.
+pub fn under_spinlock<T>(
+    m: &mut Machine,
+    lock: &'static str,
+    f: impl FnOnce(&mut Machine) -> Result<T, Violation>,
+) -> Result<T, Violation> {
+    let c = m.cpu_index();
+    let outer = m.cpus[c].spinlock.replace(lock);
+    let r = f(m);
+    m.cpus[c].spinlock = outer;
+    r
+}

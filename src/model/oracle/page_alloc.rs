@@ -119,6 +119,13 @@ pub fn might_sleep(m: &Machine, what: &str) -> Result<(), Violation> {
         "inside an RCU read section"
     } else if m.pt_locks.iter().any(|&(_, holder)| holder as usize == c) {
         "under a page-table spinlock"
+    } else if let Some(lock) = m.cpus[c].spinlock {
+        return fail(
+            Oracle::MightSleep,
+            format!(
+                "BUG: sleeping function called from invalid context: {what} on {cpu} under {lock}"
+            ),
+        );
     } else {
         return Ok(());
     };
