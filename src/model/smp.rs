@@ -145,6 +145,20 @@ pub fn resume_remote_cpus(cpu: &Cpu) -> KResult<()> {
     })
 }
 
+/// `spin_lock(lock)` around `f`, inside one step: a sleeping call in `f`
+/// is a sleep in atomic context.
+pub fn under_spinlock<T>(
+    m: &mut Machine,
+    lock: &'static str,
+    f: impl FnOnce(&mut Machine) -> Result<T, Violation>,
+) -> Result<T, Violation> {
+    let c = m.cpu_index();
+    let outer = m.cpus[c].spinlock.replace(lock);
+    let r = f(m);
+    m.cpus[c].spinlock = outer;
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,18 +245,4 @@ mod tests {
         assert_eq!(err.oracle, Oracle::Deadlock);
         assert!(err.detail.contains("interrupts disabled"), "{}", err.detail);
     }
-}
-
-/// `spin_lock(lock)` around `f`, inside one step: a sleeping call in `f`
-/// is a sleep in atomic context.
-pub fn under_spinlock<T>(
-    m: &mut Machine,
-    lock: &'static str,
-    f: impl FnOnce(&mut Machine) -> Result<T, Violation>,
-) -> Result<T, Violation> {
-    let c = m.cpu_index();
-    let outer = m.cpus[c].spinlock.replace(lock);
-    let r = f(m);
-    m.cpus[c].spinlock = outer;
-    r
 }
