@@ -850,6 +850,10 @@ pub fn free_hpage_workfn(cpu: &Cpu) -> KResult<()> {
     })?;
     for folio in list.into_iter().rev() {
         __update_and_free_hugetlb_folio(cpu, folio)?;
+        cpu.step("cond_resched", |m| {
+            m.ledger.hpage_work_freed |= m.this_cpu != super::ctx::CpuId::SETUP;
+            Ok(())
+        })?;
     }
     Ok(())
 }
@@ -889,6 +893,7 @@ fn dissolve_locked(cpu: &Cpu, folio: Pfn, recheck: bool) -> KResult<()> {
         m.hstate.free_folios.retain(|&f| f != folio);
         m.hstate.nr_huge_pages -= 1;
         ktrace!(m, "pfn {folio} dissolved from the pool");
+        m.ledger.dissolved = true;
         Ok(true)
     })?;
     if !removed {
