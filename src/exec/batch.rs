@@ -444,7 +444,9 @@ fn body(running: Arc<Mutex<Running>>, log: ScheduleLog) -> impl FnOnce() + Send 
             let _ = h.join();
         }
         let mut st = lock(&state);
-        if !st.record.halted() {
+        // flush_work(&free_hpage_work), only when work is queued: no extra
+        // step otherwise.
+        if !st.record.halted() && !st.machine.hstate.hpage_freelist.is_empty() {
             let s = &mut *st;
             let seq = Sequential::new(&mut s.machine, std::mem::take(&mut s.record));
             let _ = hugetlb::flush_free_hpage_work(&seq.cpu(CpuId::SETUP));

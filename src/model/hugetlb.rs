@@ -827,8 +827,11 @@ pub fn shrink_huge_pool(cpu: &Cpu) -> KResult<()> {
 /// queued (`llist_add`, `schedule_work(&free_hpage_work)`); anything else is
 /// freed in the caller's context.
 pub fn update_and_free_hugetlb_folio(cpu: &Cpu, folio: Pfn, atomic: bool) -> KResult<()> {
+    if !atomic {
+        return __update_and_free_hugetlb_folio(cpu, folio);
+    }
     let queued = cpu.step("update_and_free_hugetlb_folio", |m| {
-        if !atomic || !m.page(folio)?.test(pg::VMEMMAP_OPTIMIZED) {
+        if !m.page(folio)?.test(pg::VMEMMAP_OPTIMIZED) {
             return Ok(false);
         }
         m.hstate.hpage_freelist.push(folio);
