@@ -310,3 +310,48 @@ fn guided_pct_hunt_finds_ref_fake_head_before_count() {
         Oracle::RoVmemmapWrite,
     );
 }
+
+/// The kworker's `free_hpage_workfn` restores the vmemmap of a queued
+/// surplus folio while a pfn walker reads a struct page of it: every
+/// interleaving (bounded DFS) of the fixed model is clean, the walker reads
+/// through the alias in some, and the worker's free is reached.
+#[test]
+fn free_hpage_workfn_races_a_pfn_walker_cleanly() {
+    use mmharness::exec::{Job, Observe, Plan, run_jobs};
+    use mmharness::model::op::PfnArg;
+    use mmharness::model::oracle::REACHABLE;
+    use std::sync::Arc;
+    quiet();
+    let s = Scenario::new(
+        Config::default(),
+        vec![],
+        vec![
+            vec![
+                Op::AllocHugetlbFolio {
+                    pfn_hint: PfnArg(512),
+                },
+                Op::PutHugetlbFolio {},
+                Op::FreeHpageWorkfn {},
+            ],
+            vec![Op::PfnWalk { pfn: PfnArg(600) }],
+        ],
+    );
+    let observe = Observe {
+        reach: true,
+        ..Observe::default()
+    };
+    let plan = Plan::Dfs { executions: 20_000 };
+    let r = &run_jobs(vec![Job::new(Arc::new(s), plan, observe)])[0];
+    assert!(
+        r.failure.is_none(),
+        "{:?}",
+        r.failure.as_ref().map(|o| &o.verdict)
+    );
+    assert!(r.executions > 100, "{} interleavings", r.executions);
+    let bit = |name| 1u64 << REACHABLE.iter().position(|p| p.name == name).unwrap();
+    assert_ne!(r.reached & bit("struct-page-read-through-hvo-alias"), 0);
+    assert_ne!(
+        r.reached & bit("hugetlb-folio-freed-by-free-hpage-workfn"),
+        0
+    );
+}

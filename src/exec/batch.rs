@@ -16,7 +16,7 @@ use super::executor::{ExecState, STEP_BOUND, SharedState, ShuttleExecutor, lock}
 use super::schedulers::{Decision, InputScheduler, classify, cpu_of};
 use crate::model::ctx::{Cpu, CpuId, Detected, Record, Sequential, TraceEvent};
 use crate::model::kcov::Coverage;
-use crate::model::{Config, Machine, Oracle, Violation, oracle};
+use crate::model::{Config, Machine, Oracle, Violation, hugetlb, oracle};
 use crate::scenario::Scenario;
 use shuttle::scheduler::{
     DfsScheduler, PctScheduler, RandomScheduler, Schedule, Scheduler, Task, TaskId,
@@ -444,6 +444,14 @@ fn body(running: Arc<Mutex<Running>>, log: ScheduleLog) -> impl FnOnce() + Send 
             let _ = h.join();
         }
         let mut st = lock(&state);
+        // flush_work(&free_hpage_work), only when work is queued: no extra
+        // step otherwise.
+        if !st.record.halted() && !st.machine.hstate.hpage_freelist.is_empty() {
+            let s = &mut *st;
+            let seq = Sequential::new(&mut s.machine, std::mem::take(&mut s.record));
+            let _ = hugetlb::flush_free_hpage_work(&seq.cpu(CpuId::SETUP));
+            s.record = seq.into_record();
+        }
         if !st.record.halted() {
             let s = &mut *st;
             if let Err(v) = oracle::at_quiescence(&mut s.machine) {

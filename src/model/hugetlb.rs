@@ -41,6 +41,9 @@ pub struct Hstate {
     /// `hugetlb_fault_mutex_table`, one mutex per hugetlbfs index (the
     /// kernel hashes indexes onto fewer): the CPU holding it.
     pub fault_mutex: Vec<Option<u8>>,
+    /// `hpage_freelist`: HVO'd folios `free_huge_folio` freed in atomic
+    /// context, frozen at 0, for `free_hpage_workfn` (oldest first).
+    pub hpage_freelist: Vec<Pfn>,
 }
 
 crate::clone_by_field!(Hstate {
@@ -49,7 +52,8 @@ crate::clone_by_field!(Hstate {
     nr_huge_pages,
     surplus_huge_pages,
     vmemmap_tail,
-    fault_mutex
+    fault_mutex,
+    hpage_freelist
 });
 
 impl Hstate {
@@ -799,7 +803,7 @@ pub fn free_huge_folio(cpu: &Cpu, folio: Pfn) -> KResult<()> {
         Ok(false)
     })?;
     if dissolve {
-        update_and_free_hugetlb_folio(cpu, folio)?;
+        update_and_free_hugetlb_folio(cpu, folio, true)?;
     }
     Ok(())
 }
@@ -822,15 +826,106 @@ pub fn shrink_huge_pool(cpu: &Cpu) -> KResult<()> {
         Ok(f)
     })?;
     match folio {
-        Some(f) => update_and_free_hugetlb_folio(cpu, f),
+        Some(f) => update_and_free_hugetlb_folio(cpu, f, false),
         None => Ok(()),
     }
+}
+
+/// `update_and_free_hugetlb_folio` (v6.12): an atomic caller cannot restore
+/// an HVO'd folio's vmemmap (it sleeps and allocates), so the folio is
+/// queued (`llist_add`, `schedule_work(&free_hpage_work)`); anything else is
+/// freed in the caller's context.
+pub fn update_and_free_hugetlb_folio(cpu: &Cpu, folio: Pfn, atomic: bool) -> KResult<()> {
+    if !atomic {
+        return __update_and_free_hugetlb_folio(cpu, folio);
+    }
+    let queued = cpu.step("update_and_free_hugetlb_folio", |m| {
+        if !m.page(folio)?.test(pg::VMEMMAP_OPTIMIZED) {
+            return Ok(false);
+        }
+        m.hstate.hpage_freelist.push(folio);
+        ktrace!(m, "pfn {folio} queued for free_hpage_workfn");
+        Ok(true)
+    })?;
+    if queued {
+        return Ok(());
+    }
+    __update_and_free_hugetlb_folio(cpu, folio)
+}
+
+/// `free_hpage_workfn` (v6.12): the kworker takes the whole queue
+/// (`llist_del_all`) and frees each folio in process context, rescheduling
+/// between folios. `llist_del_all` hands the newest first.
+pub fn free_hpage_workfn(cpu: &Cpu) -> KResult<()> {
+    let list = cpu.step("llist_del_all", |m| {
+        Ok(std::mem::take(&mut m.hstate.hpage_freelist))
+    })?;
+    for folio in list.into_iter().rev() {
+        __update_and_free_hugetlb_folio(cpu, folio)?;
+        cpu.step("cond_resched", |m| {
+            m.ledger.hpage_work_freed |= m.this_cpu != super::ctx::CpuId::SETUP;
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+/// `flush_work(&free_hpage_work)`: run the queued work to completion (the
+/// end of an execution, before the quiescence oracles).
+pub fn flush_free_hpage_work(cpu: &Cpu) -> KResult<()> {
+    while cpu.step("flush_work", |m| Ok(!m.hstate.hpage_freelist.is_empty()))? {
+        free_hpage_workfn(cpu)?;
+    }
+    Ok(())
+}
+
+/// `dissolve_free_hugetlb_folio` (v6.12): a free pool folio leaves hugetlb
+/// (memory offline, `alloc_contig_range`). The unlocked test only picks a
+/// candidate; under `hugetlb_lock` the folio must still be free.
+pub fn dissolve_free_hugetlb_folio(cpu: &Cpu, pfn: Pfn) -> KResult<()> {
+    let candidate = cpu.step("folio_test_hugetlb", |m| {
+        let p = m.page(pfn)?;
+        Ok(p.test(pg::HUGETLB) && p.refcount == 0)
+    })?;
+    if candidate {
+        dissolve_locked(cpu, pfn, true)?;
+    }
+    Ok(())
+}
+
+/// The `hugetlb_lock` part of `dissolve_free_hugetlb_folio`; `recheck` is
+/// false only for tests showing why the free-list recheck is there.
+fn dissolve_locked(cpu: &Cpu, folio: Pfn, recheck: bool) -> KResult<()> {
+    let removed = with_hugetlb_lock(cpu, "remove_hugetlb_folio", |m| {
+        // folio_ref_count == 0 && folio_test_hugetlb_freed: on the free list,
+        // not queued for free_hpage_workfn nor handed out since.
+        if recheck && !m.hstate.free_folios.contains(&folio) {
+            return Ok(false);
+        }
+        m.hstate.free_folios.retain(|&f| f != folio);
+        m.hstate.nr_huge_pages -= 1;
+        ktrace!(m, "pfn {folio} dissolved from the pool");
+        m.ledger.dissolved = true;
+        Ok(true)
+    })?;
+    if !removed {
+        return Ok(());
+    }
+    if !hugetlb_vmemmap_restore_folio(cpu, folio)? {
+        return with_hugetlb_lock(cpu, "add_hugetlb_folio", |m| {
+            enqueue_hugetlb_folio(m, folio)?;
+            m.hstate.nr_huge_pages += 1;
+            ktrace!(m, "vmemmap restore failed: pfn {folio} back in the pool");
+            Ok(())
+        });
+    }
+    update_and_free_hugetlb_folio(cpu, folio, false)
 }
 
 /// `__update_and_free_hugetlb_folio`: restore the vmemmap, then free the
 /// folio to the buddy. If the vmemmap cannot be restored (-ENOMEM) the folio
 /// must not be freed: it goes back to the pool as a surplus folio.
-pub fn update_and_free_hugetlb_folio(cpu: &Cpu, folio: Pfn) -> KResult<()> {
+fn __update_and_free_hugetlb_folio(cpu: &Cpu, folio: Pfn) -> KResult<()> {
     if !hugetlb_vmemmap_restore_folio(cpu, folio)? {
         if !cpu.cfg().has(Variant::HvoRestoreFailFrees) {
             return with_hugetlb_lock(cpu, "add_hugetlb_folio", |m| {
@@ -1283,5 +1378,138 @@ mod tests {
 
         assert_eq!(err.oracle, Oracle::MightSleep);
         assert!(err.detail.ends_with("under hugetlb_lock"), "{}", err.detail);
+    }
+}
+
+#[cfg(test)]
+mod free_path_tests {
+    use super::*;
+    use crate::model::config::HvoMode;
+    use crate::model::oracle::{self, Oracle};
+    use crate::model::testing::Kernel;
+
+    /// The folio at 512, HVO'd with two vmemmap pages kept.
+    const FOLIO: Pfn = 512;
+
+    fn boot() -> Kernel {
+        Kernel::builder().hvo(HvoMode::Keep2).boot()
+    }
+
+    /// A surplus folio (empty pool), HVO'd, held by CPU 0.
+    fn surplus_folio(k: &mut Kernel) {
+        k.on(0, |cpu| alloc_hugetlb_folio(cpu, FOLIO)).unwrap();
+        assert_eq!(k.m.hstate.surplus_huge_pages, 1);
+        assert!(k.m.peek(FOLIO).test(pg::VMEMMAP_OPTIMIZED));
+    }
+
+    #[test]
+    fn the_last_put_of_a_surplus_hvo_folio_queues_it_for_the_worker() {
+        let mut k = boot();
+        let before = k.free_blocks();
+        surplus_folio(&mut k);
+
+        k.on(0, put_hugetlb_folio).unwrap();
+
+        assert_eq!(k.m.hstate.hpage_freelist, [FOLIO]);
+        assert!(
+            k.m.peek(FOLIO).test(pg::VMEMMAP_OPTIMIZED),
+            "no vmemmap restore in the putter's context"
+        );
+        assert_ne!(k.free_blocks(), before, "not freed yet");
+        // The quiescence oracles account the queued folio (no flush here).
+        oracle::at_quiescence(&mut k.m).unwrap();
+
+        k.on(1, free_hpage_workfn).unwrap();
+
+        assert!(k.m.hstate.hpage_freelist.is_empty());
+        assert!(!k.m.peek(FOLIO).test(pg::VMEMMAP_OPTIMIZED));
+        assert_eq!(k.free_blocks(), before);
+        k.quiesce().unwrap();
+    }
+
+    #[test]
+    fn quiescence_flushes_the_queued_free() {
+        let mut k = boot();
+        let before = k.free_blocks();
+        surplus_folio(&mut k);
+        k.on(0, put_hugetlb_folio).unwrap();
+
+        k.quiesce().unwrap();
+
+        assert!(k.m.hstate.hpage_freelist.is_empty());
+        assert_eq!(k.free_blocks(), before);
+    }
+
+    #[test]
+    fn shrinking_the_pool_frees_in_its_own_context() {
+        let mut k = boot();
+        let before = k.free_blocks();
+        k.pool_huge_folio(FOLIO);
+
+        k.on(0, shrink_huge_pool).unwrap();
+
+        assert!(k.m.hstate.hpage_freelist.is_empty());
+        assert_eq!(k.free_blocks(), before);
+    }
+
+    #[test]
+    fn dissolve_of_a_queued_folio_leaves_it_to_the_worker() {
+        let mut k = boot();
+        let before = k.free_blocks();
+        surplus_folio(&mut k);
+        k.on(0, put_hugetlb_folio).unwrap();
+
+        k.on(1, |cpu| dissolve_free_hugetlb_folio(cpu, FOLIO))
+            .unwrap();
+
+        assert_eq!(k.m.hstate.hpage_freelist, [FOLIO], "still queued");
+        k.on(1, free_hpage_workfn).unwrap();
+        assert_eq!(k.free_blocks(), before);
+        k.quiesce().unwrap();
+    }
+
+    #[test]
+    fn dissolve_frees_a_free_pool_folio() {
+        let mut k = boot();
+        let before = k.free_blocks();
+        k.pool_huge_folio(FOLIO);
+
+        k.on(0, |cpu| dissolve_free_hugetlb_folio(cpu, FOLIO))
+            .unwrap();
+
+        assert!(k.m.hstate.free_folios.is_empty());
+        assert_eq!(k.m.hstate.nr_huge_pages, 0);
+        assert_eq!(k.free_blocks(), before);
+        k.quiesce().unwrap();
+    }
+
+    #[test]
+    fn dissolve_rechecks_under_the_lock_that_the_folio_is_still_free() {
+        let mut k = boot();
+        k.pool_huge_folio(FOLIO);
+        // CPU 1's unlocked folio_test_hugetlb saw a free folio; CPU 0 then
+        // takes it before CPU 1 gets hugetlb_lock.
+        k.on(0, |cpu| alloc_hugetlb_folio(cpu, FOLIO)).unwrap();
+
+        k.on(1, |cpu| dissolve_locked(cpu, FOLIO, true)).unwrap();
+
+        assert_eq!(k.m.hstate.active_folios, [FOLIO]);
+        k.on(0, put_hugetlb_folio).unwrap();
+        k.quiesce().unwrap();
+    }
+
+    #[test]
+    fn a_dissolve_without_the_recheck_frees_a_folio_in_use() {
+        let mut k = boot();
+        k.pool_huge_folio(FOLIO);
+        k.on(0, |cpu| alloc_hugetlb_folio(cpu, FOLIO)).unwrap();
+
+        let v = k
+            .on(1, |cpu| dissolve_locked(cpu, FOLIO, false))
+            .and_then(|()| k.quiesce())
+            .unwrap_err();
+
+        // The restore finds the folio CPU 0 holds: refcount 1, not frozen.
+        assert_eq!(v.oracle, Oracle::HvoNotFrozen, "{v:?}");
     }
 }

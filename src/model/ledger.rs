@@ -120,6 +120,11 @@ pub struct Ledger {
     pub pin_write_after_fork: bool,
     /// A read-only pin made GUP unshare a page (FAULT_FLAG_UNSHARE).
     pub unshared: bool,
+    /// A scenario CPU's `free_hpage_workfn` freed a queued folio (not the
+    /// flush at the end of an execution).
+    pub hpage_work_freed: bool,
+    /// `dissolve_free_hugetlb_folio` took a folio out of the pool.
+    pub dissolved: bool,
     /// Unshares under way: (process, PMD table) whose PUD entry is cleared
     /// but whose share is not dropped yet. The table is still that
     /// process's for its walkers, and its share count counts it.
@@ -167,6 +172,8 @@ crate::clone_by_field!(Ledger {
     fork_shared_anon,
     pin_write_after_fork,
     unshared,
+    hpage_work_freed,
+    dissolved,
     unsharing,
     pmd_tables_touched,
     hugetlb_changed,
@@ -206,6 +213,8 @@ impl Default for Ledger {
             fork_shared_anon: false,
             pin_write_after_fork: false,
             unshared: false,
+            hpage_work_freed: false,
+            dissolved: false,
             unsharing: Vec::new(),
             pmd_tables_touched: Vec::new(),
             hugetlb_changed: false,

@@ -277,6 +277,14 @@ ops! {
     /// `set_max_huge_pages(nr - 1)`: free a pool folio (restores its vmemmap).
     ShrinkHugePool = "shrink_huge_pool", Hvo {}
         => |cpu| hugetlb::shrink_huge_pool(cpu);
+    /// `free_hpage_workfn`: a kworker on this CPU frees the HVO'd folios
+    /// `free_huge_folio` queued.
+    FreeHpageWorkfn = "free_hpage_workfn", Hvo {}
+        => |cpu| hugetlb::free_hpage_workfn(cpu);
+    /// `dissolve_free_hugetlb_folio` of the folio headed at `pfn`, if it is
+    /// a free pool folio.
+    DissolveFreeHugetlbFolio = "dissolve_free_hugetlb_folio", Hvo { pfn: PfnArg }
+        => |cpu| hugetlb::dissolve_free_hugetlb_folio(cpu, pfn.get());
     /// Inject failure into the next `count` page allocations.
     FailNextAllocs = "fail_next_allocs", Inject { count: Count }
         => |cpu| cpu.step("should_fail_alloc_page", |m| {

@@ -135,9 +135,17 @@ impl Kernel {
         self.m.trace.drain().collect()
     }
 
-    /// Every CPU is done: run the outstanding RCU callbacks and check the
+    /// Every CPU is done: flush the queued hugetlb frees and the outstanding
+    /// RCU callbacks, and check the
     /// quiescence invariants (every frame owned once, every reference put).
     pub fn quiesce(&mut self) -> Result<(), Violation> {
+        if !self.m.hstate.hpage_freelist.is_empty() {
+            let seq = Sequential::new(&mut self.m, Record::new(false));
+            let _ = super::hugetlb::flush_free_hpage_work(&seq.cpu(CpuId::SETUP));
+            if let Some(d) = seq.detected() {
+                return Err(d.violation);
+            }
+        }
         oracle::at_quiescence(&mut self.m)
     }
 }

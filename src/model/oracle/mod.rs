@@ -495,6 +495,16 @@ pub static REACHABLE: &[Reachable] = &[
         when: Reach::Step(|m| m.hstate.surplus_huge_pages > 0),
     },
     Reachable {
+        name: "hugetlb-folio-freed-by-free-hpage-workfn",
+        subsystem: super::subsystem::Subsystem::Hvo,
+        when: Reach::Step(|m| m.ledger.hpage_work_freed),
+    },
+    Reachable {
+        name: "hugetlb-folio-dissolved",
+        subsystem: super::subsystem::Subsystem::Hvo,
+        when: Reach::Step(|m| m.ledger.dissolved),
+    },
+    Reachable {
         name: "folio-migrated",
         subsystem: super::subsystem::Subsystem::Migration,
         when: Reach::Step(|m| !m.ledger.migrated.is_empty()),

@@ -38,6 +38,15 @@ fn live_folios(m: &Machine) -> Vec<LiveFolio> {
             user: None,
         });
     }
+    for &head in &m.hstate.hpage_freelist {
+        out.push(LiveFolio {
+            head,
+            nr: m.cfg.pages_per_huge_page(),
+            expected_refs: 0,
+            what: "hugetlb folio queued for free_hpage_workfn",
+            user: None,
+        });
+    }
     // Page cache, user mappings, GUP holds and tasks can share a folio.
     let mut user: BTreeMap<Pfn, LiveFolio> = BTreeMap::new();
     fn entry<'a>(
