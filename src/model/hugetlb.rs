@@ -881,7 +881,12 @@ pub fn flush_free_hpage_work(cpu: &Cpu) -> KResult<()> {
 
 /// `dissolve_free_hugetlb_folio` (v6.12): a free pool folio leaves hugetlb
 /// (memory offline, `alloc_contig_range`). The unlocked test only picks a
-/// candidate; under `hugetlb_lock` the folio must still be free.
+/// candidate; under `hugetlb_lock` the folio must still be free. A free
+/// folio may be a surplus one (one whose vmemmap restore failed), so the
+/// surplus count goes down with it while the node has surplus folios, as
+/// in "mm/hugetlb: fix surplus pages in dissolve_free_huge_page()"
+/// (v6.14; v6.12 leaves `surplus_huge_pages` above `nr_huge_pages`, which
+/// the counters oracle finds).
 pub fn dissolve_free_hugetlb_folio(cpu: &Cpu, pfn: Pfn) -> KResult<()> {
     let candidate = cpu.step("folio_test_hugetlb", |m| {
         let p = m.page(pfn)?;
@@ -900,21 +905,28 @@ fn dissolve_locked(cpu: &Cpu, folio: Pfn, recheck: bool) -> KResult<()> {
         // folio_ref_count == 0 && folio_test_hugetlb_freed: on the free list,
         // not queued for free_hpage_workfn nor handed out since.
         if recheck && !m.hstate.free_folios.contains(&folio) {
-            return Ok(false);
+            return Ok(None);
         }
         m.hstate.free_folios.retain(|&f| f != folio);
         m.hstate.nr_huge_pages -= 1;
+        let adjust_surplus = m.hstate.surplus_huge_pages > 0;
+        if adjust_surplus {
+            m.hstate.surplus_huge_pages -= 1;
+        }
         ktrace!(m, "pfn {folio} dissolved from the pool");
         m.ledger.dissolved = true;
-        Ok(true)
+        Ok(Some(adjust_surplus))
     })?;
-    if !removed {
+    let Some(adjust_surplus) = removed else {
         return Ok(());
-    }
+    };
     if !hugetlb_vmemmap_restore_folio(cpu, folio)? {
         return with_hugetlb_lock(cpu, "add_hugetlb_folio", |m| {
             enqueue_hugetlb_folio(m, folio)?;
             m.hstate.nr_huge_pages += 1;
+            if adjust_surplus {
+                m.hstate.surplus_huge_pages += 1;
+            }
             ktrace!(m, "vmemmap restore failed: pfn {folio} back in the pool");
             Ok(())
         });
@@ -1509,7 +1521,32 @@ mod free_path_tests {
             .and_then(|()| k.quiesce())
             .unwrap_err();
 
-        // The restore finds the folio CPU 0 holds: refcount 1, not frozen.
-        assert_eq!(v.oracle, Oracle::HvoNotFrozen, "{v:?}");
+        // The pool lost a folio CPU 0 still holds as active.
+        assert_eq!(v.oracle, Oracle::HugetlbCounters, "{v:?}");
+        assert!(v.detail.contains("1 active"), "{}", v.detail);
+    }
+
+    /// A surplus folio whose vmemmap restore failed waits on the free list,
+    /// still counted as surplus; dissolving it takes the count with it.
+    #[test]
+    fn dissolving_a_free_surplus_folio_takes_the_surplus_count_with_it() {
+        let mut k = boot();
+        surplus_folio(&mut k);
+        k.on(0, put_hugetlb_folio).unwrap();
+        k.m.fail_next_allocs = 1;
+        k.on(1, free_hpage_workfn).unwrap();
+        assert_eq!(
+            k.m.hstate.free_folios,
+            [FOLIO],
+            "restore failed: back in the pool"
+        );
+        assert_eq!(k.m.hstate.surplus_huge_pages, 1);
+
+        k.on(0, |cpu| dissolve_free_hugetlb_folio(cpu, FOLIO))
+            .unwrap();
+
+        assert_eq!(k.m.hstate.nr_huge_pages, 0);
+        assert_eq!(k.m.hstate.surplus_huge_pages, 0);
+        k.quiesce().unwrap();
     }
 }
