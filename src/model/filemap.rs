@@ -23,12 +23,16 @@ pub struct AddressSpace {
     /// that map the file (`i_mmap`) and their page tables; PMD unsharing
     /// and VMA insertion and removal take it for write.
     pub i_mmap_rwsem: RwSem,
+    /// The indices whose slot or PTEs the running step changed, with the
+    /// folio the slot held before (for the per-step page-cache check).
+    pub changed: Vec<(u32, Option<Pfn>)>,
 }
 
 crate::clone_by_field!(AddressSpace {
     slots,
     xa_lock,
-    i_mmap_rwsem
+    i_mmap_rwsem,
+    changed
 });
 
 impl AddressSpace {
@@ -37,6 +41,7 @@ impl AddressSpace {
             slots: vec![None; nr_slots as usize],
             xa_lock: None,
             i_mmap_rwsem: RwSem::default(),
+            changed: Vec::new(),
         }
     }
 
@@ -46,7 +51,8 @@ impl AddressSpace {
 
     pub fn set_slot(&mut self, index: u32, folio: Option<Pfn>) {
         let n = self.slots.len();
-        self.slots[index as usize % n] = folio;
+        let old = std::mem::replace(&mut self.slots[index as usize % n], folio);
+        self.changed.push((index, old));
     }
 }
 

@@ -421,6 +421,8 @@ impl Machine {
         }
         super::hugetlb::hugetlb_hstate_alloc_pages(&mut m);
         m.buddy.changed.clear();
+        m.mapping.changed.clear();
+        m.hugetlbfs.changed.clear();
         m.frames.forget_boot();
         m
     }

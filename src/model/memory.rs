@@ -343,6 +343,7 @@ fn do_read_fault(cpu: &Cpu, a: Uaddr, pfn_hint: Pfn, write: bool) -> KResult<boo
             ktrace!(m, "{a}: PTE populated meanwhile");
             return Ok(false);
         }
+        crate::model::oracle::lookup_is_current(m, index, folio, "finish_fault")?;
         m.set_pte(a, PteVal::Present(PteEntry::new(folio, write)));
         m.page_mut(folio)?.mapcount += 1;
         ktrace!(m, "{a}: mapped page-cache pfn {folio}");

@@ -590,6 +590,11 @@ impl Machine {
             _ => None,
         };
         self.note_mapping(a, false, old, new);
+        if let Some(vma) = self.cfg.vmas.first_of(VmaKind::FileShared)
+            && vma.contains(a.page)
+        {
+            self.mapping.changed.push((a.page - vma.start, None));
+        }
     }
 
     /// A lockless walker's read of the PTE at `a` in the table it read from

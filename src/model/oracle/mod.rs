@@ -12,6 +12,7 @@ mod access;
 mod hugetlb;
 mod migration;
 mod page_alloc;
+mod page_cache;
 mod pmd_share;
 mod quiescent;
 mod state;
@@ -30,6 +31,7 @@ pub use migration::{
 };
 pub use page_alloc::buddy_lists_match_pages;
 pub use page_alloc::{folio_unlock_by_locker, hvo_folio_frozen, might_sleep, no_bad_page_at_free};
+pub use page_cache::{lookup_is_current, page_cache_matches_mappings_and_ptes};
 pub use pmd_share::{
     pmd_table_free_unshared, share_counts_at_quiescence, share_counts_match,
     shared_tables_map_one_offset, unshare_holds_off_walkers, walked_pmd_table_not_of_mm,
@@ -152,6 +154,14 @@ oracles! {
     /// PageBuddy without heading a free block of its `buddy_order`, a free
     /// block's head lacks it, or two free blocks overlap.
     BuddyConsistent = "buddy-lists-match-pagebuddy";
+    /// After a step, at an index the step changed: the page cache holds a
+    /// folio whose `mapping`/`index` is not that index, a folio the step
+    /// took out of the cache still has it, or a present PTE of the file
+    /// VMA maps another folio than the cache's.
+    PageCacheConsistent = "page-cache-matches-mappings-and-ptes";
+    /// A folio a lookup returned (`filemap_get_entry`) was used without a
+    /// recheck after it left the index it was looked up by.
+    LookupCurrent = "lookup-returns-current-folio";
     /// Every CPU is blocked.
     Deadlock = "no-deadlock";
     /// The execution did not finish within the step bound.
@@ -338,6 +348,14 @@ pub static INVARIANTS: &[Invariant] = &[
         when: When::Step(hugetlb_counters_match),
     },
     Invariant {
+        oracle: Oracle::PageCacheConsistent,
+        when: When::Step(page_cache_matches_mappings_and_ptes),
+    },
+    Invariant {
+        oracle: Oracle::LookupCurrent,
+        when: When::Path("memory::do_read_fault, at finish_fault"),
+    },
+    Invariant {
         oracle: Oracle::FrameAccounting,
         when: When::Quiescent(every_frame_accounted),
     },
@@ -422,6 +440,8 @@ pub fn after_step(m: &mut Machine) -> Result<(), Violation> {
     m.ledger.pmd_tables_touched.clear();
     m.ledger.hugetlb_changed = false;
     m.buddy.changed.clear();
+    m.mapping.changed.clear();
+    m.hugetlbfs.changed.clear();
     if m.reached.is_some() {
         let mut got = 0;
         for (i, r) in REACHABLE.iter().enumerate() {
