@@ -110,7 +110,23 @@ pub fn filemap_add_folio(cpu: &Cpu, index: u32, pfn_hint: Pfn) -> KResult<()> {
 /// with `folio_try_get`, then recheck the slot (seed 000).
 pub fn filemap_get_entry(cpu: &Cpu, index: u32) -> KResult<Option<Pfn>> {
     const F: &str = "filemap_get_entry";
-    let mut folio = cpu.step(F, |m| {
+    let found = find_get_entry(cpu, F, index)?;
+    cpu.step(F, |m| {
+        m.rcu_read_unlock();
+        if let Some(f) = found {
+            ktrace!(m, "rcu_read_unlock; found pfn {f}");
+        }
+        Ok(())
+    })?;
+    Ok(found)
+}
+
+/// `find_get_entry` (and the same loop in `filemap_get_entry`):
+/// `rcu_read_lock`, `xas_load`, `folio_try_get` (retry while the count is
+/// zero), `xas_reload` (slot changed: put and retry). Returns with the RCU
+/// read section still held, traced as kernel function `func`.
+pub fn find_get_entry(cpu: &Cpu, func: &'static str, index: u32) -> KResult<Option<Pfn>> {
+    let mut folio = cpu.step(func, |m| {
         m.rcu_read_lock();
         let f = m.mapping.slot(index);
         ktrace!(m, "rcu_read_lock; xas_load(index {index}) = {f:?}");
@@ -118,17 +134,13 @@ pub fn filemap_get_entry(cpu: &Cpu, index: u32) -> KResult<Option<Pfn>> {
     })?;
     loop {
         let Some(f) = folio else {
-            cpu.step(F, |m| {
-                m.rcu_read_unlock();
-                Ok(())
-            })?;
             return Ok(None);
         };
         if !folio_try_get(cpu, f)? {
             // goto repeat: spinning on an unchanged slot and a zero count
             // is the same as waiting for either to change.
             folio = cpu.step_when(
-                F,
+                func,
                 |m| m.mapping.slot(index) != Some(f) || m.peek(f).refcount != 0,
                 |m| {
                     let f = m.mapping.slot(index);
@@ -138,7 +150,7 @@ pub fn filemap_get_entry(cpu: &Cpu, index: u32) -> KResult<Option<Pfn>> {
             )?;
             continue;
         }
-        let reloaded = cpu.step(F, |m| {
+        let reloaded = cpu.step(func, |m| {
             let r = m.mapping.slot(index);
             ktrace!(m, "xas_reload(index {index}) = {r:?}");
             Ok(r)
@@ -148,11 +160,6 @@ pub fn filemap_get_entry(cpu: &Cpu, index: u32) -> KResult<Option<Pfn>> {
             folio = reloaded;
             continue;
         }
-        cpu.step(F, |m| {
-            m.rcu_read_unlock();
-            ktrace!(m, "rcu_read_unlock; found pfn {f}");
-            Ok(())
-        })?;
         return Ok(Some(f));
     }
 }
@@ -246,13 +253,13 @@ pub fn filemap_remove_folio_locked(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::Oracle;
     use crate::model::testing::Kernel;
 
     /// A page-cache folio at index 0, unlocked, and the kernel it is in.
-    fn cached_folio() -> (Kernel, Pfn) {
+    pub(crate) fn cached_folio() -> (Kernel, Pfn) {
         let mut k = Kernel::boot();
         k.on(0, |cpu| filemap_add_folio(cpu, 0, 600)).unwrap();
         let folio = k.m.mapping.slot(0).expect("filemap_add_folio inserted it");
