@@ -75,7 +75,6 @@ struct Seen {
     /// The PTE, unless the PMD is a leaf (`gup_fast_pmd_leaf`).
     pte: Option<PteVal>,
     page: Pfn,
-    folio: Pfn,
     /// `pte_write` / `pmd_write` of what it read.
     write_bit: bool,
     /// The page `gup_must_unshare` asks about (a leaf's head).
@@ -84,55 +83,97 @@ struct Seen {
     seq: Option<u32>,
 }
 
-/// The lockless walk below the PUD: the PMD entry in the table the PUD
-/// pointed at (`pmdp_get_lockless`), then the PTE, then `page_folio`. A
-/// `FOLL_WRITE` walk refuses a read-only entry (`pte_access_permitted`).
-fn gup_fast_walk(
+/// `gup_fast` up to `gup_fast_pud_range` (v6.12): the seqcount for a pin,
+/// `local_irq_save`, the PGD/P4D/PUD loads. The PMD table the PUD points
+/// at, or `None` for the slow path (interrupts on again).
+fn gup_fast_pud_range(
+    m: &mut Machine,
+    a: Uaddr,
+    seqcount: bool,
+) -> Result<Option<(Pfn, Option<u32>)>, Violation> {
+    let mm = &m.mms[a.mm as usize];
+    if mm.exited || mm.in_fork {
+        return Ok(None);
+    }
+    let seq = seqcount.then_some(mm.write_protect_seq);
+    if seq.is_some_and(|s| s & 1 == 1) {
+        ktrace!(m, "{a}: write_protect_seq is odd (fork): slow path");
+        return Ok(None);
+    }
+    m.local_irq_save();
+    let c = m.cpu_index();
+    m.cpus[c].gup_fast_mm = Some(a.mm);
+    let t = m.walk_started(a);
+    if t.is_none() {
+        gup_fast_end(m);
+    }
+    Ok(t.map(|t| (t, seq)))
+}
+
+/// `gup_fast_pmd_range` (v6.12): `pmdp_get_lockless` of the entry in the
+/// table the PUD pointed at; a leaf goes to `gup_fast_pmd_leaf`, which
+/// refuses a read-only leaf for `FOLL_WRITE` (`pmd_access_permitted`).
+/// `None`: the slow path (interrupts on again).
+fn gup_fast_pmd_range(
     m: &mut Machine,
     a: Uaddr,
     table: Pfn,
     write: bool,
-) -> Result<Option<Seen>, Violation> {
+) -> Result<Option<PmdVal>, Violation> {
     let pmd = m.walk_pmd(a, table)?;
-    let (pte, page, write_bit, unshare_page) = match pmd {
-        PmdVal::None => return Ok(None),
-        PmdVal::Leaf(l) => (None, l.pfn + a.pmd_offset(), l.write, l.pfn),
-        PmdVal::Table(t) => match m.walk_pte(t, a)? {
-            pte @ PteVal::Present(e) => (Some(pte), e.pfn, e.write, e.pfn),
-            pte => {
-                ktrace!(m, "{a}: ptep_get_lockless = {pte:?}: slow path");
-                return Ok(None);
-            }
-        },
+    ktrace!(m, "{a}: pmdp_get_lockless = {pmd:?}");
+    let ok = match pmd {
+        PmdVal::None => false,
+        PmdVal::Leaf(l) => gup_fast_access_permitted(m, a, write, l.write),
+        PmdVal::Table(_) => true,
     };
+    if !ok {
+        gup_fast_end(m);
+    }
+    Ok(ok.then_some(pmd))
+}
+
+/// `gup_fast_pte_range` (v6.12) up to `try_grab_folio_fast`:
+/// `ptep_get_lockless` in the PTE table the PMD pointed at, then
+/// `pte_access_permitted` and `pte_page`. The PTE, its page and write bit,
+/// or `None`: the slow path (interrupts on again).
+fn gup_fast_pte_range(
+    m: &mut Machine,
+    a: Uaddr,
+    ptes: Pfn,
+    write: bool,
+) -> Result<Option<(PteVal, Pfn, bool)>, Violation> {
+    let pte = m.walk_pte(ptes, a)?;
+    ktrace!(m, "{a}: ptep_get_lockless = {pte:?}");
+    let got = match pte {
+        PteVal::Present(e) if gup_fast_access_permitted(m, a, write, e.write) => {
+            Some((pte, e.pfn, e.write))
+        }
+        _ => None,
+    };
+    if got.is_none() {
+        gup_fast_end(m);
+    }
+    Ok(got)
+}
+
+/// `pte_access_permitted` / `pmd_access_permitted`: `FOLL_WRITE` needs
+/// the write bit.
+fn gup_fast_access_permitted(m: &mut Machine, a: Uaddr, write: bool, write_bit: bool) -> bool {
     if write && !write_bit {
         ktrace!(m, "{a}: FOLL_WRITE on a read-only entry: slow path");
-        return Ok(None);
+        return false;
     }
-    // try_get_folio(): folio = page_folio(page).
-    let folio = compound_head(m, page)?;
-    ktrace!(
-        m,
-        "{a}: pmd {pmd:?}, ptep_get_lockless = {pte:?}; page_folio = pfn {folio}"
-    );
-    Ok(Some(Seen {
-        table,
-        pmd,
-        pte,
-        page,
-        folio,
-        write_bit,
-        unshare_page,
-        seq: None,
-    }))
+    true
 }
 
 /// `gup_fast` → `gup_fast_pud_range` → `gup_fast_pmd_range` →
 /// `gup_fast_pte_range` (or `gup_fast_pmd_leaf`) for one page, between
 /// `local_irq_save` and `local_irq_restore`: with interrupts off it is in
 /// an RCU read section (which holds `tlb_remove_table` off) and takes no
-/// IPI (which holds `tlb_remove_table_sync_one` off). The PUD and the PMD
-/// entry are separate loads. Returns whether it got the page.
+/// IPI (which holds `tlb_remove_table_sync_one` off). The PUD, the PMD
+/// entry, the PTE and `page_folio` are separate loads (v6.12). Returns
+/// whether it got the page.
 ///
 /// A pin first reads `mm->write_protect_seq` (odd: fork is write-protecting
 /// the page tables, so leave it to the slow path, which waits for fork's
@@ -140,93 +181,105 @@ fn gup_fast_walk(
 fn gup_fast(cpu: &Cpu, a: Uaddr, foll: Foll, write: bool) -> KResult<bool> {
     let cfg = *cpu.cfg();
     let seqcount = foll == Foll::Pin && !cfg.has(Variant::GupFastNoWriteProtectSeq);
-    let start = cpu.step("gup_fast_pud_range", |m| {
-        let mm = &m.mms[a.mm as usize];
-        if mm.exited || mm.in_fork {
-            return Ok(None);
-        }
-        let seq = seqcount.then_some(mm.write_protect_seq);
-        if seq.is_some_and(|s| s & 1 == 1) {
-            ktrace!(m, "{a}: write_protect_seq is odd (fork): slow path");
-            return Ok(None);
-        }
-        m.local_irq_save();
-        let c = m.cpu_index();
-        m.cpus[c].gup_fast_mm = Some(a.mm);
-        let t = m.walk_started(a);
-        if t.is_none() {
-            gup_fast_end(m);
-        }
-        Ok(t.map(|t| (t, seq)))
-    })?;
+    let start = cpu.step("gup_fast_pud_range", |m| gup_fast_pud_range(m, a, seqcount))?;
     let Some((table, seq)) = start else {
         return Ok(false);
     };
-    let seen = cpu.step("gup_fast_pmd_range", |m| {
-        let seen = gup_fast_walk(m, a, table, write)?.map(|s| Seen { seq, ..s });
-        if seen.is_none() {
-            gup_fast_end(m);
-        }
-        Ok(seen)
+    let pmd = cpu.step("gup_fast_pmd_range", |m| {
+        gup_fast_pmd_range(m, a, table, write)
     })?;
-    let Some(seen) = seen else {
+    let Some(pmd) = pmd else {
         return Ok(false);
     };
-    if !try_grab_folio_fast(cpu, seen, foll)? {
+    let (pte, page, write_bit, unshare_page) = match pmd {
+        PmdVal::Table(ptes) => {
+            let got = cpu.step("gup_fast_pte_range", |m| {
+                gup_fast_pte_range(m, a, ptes, write)
+            })?;
+            let Some((pte, page, write_bit)) = got else {
+                return Ok(false);
+            };
+            (Some(pte), page, write_bit, page)
+        }
+        PmdVal::Leaf(l) => (None, l.pfn + a.pmd_offset(), l.write, l.pfn),
+        PmdVal::None => unreachable!("gup_fast_pmd_range took the slow path"),
+    };
+    let seen = Seen {
+        table,
+        pmd,
+        pte,
+        page,
+        write_bit,
+        unshare_page,
+        seq,
+    };
+    let Some(folio) = try_grab_folio_fast(cpu, page, foll)? else {
         cpu.step("local_irq_restore", |m| {
             gup_fast_end(m);
             Ok(())
         })?;
         return Ok(false);
-    }
+    };
     let func = match seen.pmd {
         PmdVal::Leaf(_) => "gup_fast_pmd_leaf",
         _ => "gup_fast_pte_range",
     };
-    let kept = cpu.step(func, |m| {
-        // The recheck reloads through `pmdp`, the pointer into the table
-        // the PUD pointed at, not through the PUD again.
-        let pmd_ok =
-            cfg.has(Variant::GupFastNoPmdRecheck) || m.walk_pmd(a, seen.table)? == seen.pmd;
-        let pte_ok = cfg.has(Variant::GupFastNoRecheck)
-            || match (seen.pmd, seen.pte) {
-                (PmdVal::Table(t), Some(pte)) => m.walk_pte(t, a)? == pte,
-                _ => true,
-            };
-        gup_fast_end(m);
-        if !(pmd_ok && pte_ok) {
-            ktrace!(
-                m,
-                "{a}: recheck: pmd {:?}, pte {:?} changed: drop pfn {}",
-                m.pmd(a),
-                m.pte(a),
-                seen.folio
-            );
-            return Ok(false);
-        }
-        if !seen.write_bit && gup_must_unshare(m, foll, write, seen.unshare_page)? {
-            ktrace!(
-                m,
-                "{a}: R/O pin of a maybe-shared anon page: slow path unshares"
-            );
-            return Ok(false);
-        }
-        // read_seqcount_retry(&mm->write_protect_seq, seq)
-        if seen
-            .seq
-            .is_some_and(|s| s != m.mms[a.mm as usize].write_protect_seq)
-        {
-            ktrace!(m, "{a}: write_protect_seq changed (fork): unpin, slow path");
-            return Ok(false);
-        }
-        ktrace!(m, "{a}: recheck passed: keep pfn {}", seen.folio);
-        hold(m, a, seen.folio, seen.page, foll, write);
-        Ok(true)
-    })?;
+    let kept = cpu.step(func, |m| gup_fast_recheck(m, a, seen, folio, foll, write))?;
     if !kept {
-        gup_put_folio(cpu, seen.folio, foll)?;
+        gup_put_folio(cpu, folio, foll)?;
     }
     Ok(kept)
+}
+
+/// The end of `gup_fast_pte_range` / `gup_fast_pmd_leaf` (v6.12) with
+/// `folio` grabbed: reload the PMD (and PTE) and compare, the unshare
+/// check, `read_seqcount_retry`, then `local_irq_restore`. Whether the
+/// CPU keeps the folio; if not, the caller puts it.
+fn gup_fast_recheck(
+    m: &mut Machine,
+    a: Uaddr,
+    seen: Seen,
+    folio: Pfn,
+    foll: Foll,
+    write: bool,
+) -> Result<bool, Violation> {
+    let cfg = m.cfg;
+    // The recheck reloads through `pmdp`, the pointer into the table
+    // the PUD pointed at, not through the PUD again.
+    let pmd_ok = cfg.has(Variant::GupFastNoPmdRecheck) || m.walk_pmd(a, seen.table)? == seen.pmd;
+    let pte_ok = cfg.has(Variant::GupFastNoRecheck)
+        || match (seen.pmd, seen.pte) {
+            (PmdVal::Table(t), Some(pte)) => m.walk_pte(t, a)? == pte,
+            _ => true,
+        };
+    gup_fast_end(m);
+    if !(pmd_ok && pte_ok) {
+        ktrace!(
+            m,
+            "{a}: recheck: pmd {:?}, pte {:?} changed: drop pfn {folio}",
+            m.pmd(a),
+            m.pte(a),
+        );
+        return Ok(false);
+    }
+    if !seen.write_bit && gup_must_unshare(m, foll, write, seen.unshare_page)? {
+        ktrace!(
+            m,
+            "{a}: R/O pin of a maybe-shared anon page: slow path unshares"
+        );
+        return Ok(false);
+    }
+    // read_seqcount_retry(&mm->write_protect_seq, seq)
+    if seen
+        .seq
+        .is_some_and(|s| s != m.mms[a.mm as usize].write_protect_seq)
+    {
+        ktrace!(m, "{a}: write_protect_seq changed (fork): unpin, slow path");
+        return Ok(false);
+    }
+    ktrace!(m, "{a}: recheck passed: keep pfn {folio}");
+    hold(m, a, folio, seen.page, foll, write);
+    Ok(true)
 }
 
 /// GUP-fast is done with the page tables: `local_irq_restore`.
@@ -273,32 +326,40 @@ fn hold(m: &mut Machine, a: Uaddr, folio: Pfn, page: Pfn, foll: Foll, write: boo
     });
 }
 
-/// `try_grab_folio_fast`: `try_get_folio` (`folio_ref_try_add`, then check
-/// the page still belongs to the folio), then for `FOLL_PIN` the rest of
-/// the pin: `GUP_PIN_COUNTING_BIAS - 1` more references on a small folio,
-/// one `_pincount` on a large one.
-fn try_grab_folio_fast(cpu: &Cpu, seen: Seen, foll: Foll) -> KResult<bool> {
-    if !folio_try_get(cpu, seen.folio)? {
-        return Ok(false);
+/// `try_grab_folio_fast` (v6.12): `try_get_folio` (`folio =
+/// page_folio(page)`, its own load of `compound_head`; `folio_ref_try_add`;
+/// then check the page still belongs to the folio), then for `FOLL_PIN` the
+/// rest of the pin: `GUP_PIN_COUNTING_BIAS - 1` more references on a small
+/// folio, one `_pincount` on a large one. The folio, or `None` with nothing
+/// held. Where the kernel retries a page that left its folio, the model
+/// backs off to the slow path.
+fn try_grab_folio_fast(cpu: &Cpu, page: Pfn, foll: Foll) -> KResult<Option<Pfn>> {
+    let folio = cpu.step("try_get_folio", |m| {
+        let folio = compound_head(m, page)?;
+        ktrace!(m, "page_folio(pfn {page}) = pfn {folio}");
+        Ok(folio)
+    })?;
+    if !folio_try_get(cpu, folio)? {
+        return Ok(None);
     }
     let ok = cpu.step("try_grab_folio_fast", |m| {
-        if compound_head(m, seen.page)? != seen.folio {
-            ktrace!(m, "pfn {} left folio pfn {}", seen.page, seen.folio);
+        if compound_head(m, page)? != folio {
+            ktrace!(m, "pfn {page} left folio pfn {folio}");
             return Ok(false);
         }
         if foll == Foll::Pin {
-            if folio_nr_pages(m, seen.folio)? > 1 {
-                m.page_mut(seen.folio + 1)?.pincount += 1;
+            if folio_nr_pages(m, folio)? > 1 {
+                m.page_mut(folio + 1)?.pincount += 1;
             } else {
-                folio_ref_add(m, seen.folio, GUP_PIN_COUNTING_BIAS - 1)?;
+                folio_ref_add(m, folio, GUP_PIN_COUNTING_BIAS - 1)?;
             }
         }
         Ok(true)
     })?;
     if !ok {
-        folio_put_refs(cpu, seen.folio, 1)?;
+        folio_put_refs(cpu, folio, 1)?;
     }
-    Ok(ok)
+    Ok(ok.then_some(folio))
 }
 
 /// `gup_put_folio`: undo a reference or pin.
@@ -560,7 +621,7 @@ pub fn unpin_user_page(cpu: &Cpu) -> KResult<()> {
 mod tests {
     use super::*;
     use crate::model::fork::dup_mmap;
-    use crate::model::memory::user_access;
+    use crate::model::memory::{user_access, zap_pte_range};
     use crate::model::testing::Kernel;
 
     const ANON: u8 = 2;
@@ -628,5 +689,87 @@ mod tests {
                 .any(|l| l.contains("write_protect_seq is odd"))
         );
         assert!(k.m.cpus[1].holds.is_empty());
+    }
+
+    /// CPU 1's GUP-fast of `a` (`FOLL_GET`) up to its PTE load, interrupts
+    /// off: what it read.
+    fn gup_fast_to_pte_load(k: &mut Kernel, a: Uaddr) -> Seen {
+        let (table, _) = k
+            .step(1, |m| gup_fast_pud_range(m, a, false))
+            .unwrap()
+            .unwrap();
+        let pmd = k
+            .step(1, |m| gup_fast_pmd_range(m, a, table, false))
+            .unwrap()
+            .unwrap();
+        let PmdVal::Table(ptes) = pmd else {
+            panic!("the fault left a PTE table");
+        };
+        let (pte, page, write_bit) = k
+            .step(1, |m| gup_fast_pte_range(m, a, ptes, false))
+            .unwrap()
+            .unwrap();
+        Seen {
+            table,
+            pmd,
+            pte: Some(pte),
+            page,
+            write_bit,
+            unshare_page: page,
+            seq: None,
+        }
+    }
+
+    #[test]
+    fn a_page_freed_between_the_pte_load_and_page_folio_fails_the_try_get() {
+        let mut k = Kernel::boot();
+        let a = Uaddr::new(0, ANON);
+        k.on(0, |cpu| user_access(cpu, a, true)).unwrap();
+        let page = gup_fast_to_pte_load(&mut k, a).page;
+
+        k.on(0, |cpu| zap_pte_range(cpu, a)).unwrap();
+        assert_eq!(k.m.peek(page).refcount, 0, "zap freed the page");
+
+        let got = k
+            .on(1, |cpu| try_grab_folio_fast(cpu, page, Foll::Get))
+            .unwrap();
+
+        assert_eq!(got, None);
+        assert_eq!(k.m.peek(page).refcount, 0);
+        k.step(1, |m| {
+            gup_fast_end(m);
+            Ok(())
+        })
+        .unwrap();
+        k.quiesce().unwrap();
+    }
+
+    #[test]
+    fn a_page_reused_between_the_pte_load_and_page_folio_is_dropped_by_the_recheck() {
+        let mut k = Kernel::boot();
+        let a = Uaddr::new(0, ANON);
+        k.on(0, |cpu| user_access(cpu, a, true)).unwrap();
+        let seen = gup_fast_to_pte_load(&mut k, a);
+
+        // CPU 0 unmaps the page; a fault elsewhere reuses the frame.
+        let b = Uaddr::new(0, ANON + 1);
+        k.on(0, |cpu| zap_pte_range(cpu, a)).unwrap();
+        k.on(0, |cpu| user_access(cpu, b, true)).unwrap();
+        assert_eq!(k.m.pte(b).and_then(PteVal::present_pfn), Some(seen.page));
+        let folio = k
+            .on(1, |cpu| try_grab_folio_fast(cpu, seen.page, Foll::Get))
+            .unwrap();
+        let folio = folio.expect("the reused page's folio takes the reference");
+        let refs = k.m.peek(folio).refcount;
+
+        let kept = k
+            .step(1, |m| gup_fast_recheck(m, a, seen, folio, Foll::Get, false))
+            .unwrap();
+
+        assert!(!kept, "the PTE changed since the load");
+        assert!(k.m.cpus[1].holds.is_empty());
+        k.on(1, |cpu| gup_put_folio(cpu, folio, Foll::Get)).unwrap();
+        assert_eq!(k.m.peek(folio).refcount, refs - 1);
+        k.quiesce().unwrap();
     }
 }
