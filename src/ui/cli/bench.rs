@@ -122,10 +122,15 @@ impl Bench {
         let table = scoreboard_table(&scores, self.budget, self.seeds);
         print!("{table}");
         if !self.no_write && !interrupted() {
-            let command = format!(
-                "mmharness bench --variants --seeds {} --budget {}",
-                self.seeds, self.budget
-            );
+            // The command that reproduces the table, with the filters given.
+            let mut command = String::from("mmharness bench --variants");
+            for v in &self.only {
+                let _ = write!(command, " --variant {v}");
+            }
+            for e in &self.engines {
+                let _ = write!(command, " --engine {}", e.name());
+            }
+            let _ = write!(command, " --seeds {} --budget {}", self.seeds, self.budget);
             write_section(&self.out, "scoreboard", &command, &table)?;
             eprintln!("written: {}", self.out.display());
         }
