@@ -884,9 +884,10 @@ pub fn flush_free_hpage_work(cpu: &Cpu) -> KResult<()> {
 /// candidate; under `hugetlb_lock` the folio must still be free. A free
 /// folio may be a surplus one (one whose vmemmap restore failed), so the
 /// surplus count goes down with it while the node has surplus folios, as
-/// in "mm/hugetlb: fix surplus pages in dissolve_free_huge_page()"
-/// (v6.14; v6.12 leaves `surplus_huge_pages` above `nr_huge_pages`, which
-/// the counters oracle finds).
+/// in the later fix "mm/hugetlb: fix surplus pages in
+/// dissolve_free_huge_page()" (2025, after v6.12; v6.12 leaves
+/// `surplus_huge_pages` above `nr_huge_pages`, which the counters oracle
+/// finds).
 pub fn dissolve_free_hugetlb_folio(cpu: &Cpu, pfn: Pfn) -> KResult<()> {
     let candidate = cpu.step("folio_test_hugetlb", |m| {
         let p = m.page(pfn)?;
