@@ -125,6 +125,8 @@ pub struct Ledger {
     pub hpage_work_freed: bool,
     /// `dissolve_free_hugetlb_folio` took a folio out of the pool.
     pub dissolved: bool,
+    /// Folios compaction isolated (`compact_pfn`).
+    pub compaction_isolated: Vec<Pfn>,
     /// Unshares under way: (process, PMD table) whose PUD entry is cleared
     /// but whose share is not dropped yet. The table is still that
     /// process's for its walkers, and its share count counts it.
@@ -174,6 +176,7 @@ crate::clone_by_field!(Ledger {
     unshared,
     hpage_work_freed,
     dissolved,
+    compaction_isolated,
     unsharing,
     pmd_tables_touched,
     hugetlb_changed,
@@ -215,6 +218,7 @@ impl Default for Ledger {
             unshared: false,
             hpage_work_freed: false,
             dissolved: false,
+            compaction_isolated: Vec::new(),
             unsharing: Vec::new(),
             pmd_tables_touched: Vec::new(),
             hugetlb_changed: false,

@@ -69,6 +69,19 @@ pub fn migrate_pages(cpu: &Cpu, a: Uaddr, pfn_hint: Pfn) -> KResult<()> {
     else {
         return Ok(());
     };
+    migrate_isolated_folio(cpu, src, order, mapping, pfn_hint)
+}
+
+/// `migrate_pages` of a folio its caller isolated (`move_pages`,
+/// compaction's `isolate_migratepages_block`), holding the isolation
+/// reference.
+pub fn migrate_isolated_folio(
+    cpu: &Cpu,
+    src: Pfn,
+    order: u8,
+    mapping: Mapping,
+    pfn_hint: Pfn,
+) -> KResult<()> {
     let mut mig = Migration {
         src,
         order,
@@ -120,7 +133,11 @@ enum Attempt<T> {
 fn migrate_pages_batch(cpu: &Cpu, mig: &mut Migration) -> KResult<()> {
     let mut unmapped = None;
     for _pass in 0..NR_MAX_MIGRATE_PAGES_RETRY {
-        match migrate_folio_unmap(cpu, mig)? {
+        let Some(attempt) = migrate_folio_unmap(cpu, mig)? else {
+            // migrate_folio_done(): the isolation reference was the last.
+            return folio_put(cpu, mig.src);
+        };
+        match attempt {
             Attempt::Done(u) => {
                 unmapped = Some(u);
                 break;
@@ -145,24 +162,37 @@ fn migrate_pages_batch(cpu: &Cpu, mig: &mut Migration) -> KResult<()> {
     folio_putback_lru(cpu, mig, true)
 }
 
-/// `migrate_folio_unmap`: allocate the new folio (`alloc_migration_target`,
-/// returned locked), lock the old one (MIGRATE_SYNC sleeps), and replace
+/// What a successful unmap hands to the move: the new folio, and the PTE
+/// sections holding migration entries.
+type Unmapped = (Pfn, Vec<RmapSection>);
+
+/// `migrate_folio_unmap`: `None` if the folio was freed from under us;
+/// else allocate the new folio (`alloc_migration_target`, returned locked), lock the old one (MIGRATE_SYNC sleeps), and replace
 /// its PTEs with migration entries. A folio that stays mapped is put back
 /// together and retried.
 fn migrate_folio_unmap(
     cpu: &Cpu,
     mig: &mut Migration,
-) -> KResult<Attempt<(Pfn, Vec<RmapSection>)>> {
-    let (order, hint) = (mig.order, mig.pfn_hint);
-    let Some(dst) = cpu.step("alloc_migration_target", |m| {
+) -> KResult<Option<Attempt<Unmapped>>> {
+    let (order, hint, src) = (mig.order, mig.pfn_hint, mig.src);
+    let Ok(dst) = cpu.step("alloc_migration_target", |m| {
+        // The folio was freed from under us: only the isolation
+        // reference is left (the check that opens migrate_folio_unmap).
+        if m.page(src)?.refcount == 1 {
+            ktrace!(m, "pfn {src}: refcount 1, freed from under us");
+            return Ok(Err(()));
+        }
         let dst = m.alloc_pages_may_sleep(order, hint, "alloc_migration_target(GFP_USER)")?;
         if let Some(d) = dst {
             m.folio_set_locked(d)?;
         }
-        Ok(dst)
+        Ok(Ok(dst))
     })?
     else {
-        return Ok(Attempt::Fail);
+        return Ok(None);
+    };
+    let Some(dst) = dst else {
+        return Ok(Some(Attempt::Fail));
     };
     let src = mig.src;
     // Locked, the folio's mapping is stable: truncation may have cleared
@@ -178,17 +208,17 @@ fn migrate_folio_unmap(
     })?;
     mig.mapping = mapping;
     if !mapped {
-        return Ok(Attempt::Done((dst, Vec::new())));
+        return Ok(Some(Attempt::Done((dst, Vec::new()))));
     }
     let u = try_to_migrate(cpu, src, mig.mapping, 1 << order)?;
     if !u.still_mapped {
-        return Ok(Attempt::Done((dst, u.sections)));
+        return Ok(Some(Attempt::Done((dst, u.sections))));
     }
     mig.last_quiet = u.quiet;
     remove_migration_ptes(cpu, src, src, &u.sections, mig.mapping)?;
     folio_unlock(cpu, src)?;
     migrate_folio_undo_dst(cpu, dst)?;
-    Ok(Attempt::Again)
+    Ok(Some(Attempt::Again))
 }
 
 /// `migrate_folio_move`: `move_to_new_folio` (the mapping's

@@ -411,6 +411,10 @@ ops! {
     /// `exit_mmap` of process `mm`.
     ExitMmap = "exit_mmap", PmdShare { mm: MmArg }
         => |cpu| mmap::exit_mmap(cpu, mm.0);
+    /// `compact_zone` over one pfn (kcompactd): isolate the folio at `pfn`
+    /// and migrate it to the free block holding `pfn_hint`.
+    CompactPfn = "compact_pfn", Migration { pfn: PfnArg, pfn_hint: PfnArg }
+        => |cpu| pfn_walker::compact_pfn(cpu, pfn.get(), pfn_hint.get());
 }
 
 fn order_zero() -> Order {

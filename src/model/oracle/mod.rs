@@ -31,7 +31,9 @@ pub use migration::{
 };
 pub use page_alloc::buddy_lists_match_pages;
 pub use page_alloc::{folio_unlock_by_locker, hvo_folio_frozen, might_sleep, no_bad_page_at_free};
-pub use page_cache::{lookup_is_current, page_cache_matches_mappings_and_ptes};
+pub use page_cache::{
+    isolated_folio_is_current, lookup_is_current, page_cache_matches_mappings_and_ptes,
+};
 pub use pmd_share::{
     pmd_table_free_unshared, share_counts_at_quiescence, share_counts_match,
     shared_tables_map_one_offset, unshare_holds_off_walkers, walked_pmd_table_not_of_mm,
@@ -159,8 +161,9 @@ oracles! {
     /// took out of the cache still has it, or a present PTE of the file
     /// VMA maps another folio than the cache's.
     PageCacheConsistent = "page-cache-matches-mappings-and-ptes";
-    /// A folio a lookup returned (`filemap_get_entry`) was used without a
-    /// recheck after it left the index it was looked up by.
+    /// A folio a lookup returned (`filemap_get_entry`, GUP, compaction's
+    /// isolation) was used without a recheck after it left the index,
+    /// address or pfn it was looked up by.
     LookupCurrent = "lookup-returns-current-folio";
     /// Every CPU is blocked.
     Deadlock = "no-deadlock";
@@ -353,7 +356,9 @@ pub static INVARIANTS: &[Invariant] = &[
     },
     Invariant {
         oracle: Oracle::LookupCurrent,
-        when: When::Path("memory::do_read_fault, at finish_fault"),
+        when: When::Path(
+            "memory::do_read_fault at finish_fault, pfn_walker::compact_pfn at isolation",
+        ),
     },
     Invariant {
         oracle: Oracle::FrameAccounting,
@@ -528,6 +533,14 @@ pub static REACHABLE: &[Reachable] = &[
         name: "folio-migrated",
         subsystem: super::subsystem::Subsystem::Migration,
         when: Reach::Step(|m| !m.ledger.migrated.is_empty()),
+    },
+    Reachable {
+        name: "folio-migrated-by-compaction",
+        subsystem: super::subsystem::Subsystem::Migration,
+        when: Reach::Step(|m| {
+            let isolated = &m.ledger.compaction_isolated;
+            m.ledger.migrated.iter().any(|x| isolated.contains(&x.src))
+        }),
     },
     Reachable {
         name: "write-through-pin",

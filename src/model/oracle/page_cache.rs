@@ -78,6 +78,28 @@ pub fn lookup_is_current(m: &Machine, index: u32, folio: Pfn, user: &str) -> Res
     Ok(())
 }
 
+/// When compaction isolates the folio it took a reference on (v6.12
+/// `isolate_migratepages_block`, under the lruvec lock), that folio is
+/// still the folio of the pfn it scanned: `folio_get_nontail_page`'s
+/// reference keeps the page from being freed and reused as a tail, so the
+/// page is its own folio, allocated, with a nonzero refcount.
+pub fn isolated_folio_is_current(m: &Machine, pfn: Pfn, folio: Pfn) -> Result<(), Violation> {
+    let head = crate::model::page_flags::peek_head(m, pfn);
+    let allocated = m.frames[folio as usize].owner == crate::model::machine::Owner::Allocated;
+    if head != folio || !allocated || m.peek(folio).refcount <= 0 {
+        return fail(
+            Oracle::LookupCurrent,
+            format!(
+                "compaction isolated pfn {folio} for pfn {pfn}, but pfn {pfn}'s folio is \
+                 pfn {head}, the frame is {}allocated and the refcount is {}",
+                if allocated { "" } else { "not " },
+                m.peek(folio).refcount
+            ),
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::lookup_is_current;
