@@ -151,7 +151,7 @@ fn proptest_finds_migrate_nonatomic_freeze() {
 
 #[test]
 fn proptest_finds_gup_fast_no_recheck() {
-    proptest_finds(Variant::GupFastNoRecheck, 60_000, Oracle::PinnedWriteLost);
+    proptest_finds(Variant::GupFastNoRecheck, 60_000, Oracle::LookupCurrent);
 }
 
 #[test]
@@ -165,9 +165,5 @@ fn proptest_finds_migrate_expected_refs_undercount() {
 
 #[test]
 fn proptest_finds_gup_fast_no_pmd_recheck() {
-    proptest_finds(
-        Variant::GupFastNoPmdRecheck,
-        300_000,
-        Oracle::PinnedWriteLost,
-    );
+    proptest_finds(Variant::GupFastNoPmdRecheck, 300_000, Oracle::LookupCurrent);
 }

@@ -280,3 +280,36 @@ fn corpus_replays_to_its_recorded_trace() {
         "these corpus files replay to another trace than the one recorded in corpus/traces/: {stale:?}"
     );
 }
+
+/// Scenarios on which the fixed model itself once failed (a harness bug the
+/// hunt found, not a kernel one): each replays clean, and stays clean over
+/// PCT interleavings of the same ops.
+#[test]
+fn model_regressions_stay_clean() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/regressions");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("tests/regressions exists")
+        .map(|e| e.expect("readable entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "tests/regressions holds no scenarios");
+    for path in files {
+        let p = path.display();
+        let s = Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.expect.is_none(), "{p}: a regression expects a clean run");
+        assert!(s.config.variants.is_empty(), "{p}: runs the fixed model");
+        assert!(
+            s.note.as_deref().is_some_and(|n| !n.trim().is_empty()),
+            "{p}: a regression needs a `note` naming the model bug"
+        );
+        let o = run_input(&s, false);
+        assert_eq!(o.verdict, Verdict::Clean, "{p}: {}", describe(&o));
+        let (n, found) = run_shuttle(&s, PCT);
+        assert!(
+            found.is_none(),
+            "{p}: fails after {n} PCT interleavings: {}",
+            describe(found.as_ref().unwrap())
+        );
+    }
+}

@@ -15,11 +15,12 @@ use super::memory::{FaultKind, handle_mm_fault_kind, mmap_read_lock, mmap_read_u
 use super::mm_types::{Mapping, pg};
 use super::oracle::{self, Violation};
 use super::page_flags::{compound_head, folio_nr_pages};
-use super::page_ref::{folio_put_refs, folio_ref_add, folio_try_get};
+use super::page_ref::{folio_put_refs, folio_ref_add, page_ref_add_unless_then};
 use super::pgtable::{PmdVal, PteVal, Uaddr};
 use super::rmap::GUP_PIN_COUNTING_BIAS;
 use super::variant::Variant;
 use crate::ktrace;
+use std::cell::Cell;
 
 /// `FOLL_GET` or `FOLL_PIN`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,7 +214,7 @@ fn gup_fast(cpu: &Cpu, a: Uaddr, foll: Foll, write: bool) -> KResult<bool> {
         unshare_page,
         seq,
     };
-    let Some(folio) = try_grab_folio_fast(cpu, page, foll)? else {
+    let Some((folio, mapped_at_grab)) = try_grab_folio_fast(cpu, a, table, page, foll)? else {
         cpu.step("local_irq_restore", |m| {
             gup_fast_end(m);
             Ok(())
@@ -224,7 +225,9 @@ fn gup_fast(cpu: &Cpu, a: Uaddr, foll: Foll, write: bool) -> KResult<bool> {
         PmdVal::Leaf(_) => "gup_fast_pmd_leaf",
         _ => "gup_fast_pte_range",
     };
-    let kept = cpu.step(func, |m| gup_fast_recheck(m, a, seen, folio, foll, write))?;
+    let kept = cpu.step(func, |m| {
+        gup_fast_recheck(m, a, seen, folio, mapped_at_grab, foll, write)
+    })?;
     if !kept {
         gup_put_folio(cpu, folio, foll)?;
     }
@@ -240,6 +243,7 @@ fn gup_fast_recheck(
     a: Uaddr,
     seen: Seen,
     folio: Pfn,
+    mapped_at_grab: bool,
     foll: Foll,
     write: bool,
 ) -> Result<bool, Violation> {
@@ -278,7 +282,13 @@ fn gup_fast_recheck(
         return Ok(false);
     }
     ktrace!(m, "{a}: recheck passed: keep pfn {folio}");
-    hold(m, a, folio, seen.page, foll, write);
+    let got = Got {
+        table: seen.table,
+        folio,
+        page: seen.page,
+        mapped_at_grab,
+    };
+    hold(m, a, got, foll, write)?;
     Ok(true)
 }
 
@@ -290,7 +300,19 @@ fn gup_fast_end(m: &mut Machine) {
 }
 
 /// The CPU's task keeps what GUP got at `a`; the ledger follows it.
-fn hold(m: &mut Machine, a: Uaddr, folio: Pfn, page: Pfn, foll: Foll, write: bool) {
+/// What GUP returns for an address: the page, its folio, the PMD table it
+/// walked, and whether that entry mapped the page when the reference was
+/// taken (always, for the slow path under the page-table lock).
+struct Got {
+    table: Pfn,
+    folio: Pfn,
+    page: Pfn,
+    mapped_at_grab: bool,
+}
+
+fn hold(m: &mut Machine, a: Uaddr, got: Got, foll: Foll, write: bool) -> Result<(), Violation> {
+    let Got { folio, page, .. } = got;
+    oracle::gup_page_is_current(m, a, got.table, page, folio, got.mapped_at_grab)?;
     let anon = m.anon_vma_covers(a);
     m.cover_page(
         "gup hold",
@@ -324,6 +346,7 @@ fn hold(m: &mut Machine, a: Uaddr, folio: Pfn, page: Pfn, foll: Foll, write: boo
             id,
         },
     });
+    Ok(())
 }
 
 /// `try_grab_folio_fast` (v6.12): `try_get_folio` (`folio =
@@ -333,13 +356,15 @@ fn hold(m: &mut Machine, a: Uaddr, folio: Pfn, page: Pfn, foll: Foll, write: boo
 /// folio, one `_pincount` on a large one. The folio, or `None` with nothing
 /// held. Where the kernel retries a page that left its folio, the model
 /// backs off to the slow path.
-fn try_grab_folio_fast(cpu: &Cpu, page: Pfn, foll: Foll) -> KResult<Option<Pfn>> {
+fn try_grab_folio_fast(cpu: &Cpu, a: Uaddr, table: Pfn, page: Pfn, foll: Foll) -> KResult<Grab> {
     let folio = cpu.step("try_get_folio", |m| {
         let folio = compound_head(m, page)?;
         ktrace!(m, "page_folio(pfn {page}) = pfn {folio}");
         Ok(folio)
     })?;
-    if !folio_try_get(cpu, folio)? {
+    let mapped_at_grab = Cell::new(false);
+    let record = |m: &Machine| mapped_at_grab.set(oracle::gup_entry_maps(m, a, table, page));
+    if !page_ref_add_unless_then(cpu, folio, 1, 0, &record)? {
         return Ok(None);
     }
     let ok = cpu.step("try_grab_folio_fast", |m| {
@@ -359,8 +384,12 @@ fn try_grab_folio_fast(cpu: &Cpu, page: Pfn, foll: Foll) -> KResult<Option<Pfn>>
     if !ok {
         folio_put_refs(cpu, folio, 1)?;
     }
-    Ok(ok.then_some(folio))
+    Ok(ok.then_some((folio, mapped_at_grab.get())))
 }
+
+/// The folio `try_grab_folio_fast` grabbed, and whether the entry GUP-fast
+/// walked still mapped the page when the reference landed.
+type Grab = Option<(Pfn, bool)>;
 
 /// `gup_put_folio`: undo a reference or pin.
 fn gup_put_folio(cpu: &Cpu, folio: Pfn, foll: Foll) -> KResult<()> {
@@ -460,7 +489,13 @@ fn __get_user_pages(cpu: &Cpu, a: Uaddr, foll: Foll, write: bool) -> KResult<()>
             }
             let folio = compound_head(m, page)?;
             try_grab_folio(m, folio, foll)?;
-            hold(m, a, folio, page, foll, write);
+            let got = Got {
+                table: m.pmd_table(a).expect("follow_page_pte found a PMD entry"),
+                folio,
+                page,
+                mapped_at_grab: true,
+            };
+            hold(m, a, got, foll, write)?;
             ktrace!(m, "{a}: grabbed pfn {folio} ({foll:?})");
             Ok(Follow::Got)
         })?;
@@ -504,7 +539,13 @@ fn follow_hugetlb_page(cpu: &Cpu, a: Uaddr, foll: Foll) -> KResult<bool> {
                 let page = l.pfn + a.pmd_offset();
                 let folio = compound_head(m, page)?;
                 try_grab_folio(m, folio, foll)?;
-                hold(m, a, folio, page, foll, false);
+                let got = Got {
+                    table,
+                    folio,
+                    page,
+                    mapped_at_grab: true,
+                };
+                hold(m, a, got, foll, false)?;
                 ktrace!(m, "{a}: grabbed hugetlb pfn {folio} ({foll:?})");
                 Ok(true)
             },
@@ -725,13 +766,16 @@ mod tests {
         let mut k = Kernel::boot();
         let a = Uaddr::new(0, ANON);
         k.on(0, |cpu| user_access(cpu, a, true)).unwrap();
-        let page = gup_fast_to_pte_load(&mut k, a).page;
+        let seen = gup_fast_to_pte_load(&mut k, a);
+        let page = seen.page;
 
         k.on(0, |cpu| zap_pte_range(cpu, a)).unwrap();
         assert_eq!(k.m.peek(page).refcount, 0, "zap freed the page");
 
         let got = k
-            .on(1, |cpu| try_grab_folio_fast(cpu, page, Foll::Get))
+            .on(1, |cpu| {
+                try_grab_folio_fast(cpu, a, seen.table, page, Foll::Get)
+            })
             .unwrap();
 
         assert_eq!(got, None);
@@ -756,14 +800,19 @@ mod tests {
         k.on(0, |cpu| zap_pte_range(cpu, a)).unwrap();
         k.on(0, |cpu| user_access(cpu, b, true)).unwrap();
         assert_eq!(k.m.pte(b).and_then(PteVal::present_pfn), Some(seen.page));
-        let folio = k
-            .on(1, |cpu| try_grab_folio_fast(cpu, seen.page, Foll::Get))
+        let grab = k
+            .on(1, |cpu| {
+                try_grab_folio_fast(cpu, a, seen.table, seen.page, Foll::Get)
+            })
             .unwrap();
-        let folio = folio.expect("the reused page's folio takes the reference");
+        let (folio, mapped_at_grab) = grab.expect("the reused page's folio takes the reference");
+        assert!(!mapped_at_grab, "a now maps nothing");
         let refs = k.m.peek(folio).refcount;
 
         let kept = k
-            .step(1, |m| gup_fast_recheck(m, a, seen, folio, Foll::Get, false))
+            .step(1, |m| {
+                gup_fast_recheck(m, a, seen, folio, mapped_at_grab, Foll::Get, false)
+            })
             .unwrap();
 
         assert!(!kept, "the PTE changed since the load");
@@ -771,5 +820,46 @@ mod tests {
         k.on(1, |cpu| gup_put_folio(cpu, folio, Foll::Get)).unwrap();
         assert_eq!(k.m.peek(folio).refcount, refs - 1);
         k.quiesce().unwrap();
+    }
+
+    #[test]
+    fn gup_returning_a_page_unmapped_before_its_grab_trips_lookup_current() {
+        let mut k = Kernel::boot();
+        let a = Uaddr::new(0, ANON);
+        k.on(0, |cpu| user_access(cpu, a, true)).unwrap();
+        let seen = gup_fast_to_pte_load(&mut k, a);
+        let (page, table) = (seen.page, seen.table);
+        k.m.peek_mut(page).refcount += 1; // someone else keeps the page alive
+        k.on(0, |cpu| zap_pte_range(cpu, a)).unwrap();
+
+        let err = oracle::gup_page_is_current(&k.m, a, table, page, page, false).unwrap_err();
+
+        assert_eq!(err.oracle, oracle::Oracle::LookupCurrent);
+        // Unmapped after the reference landed: GUP, then munmap.
+        assert!(oracle::gup_page_is_current(&k.m, a, table, page, page, true).is_ok());
+    }
+
+    #[test]
+    fn gup_fast_keeps_a_page_that_is_still_mapped_at_the_recheck() {
+        let mut k = Kernel::boot();
+        let a = Uaddr::new(0, ANON);
+        k.on(0, |cpu| user_access(cpu, a, true)).unwrap();
+        let seen = gup_fast_to_pte_load(&mut k, a);
+        let grab = k
+            .on(1, |cpu| {
+                try_grab_folio_fast(cpu, a, seen.table, seen.page, Foll::Get)
+            })
+            .unwrap();
+        let (folio, mapped_at_grab) = grab.expect("a mapped page takes the reference");
+        assert!(mapped_at_grab);
+
+        let kept = k
+            .step(1, |m| {
+                gup_fast_recheck(m, a, seen, folio, mapped_at_grab, Foll::Get, false)
+            })
+            .unwrap();
+
+        assert!(kept);
+        assert_eq!(k.m.cpus[1].holds.len(), 1);
     }
 }

@@ -272,7 +272,7 @@ fn hugetlb_unmap_file_folio(cpu: &Cpu, index: u32, folio: Pfn) -> KResult<()> {
             match locked {
                 None => continue,
                 Some(false) => {
-                    skipped = Some((mm, v.id, pages.clone()));
+                    skipped = Some((mm, v.id));
                     break;
                 }
                 Some(true) => {
@@ -281,7 +281,7 @@ fn hugetlb_unmap_file_folio(cpu: &Cpu, index: u32, folio: Pfn) -> KResult<()> {
                 }
             }
         }
-        let Some((mm, id, pages)) = skipped else {
+        let Some((mm, id)) = skipped else {
             break;
         };
         i_mmap_unlock_write(cpu)?;
@@ -289,15 +289,22 @@ fn hugetlb_unmap_file_folio(cpu: &Cpu, index: u32, folio: Pfn) -> KResult<()> {
         vmas = i_mmap_lock_write_then(cpu, "hugetlb_unmap_file_folio", |m| {
             Ok(vmas_mapping(m, index, index + 1))
         })?;
-        let a = Uaddr {
-            mm,
-            page: pages.start,
-        };
-        let still = cpu.step("hugetlb_unmap_file_folio", |m| {
-            let alive = m.mms[mm as usize].vma_by_id(id).is_some();
-            Ok(alive && hugetlb_vma_maps_page(m, a, folio)?)
+        // The VMA as it is now (`vma_offset_start(vma, start)`): a split
+        // while the locks were dropped may have shrunk it.
+        let now = cpu.step("hugetlb_unmap_file_folio", |m| {
+            let Some((_, _, pages)) = vmas_mapping(m, index, index + 1)
+                .into_iter()
+                .find(|(x, v, _)| *x == mm && v.id == id)
+            else {
+                return Ok(None);
+            };
+            let a = Uaddr {
+                mm,
+                page: pages.start,
+            };
+            Ok(hugetlb_vma_maps_page(m, a, folio)?.then_some(pages))
         })?;
-        if still {
+        if let Some(pages) = now {
             unmap_hugepage_range(cpu, mm, pages, Some(folio))?;
         }
         cpu.step("hugetlb_vma_unlock_write", |m| {

@@ -170,10 +170,7 @@ type Unmapped = (Pfn, Vec<RmapSection>);
 /// else allocate the new folio (`alloc_migration_target`, returned locked), lock the old one (MIGRATE_SYNC sleeps), and replace
 /// its PTEs with migration entries. A folio that stays mapped is put back
 /// together and retried.
-fn migrate_folio_unmap(
-    cpu: &Cpu,
-    mig: &mut Migration,
-) -> KResult<Option<Attempt<Unmapped>>> {
+fn migrate_folio_unmap(cpu: &Cpu, mig: &mut Migration) -> KResult<Option<Attempt<Unmapped>>> {
     let (order, hint, src) = (mig.order, mig.pfn_hint, mig.src);
     let Ok(dst) = cpu.step("alloc_migration_target", |m| {
         // The folio was freed from under us: only the isolation

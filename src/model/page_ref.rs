@@ -71,7 +71,14 @@ fn add_unless_cmpxchg(
 /// `atomic_add_unless(&page->_refcount, nr, u)` as the generic
 /// `atomic_fetch_add_unless` loop: a read step, then cmpxchg steps.
 /// `rcu_unlock` ends the caller's read section with the final step.
-fn atomic_add_unless(cpu: &Cpu, page: Pfn, nr: i32, u: i32, rcu_unlock: bool) -> KResult<bool> {
+fn atomic_add_unless(
+    cpu: &Cpu,
+    page: Pfn,
+    nr: i32,
+    u: i32,
+    rcu_unlock: bool,
+    added: Added,
+) -> KResult<bool> {
     const F: &str = "atomic_add_unless";
     let unlock = |m: &mut Machine| {
         if rcu_unlock {
@@ -93,6 +100,9 @@ fn atomic_add_unless(cpu: &Cpu, page: Pfn, nr: i32, u: i32, rcu_unlock: bool) ->
             let r = add_unless_cmpxchg(m, page, c, nr, u)?;
             if r.is_ok() {
                 unlock(m);
+            }
+            if r == Ok(true) {
+                added(m);
             }
             Ok(r)
         })? {
@@ -124,10 +134,25 @@ fn writable_check(cfg: &Config) -> WritableCheck {
     }
 }
 
+/// What a caller observes in the step its conditional add lands in.
+pub type Added<'a> = &'a dyn Fn(&Machine);
+
 /// `page_ref_add_unless(page, nr, u)`: add `nr` unless the count is `u`.
 /// Since v6.10 it runs under `rcu_read_lock()` and refuses to write a struct
 /// page that HVO may be remapping (`page_count_writable`).
 pub fn page_ref_add_unless(cpu: &Cpu, page: Pfn, nr: i32, u: i32) -> KResult<bool> {
+    page_ref_add_unless_then(cpu, page, nr, u, &|_| {})
+}
+
+/// `page_ref_add_unless`, calling `added` in the step the add lands in:
+/// the instant the caller's reference starts.
+pub fn page_ref_add_unless_then(
+    cpu: &Cpu,
+    page: Pfn,
+    nr: i32,
+    u: i32,
+    added: Added,
+) -> KResult<bool> {
     const F: &str = "page_ref_add_unless";
     type Check<'a> = &'a dyn Fn(&mut Machine) -> Result<bool, Violation>;
     let count_is_u = |m: &mut Machine| -> Result<bool, Violation> {
@@ -146,7 +171,7 @@ pub fn page_ref_add_unless(cpu: &Cpu, page: Pfn, nr: i32, u: i32) -> KResult<boo
     };
     // Each check returns true when the page must not be written.
     let (first, second): (Check, Check) = match writable_check(cpu.cfg()) {
-        WritableCheck::None => return atomic_add_unless(cpu, page, nr, u, false),
+        WritableCheck::None => return atomic_add_unless(cpu, page, nr, u, false, added),
         WritableCheck::CountThenFakeHead => (&count_is_u, &fake_head),
         WritableCheck::FakeHeadThenCount => (&fake_head, &count_is_u),
     };
@@ -171,7 +196,7 @@ pub fn page_ref_add_unless(cpu: &Cpu, page: Pfn, nr: i32, u: i32) -> KResult<boo
     if checks == Some(false) && cpu.step(F, |m| if second(m)? { refused(m) } else { Ok(false) })? {
         return Ok(false);
     }
-    atomic_add_unless(cpu, page, nr, u, true)
+    atomic_add_unless(cpu, page, nr, u, true, added)
 }
 
 /// `get_page_unless_zero(page)`.

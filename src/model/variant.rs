@@ -69,8 +69,8 @@ variants! {
     /// `gup_fast_pte_range` keeps its reference without re-reading the
     /// PTE: the re-read that RCU GUP-fast (2667f50e8b81, 2014) relies on
     /// instead of IPIs. (The PMD recheck is a separate variant.)
-    GupFastNoRecheck = "gup-fast-no-recheck", Gup, PinnedWriteLost,
-        "gup_fast_pte_range() keeps its reference without re-reading the PTE, so it pins a folio that migration already replaced (RCU GUP-fast needs the recheck: 2667f50e8b81, 2014)";
+    GupFastNoRecheck = "gup-fast-no-recheck", Gup, LookupCurrent,
+        "gup_fast_pte_range() keeps its reference without re-reading the PTE, so it returns (and pins) a page its PTE no longer maps, a folio migration already replaced (RCU GUP-fast needs the recheck: 2667f50e8b81, 2014)";
     /// `folio_expected_refs` without the page-cache term: every page-cache
     /// folio looks over-referenced. The same shape as the shmem THP bug
     /// e71769ae5260 fixed (1 counted instead of nr_pages: offlining looped).
@@ -78,8 +78,8 @@ variants! {
         "folio_expected_refs() drops the page-cache term, so a quiet page-cache folio never matches the expected count and migration returns -EAGAIN until it gives up (like shmem THP before e71769ae5260 (2018), whose page-cache term was 1, not nr_pages)";
     /// `gup_fast_pte_range` rechecks the PTE but not the PMD (before
     /// 70cbc3cc78a9, 2022).
-    GupFastNoPmdRecheck = "gup-fast-no-pmd-recheck", Gup, PinnedWriteLost,
-        "gup_fast_pte_range() rechecks the PTE but not the PMD, so it pins a page khugepaged is collapsing after pmdp_collapse_flush() detached its page table (fixed by 70cbc3cc78a9, 2022)";
+    GupFastNoPmdRecheck = "gup-fast-no-pmd-recheck", Gup, LookupCurrent,
+        "gup_fast_pte_range() rechecks the PTE but not the PMD, so it returns (and pins) a page khugepaged is collapsing after pmdp_collapse_flush() detached its page table (fixed by 70cbc3cc78a9, 2022)";
     /// The v4.5 THP write-fault rule: selects `cow: v4.5`.
     ThpCowBreaksPin = "thp-cow-breaks-pin", Thp, PinCoherence,
         "a write fault copies every PTE-mapped THP subpage (reuse_swap_page() refuses PageTransCompound pages) and a pinned PMD-mapped THP (page_count != 1), so a vfio pin no longer maps the process's page (the 2016 vfio regression under the THP refcount redesign, seed 002; fixed by 6d0a07edd17c, v4.6)";

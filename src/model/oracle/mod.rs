@@ -32,7 +32,8 @@ pub use migration::{
 pub use page_alloc::buddy_lists_match_pages;
 pub use page_alloc::{folio_unlock_by_locker, hvo_folio_frozen, might_sleep, no_bad_page_at_free};
 pub use page_cache::{
-    isolated_folio_is_current, lookup_is_current, page_cache_matches_mappings_and_ptes,
+    gup_entry_maps, gup_page_is_current, isolated_folio_is_current, lookup_is_current,
+    page_cache_matches_mappings_and_ptes,
 };
 pub use pmd_share::{
     pmd_table_free_unshared, share_counts_at_quiescence, share_counts_match,
@@ -357,7 +358,8 @@ pub static INVARIANTS: &[Invariant] = &[
     Invariant {
         oracle: Oracle::LookupCurrent,
         when: When::Path(
-            "memory::do_read_fault at finish_fault, pfn_walker::compact_pfn at isolation",
+            "memory::do_read_fault at finish_fault, gup::hold (GUP's return), \
+             pfn_walker::compact_pfn at isolation",
         ),
     },
     Invariant {

@@ -1,9 +1,9 @@
 //! The page cache against `folio->mapping`/`index` and the file's PTEs.
 
 use super::{Oracle, Violation, fail};
-use crate::model::machine::{Machine, Pfn};
+use crate::model::machine::{Content, Machine, Pfn};
 use crate::model::mm_types::{Mapping, pg};
-use crate::model::pgtable::{PteVal, rmap_candidates};
+use crate::model::pgtable::{PmdVal, PteVal, Uaddr, rmap_candidates};
 
 /// After a step, at each index whose slot or file PTE the step changed
 /// (v6.12 mm/filemap.c): a cached folio has `mapping == File { index }`
@@ -72,6 +72,56 @@ pub fn lookup_is_current(m: &Machine, index: u32, folio: Pfn, user: &str) -> Res
                 "{user} used pfn {folio} looked up at index {index}, but the index holds \
                  {cached:?} and the folio's mapping is {:?}",
                 m.peek(folio).mapping
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Does the entry GUP walked for `a` (the PMD entry in PMD table `table`,
+/// and under a PMD table its PTE) map `page`? Read without a TLB.
+pub fn gup_entry_maps(m: &Machine, a: Uaddr, table: Pfn, page: Pfn) -> bool {
+    let entry = match m.frames[table as usize].content {
+        Content::Pmds(ref t) => t[a.pmd_index()],
+        _ => return false,
+    };
+    match entry {
+        PmdVal::Leaf(l) => l.pfn + a.pmd_offset() == page,
+        PmdVal::Table(t) => {
+            matches!(m.frames[t as usize].content, Content::Ptes(_))
+                && m.pte_in(t, a).present_pfn() == Some(page)
+        }
+        PmdVal::None => false,
+    }
+}
+
+/// When GUP returns a page, its reference is on the page's folio and the
+/// entry GUP walked mapped the page at some instant the reference was
+/// held: when the reference landed, or now. GUP-fast (v6.12
+/// `gup_fast_pte_range`, `gup_fast_pmd_leaf`) makes this so by reloading
+/// the PMD and PTE after the grab; the slow path holds the page-table
+/// lock. A page unmapped after the grab is an ordinary race (GUP, then
+/// munmap); one replaced or unmapped between GUP's load and its grab is
+/// not (a migrated, freed or reused page: 2667f50e8b81, 70cbc3cc78a9). The
+/// entry is read through the PMD table GUP walked (`pmdp`), not the mm's
+/// current PUD, for the same reason.
+pub fn gup_page_is_current(
+    m: &Machine,
+    a: Uaddr,
+    table: Pfn,
+    page: Pfn,
+    folio: Pfn,
+    mapped_at_grab: bool,
+) -> Result<(), Violation> {
+    let head = crate::model::page_flags::peek_head(m, page);
+    if head != folio || !(mapped_at_grab || gup_entry_maps(m, a, table, page)) {
+        return fail(
+            Oracle::LookupCurrent,
+            format!(
+                "GUP returned pfn {page} (folio pfn {folio}) for {a}, but the entry it walked \
+                 (PMD table in frame {table}) did not map it when the reference was taken and \
+                 maps {:?} now; pfn {page}'s folio is pfn {head}",
+                m.pte(a)
             ),
         );
     }
