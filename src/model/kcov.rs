@@ -27,26 +27,30 @@ use super::vmemmap::Access;
 
 /// The identity of a name (a kernel function, a source file): a hash of
 /// its text, so that features do not depend on where the build put the
-/// string (identical literals are not always merged). The last name looked
-/// up is cached by address: every access of a step shares its function.
+/// string (identical literals are not always merged). Names are cached by
+/// address in a small direct-mapped table: a step's accesses alternate
+/// between a few source files, and hashing a path per access showed in
+/// profiles.
 #[derive(Debug, Clone, Default)]
 struct NameIds {
-    last: Option<(usize, u64)>,
+    cache: [(usize, u64); NAME_CACHE],
 }
+
+const NAME_CACHE: usize = 16;
 
 impl NameIds {
     fn id(&mut self, name: &'static str) -> u64 {
-        match self.last {
-            Some((p, id)) if p == name.as_ptr() as usize => id,
-            _ => {
-                // FNV-1a.
-                let id = name.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
-                    (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3)
-                });
-                self.last = Some((name.as_ptr() as usize, id));
-                id
-            }
+        let addr = name.as_ptr() as usize;
+        let slot = &mut self.cache[(addr >> 3 ^ addr >> 11) % NAME_CACHE];
+        if slot.0 == addr && addr != 0 {
+            return slot.1;
         }
+        // FNV-1a.
+        let id = name.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3)
+        });
+        *slot = (addr, id);
+        id
     }
 }
 

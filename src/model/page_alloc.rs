@@ -51,7 +51,12 @@ impl Buddy {
     /// The free blocks that overlap `[pfn, pfn + 2^order)`, as (first pfn,
     /// order).
     pub fn free_blocks_overlapping(&self, pfn: Pfn, order: u8) -> Vec<(Pfn, u8)> {
-        let end = pfn + (1 << order);
+        self.free_blocks_in(pfn..pfn + (1 << order))
+    }
+
+    /// The free blocks overlapping the pfns `range`.
+    pub fn free_blocks_in(&self, range: std::ops::Range<Pfn>) -> Vec<(Pfn, u8)> {
+        let (pfn, end) = (range.start, range.end);
         let mut v = Vec::new();
         for (o, list) in self.free_area.iter().enumerate() {
             let hits = list.iter().filter(|&&b| b < end && pfn < b + (1 << o));

@@ -64,9 +64,25 @@ pub fn no_bad_page_at_free(m: &Machine, pfn: Pfn, order: u8) -> Result<(), Viola
 /// each page of such a range is checked against the free blocks overlapping
 /// it, so the work is the size of what the step changed.
 pub fn buddy_lists_match_pages(m: &Machine) -> Result<(), Violation> {
-    for &(start, order) in &m.buddy.changed {
-        let listed = m.buddy.free_blocks_overlapping(start, order);
-        let bad = |what: String| fail(Oracle::BuddyConsistent, what);
+    // One split or merge lists and unlists several nested blocks: check
+    // each page of their union once.
+    let mut ranges: Vec<(Pfn, Pfn)> = m
+        .buddy
+        .changed
+        .iter()
+        .map(|&(start, order)| (start, start + (1 << order)))
+        .collect();
+    ranges.sort_unstable();
+    let mut merged: Vec<(Pfn, Pfn)> = Vec::with_capacity(ranges.len());
+    for (lo, hi) in ranges {
+        match merged.last_mut() {
+            Some(last) if lo <= last.1 => last.1 = last.1.max(hi),
+            _ => merged.push((lo, hi)),
+        }
+    }
+    let bad = |what: String| fail(Oracle::BuddyConsistent, what);
+    for (start, end) in merged {
+        let listed = m.buddy.free_blocks_in(start..end);
         for (i, &(b, o)) in listed.iter().enumerate() {
             if let Some(&(c, p)) = listed[i + 1..]
                 .iter()
@@ -77,11 +93,9 @@ pub fn buddy_lists_match_pages(m: &Machine) -> Result<(), Violation> {
                 ));
             }
         }
-        let (lo, hi) = listed
-            .iter()
-            .fold((start, start + (1 << order)), |(l, h), &(b, o)| {
-                (l.min(b), h.max(b + (1 << o)))
-            });
+        let (lo, hi) = listed.iter().fold((start, end), |(l, h), &(b, o)| {
+            (l.min(b), h.max(b + (1 << o)))
+        });
         for pfn in lo..hi {
             let page = m.peek(pfn);
             let head_of = listed.iter().find(|&&(b, _)| b == pfn);
