@@ -2,7 +2,7 @@
 
 use super::corpus::{Corpus, Entry};
 use super::mutate::{mutate, mutate_schedule};
-use crate::exec::{Job, Observe, Outcome, Plan, Verdict, run_jobs};
+use crate::exec::{Explored, Job, Observe, Outcome, Plan, Verdict, run_jobs};
 use crate::scenario::generate::{GenOptions, decode_with_ops_prefix};
 use crate::scenario::{Expect, Scenario};
 use rand::rngs::StdRng;
@@ -169,6 +169,14 @@ const BOOST_QUEUE: usize = 64;
 /// A fresh scenario gets `executions_per_scenario / 2^k` interleavings, k
 /// drawn from `0..=SWARM_HALVINGS` (1 to 32 of the default 32).
 const SWARM_HALVINGS: u32 = 5;
+
+/// The schedule of the execution that first reached the rarest of `rare`.
+fn near_miss_schedule(explored: &Explored, rare: &[u64], corpus: &Corpus) -> Option<Vec<u8>> {
+    let rarest = rare.iter().copied().min_by_key(|&f| corpus.hits(f))?;
+    let i = explored.features.binary_search(&rarest).ok()?;
+    let at = *explored.first_execution.get(i)? as usize;
+    explored.schedules.get(at).cloned()
+}
 
 /// One input of a batch, and what became of it.
 struct Pending {
@@ -390,7 +398,8 @@ impl Hunter {
                     // still get the full exploration.
                     (opts.executions_per_scenario >> self.rng.gen_range(0..=SWARM_HALVINGS)).max(1)
                 };
-                job(p.scenario.clone(), opts, self.rng.next_u64(), executions)
+                let j = job(p.scenario.clone(), opts, self.rng.next_u64(), executions);
+                if p.boost { j.from_schedule() } else { j }
             })
             .collect();
         let mut new = 0;
@@ -423,10 +432,20 @@ impl Hunter {
                 .filter(|&f| self.corpus.hits(f) < RARE_BUDGET)
                 .collect();
             if opts.engine != Engine::Input && !rare.is_empty() && (!p.boost || seen > 0) {
+                // The boost explores from cuts of the execution that first
+                // reached the rarest of them: the preemptions a deep race
+                // still needs are then placed after that point only.
+                let scenario = match near_miss_schedule(&explored, &rare, &self.corpus) {
+                    Some(schedule) => Arc::new(Scenario {
+                        schedule,
+                        ..(*p.scenario).clone()
+                    }),
+                    None => p.scenario.clone(),
+                };
                 let pending = Pending {
                     bytes: p.bytes.clone(),
                     ops_prefix: p.ops_prefix.clone(),
-                    scenario: p.scenario.clone(),
+                    scenario,
                     boost: true,
                 };
                 self.boosts.push(Candidate { pending, rare }, &self.corpus);

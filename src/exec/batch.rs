@@ -13,7 +13,7 @@
 //! the batch carries on.
 
 use super::executor::{ExecState, STEP_BOUND, SharedState, ShuttleExecutor, lock};
-use super::schedulers::{Decision, InputScheduler, classify, cpu_of};
+use super::schedulers::{Decision, InputScheduler, PrefixThen, classify, cpu_of};
 use crate::model::ctx::{Cpu, CpuId, Detected, Record, Sequential, TraceEvent};
 use crate::model::kcov::Coverage;
 use crate::model::{Config, Machine, Oracle, Violation, hugetlb, oracle};
@@ -70,6 +70,14 @@ impl Plan {
         }
     }
 
+    /// The plan's seed, for what is drawn beside its scheduler.
+    fn seed(self) -> u64 {
+        match self {
+            Plan::Random { seed, .. } | Plan::Pct { seed, .. } => seed,
+            Plan::Replay | Plan::Dfs { .. } => 0,
+        }
+    }
+
     fn scheduler(self, scenario: &Scenario) -> Box<dyn Scheduler + Send> {
         match self {
             Plan::Replay => Box::new(InputScheduler::new(scenario.schedule.clone())),
@@ -92,6 +100,9 @@ pub struct Job {
     pub scenario: Arc<Scenario>,
     pub plan: Plan,
     pub observe: Observe,
+    /// Each execution replays a cut of `scenario.schedule` before the
+    /// plan's scheduler decides ([`PrefixThen`]).
+    pub from_schedule: bool,
 }
 
 impl Job {
@@ -107,7 +118,17 @@ impl Job {
             scenario,
             plan,
             observe,
+            from_schedule: false,
         }
+    }
+
+    /// Explore from cuts of the scenario's schedule (a recorded execution)
+    /// rather than from the start: random and PCT plans. A replay already
+    /// follows it whole; DFS backtracks over its own decisions, from the
+    /// start.
+    pub fn from_schedule(mut self) -> Job {
+        self.from_schedule = matches!(self.plan, Plan::Random { .. } | Plan::Pct { .. });
+        self
     }
 
     pub fn replay(scenario: Arc<Scenario>, observe: Observe) -> Job {
@@ -168,6 +189,12 @@ pub struct Explored {
     pub replayed: Option<Outcome>,
     /// The union of the executions' coverage features, sorted.
     pub features: Vec<u64>,
+    /// For a job exploring many interleavings with coverage: per feature
+    /// (aligned with `features`), the first execution that reached it, and
+    /// each execution's schedule, so that a near miss can be explored from
+    /// where it got to.
+    pub first_execution: Vec<u32>,
+    pub schedules: Vec<Vec<u8>>,
     /// The union of the reachability properties.
     pub reached: u64,
 }
@@ -279,7 +306,14 @@ impl Running {
         let replay = self.job().plan == Plan::Replay;
         let failed = o.verdict != Verdict::Clean;
         self.stop |= failed;
+        let track = !replay && self.job().observe.coverage;
         let r = &mut self.result;
+        if track {
+            let at = r.executions as u32;
+            r.first_execution
+                .extend(std::iter::repeat_n(at, o.features.len()));
+            r.schedules.push(o.schedule.clone());
+        }
         r.executions += 1;
         r.steps += o.steps as u64;
         r.cpu_steps += (o.steps - o.setup_steps) as u64;
@@ -578,7 +612,15 @@ pub fn run_jobs(jobs: Vec<Job>) -> Vec<Explored> {
         CONTINUATION_POOL.set(pool, || {
             for job in jobs {
                 let scheduler = Rc::new(RefCell::new(JobScheduler {
-                    inner: job.plan.scheduler(&job.scenario),
+                    inner: if job.from_schedule {
+                        Box::new(PrefixThen::new(
+                            job.scenario.schedule.clone(),
+                            job.plan.seed(),
+                            job.plan.scheduler(&job.scenario),
+                        ))
+                    } else {
+                        job.plan.scheduler(&job.scenario)
+                    },
                     log: log.clone(),
                 }));
                 {
@@ -621,8 +663,20 @@ pub fn run_jobs(jobs: Vec<Job>) -> Vec<Explored> {
                     }
                 }
                 let mut r = std::mem::take(&mut guard(&running).result);
-                r.features.sort_unstable();
-                r.features.dedup();
+                if r.first_execution.is_empty() {
+                    r.features.sort_unstable();
+                    r.features.dedup();
+                } else {
+                    let mut pairs: Vec<(u64, u32)> = r
+                        .features
+                        .iter()
+                        .copied()
+                        .zip(r.first_execution.iter().copied())
+                        .collect();
+                    pairs.sort_unstable();
+                    pairs.dedup_by_key(|p| p.0);
+                    (r.features, r.first_execution) = pairs.into_iter().unzip();
+                }
                 results.push(r);
             }
         })

@@ -97,6 +97,72 @@ impl Scheduler for InputScheduler {
     }
 }
 
+/// Replays a cut of a recorded schedule, then lets `inner` decide: an
+/// exploration that starts from where an earlier execution got (a near
+/// miss that reached a rare state), so that the preemptions still missing
+/// are placed in the rest of the execution only. Each execution cuts the
+/// recording at another point short of its end, drawn from `seed`.
+pub struct PrefixThen {
+    prefix: Vec<u8>,
+    cut: usize,
+    pos: usize,
+    rng: u64,
+    inner: Box<dyn Scheduler + Send>,
+}
+
+impl PrefixThen {
+    pub fn new(prefix: Vec<u8>, seed: u64, inner: Box<dyn Scheduler + Send>) -> Self {
+        PrefixThen {
+            prefix,
+            cut: 0,
+            pos: 0,
+            rng: seed,
+            inner,
+        }
+    }
+
+    /// splitmix64.
+    fn next_rng(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+impl Scheduler for PrefixThen {
+    fn new_execution(&mut self) -> Option<Schedule> {
+        let schedule = self.inner.new_execution()?;
+        // Short of the whole recording: the inner scheduler must see at
+        // least one decision of every execution (PCT panics otherwise).
+        self.cut = (self.next_rng() % self.prefix.len().max(1) as u64) as usize;
+        self.pos = 0;
+        Some(schedule)
+    }
+
+    fn next_task(
+        &mut self,
+        runnable: &[&Task],
+        current: Option<TaskId>,
+        yielding: bool,
+    ) -> Option<TaskId> {
+        if self.pos >= self.cut {
+            return self.inner.next_task(runnable, current, yielding);
+        }
+        let want = self.prefix[self.pos];
+        self.pos += 1;
+        let cpus = runnable.iter().map(|t| cpu_of(t.id()));
+        let current = current.filter(|t| usize::from(*t) != MAIN_TASK).map(cpu_of);
+        let pick = InputScheduler::choose(Some(want), cpus, current)?;
+        Some(TaskId::from(pick as usize + 1))
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.inner.next_u64()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::InputScheduler;
