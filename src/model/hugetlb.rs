@@ -22,6 +22,7 @@ use super::machine::{Hold, Machine, Pfn};
 use super::mm_types::Mapping;
 use super::mm_types::pg;
 use super::oracle::Violation;
+use super::page_alloc::folio_alloc;
 use super::page_ref::{folio_get, folio_put, folio_ref_add, folio_ref_freeze, folio_ref_unfreeze};
 use super::pgtable::{PmdLeaf, PmdVal, PudVal, RwSem, Uaddr, VmArea, tlb_remove_table_sync_one};
 use super::smp::under_spinlock;
@@ -91,15 +92,20 @@ fn enqueue_hugetlb_folio(m: &mut Machine, folio: Pfn) -> Result<(), Violation> {
     Ok(())
 }
 
-/// `alloc_buddy_hugetlb_folio`: a compound page from the buddy, frozen with
+/// `alloc_buddy_hugetlb_folio` (v6.12): a compound page from the buddy
+/// (`__folio_alloc`, its tails stored in steps of their own), frozen with
 /// `folio_ref_freeze(folio, 1)`; a speculative reference that inflated the
 /// count makes it put the folio and retry once.
 fn alloc_buddy_hugetlb_folio(cpu: &Cpu, pfn_hint: Pfn) -> KResult<Option<Pfn>> {
     for _attempt in 0..2 {
         let order = cpu.cfg().hugetlb_order;
-        let Some(folio) = cpu.step("alloc_buddy_hugetlb_folio", |m| {
-            m.alloc_pages_may_sleep(order, pfn_hint, "alloc_buddy_hugetlb_folio")
-        })?
+        let Some(folio) = folio_alloc(
+            cpu,
+            "alloc_buddy_hugetlb_folio",
+            order,
+            pfn_hint,
+            "alloc_buddy_hugetlb_folio",
+        )?
         else {
             return Ok(None);
         };
