@@ -677,7 +677,7 @@ mod tests {
         k.on(0, |cpu| zap_pte_range(cpu, Uaddr::new(0, 3))).unwrap();
         assert_eq!(k.m.frames[601].owner, Owner::Free);
 
-        // __free_pages_prepare clears PAGE_FLAGS_CHECK_AT_PREP in every
+        // free_pages_prepare clears PAGE_FLAGS_CHECK_AT_PREP in every
         // tail; a page allocated later (say, as a page-cache page) must not
         // inherit PG_anon_exclusive, which try_to_migrate_one() reads.
         assert_eq!(k.m.peek(601).flags, 0, "flags of the freed tail page 601");
