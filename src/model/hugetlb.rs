@@ -1421,6 +1421,41 @@ mod free_path_tests {
         assert!(k.m.peek(FOLIO).test(pg::VMEMMAP_OPTIMIZED));
     }
 
+    /// The step each line matching `prefix` was traced in.
+    fn steps_of(lines: &[(u32, String)], prefix: &str) -> Vec<u32> {
+        let steps = lines.iter().filter(|(_, l)| l.starts_with(prefix));
+        steps.map(|&(s, _)| s).collect()
+    }
+
+    #[test]
+    fn a_pool_folio_gets_its_tails_in_steps_before_it_is_frozen_and_hvo_runs() {
+        let mut k = boot();
+
+        let ((), lines) = k
+            .on_traced(0, |cpu| alloc_pool_huge_folio(cpu, FOLIO))
+            .unwrap();
+
+        // __folio_alloc (prep_compound_page: a step per vmemmap page of
+        // tails, then prep_compound_head), then folio_ref_freeze, then HVO.
+        let head = steps_of(&lines, "alloc_pages(order 9)");
+        let tails = steps_of(&lines, "prep_compound_tail(pfn 512)");
+        let order = steps_of(&lines, "prep_compound_head(pfn 512, order 9)");
+        let frozen = steps_of(&lines, "folio_ref_freeze(pfn 512, 1)");
+        let mut hvo = steps_of(&lines, "grace period starts");
+        hvo.extend(steps_of(&lines, "set_pte_at"));
+        assert_eq!(
+            hvo.len(),
+            7,
+            "synchronize_rcu, 6 tail vmemmap PTEs: {lines:#?}"
+        );
+        assert_eq!(head.len(), 1, "{lines:#?}");
+        assert_eq!(tails, (head[0] + 1..head[0] + 9).collect::<Vec<_>>());
+        assert_eq!(order, [head[0] + 9]);
+        assert!(frozen[0] > order[0], "{lines:#?}");
+        assert!(hvo.iter().all(|&s| s > frozen[0]), "{lines:#?}");
+        assert_eq!(k.m.hstate.free_folios, [FOLIO]);
+    }
+
     #[test]
     fn the_last_put_of_a_surplus_hvo_folio_queues_it_for_the_worker() {
         let mut k = boot();
