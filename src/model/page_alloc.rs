@@ -135,10 +135,11 @@ impl Machine {
 
     /// `__alloc_pages(gfp, order)` in one step: returns the first pfn, or
     /// `None` when the allocation fails (no block, or injected failure).
-    /// For callers inside another step (page tables, vmemmap frames, which
-    /// are order 0) and tests; a compound allocation from a CPU-level path
-    /// takes [`alloc_pages_then`], which gives `prep_compound_page`'s stores
-    /// steps of their own.
+    /// For callers inside another step, which all allocate order 0 (page
+    /// tables, vmemmap frames, page-cache and COW pages), where there is no
+    /// compound store to split off, and for tests. A compound allocation
+    /// from a CPU-level path takes [`alloc_pages_then`], which gives
+    /// `prep_compound_page`'s stores steps of their own.
     pub fn alloc_pages(&mut self, order: u8, hint: Pfn) -> Result<Option<Pfn>, Violation> {
         let pfn = self.alloc_pages_head(order, hint)?;
         if let Some(pfn) = pfn
@@ -230,11 +231,12 @@ impl Machine {
     }
 
     /// `__free_pages(page, order)` after the last put, in one step. For
-    /// callers inside another step, which free where no reader can race:
-    /// page tables (`pagetable_free`, order 0, after the TLB flush or RCU
-    /// grace period that took the last walker off them) and HVO's vmemmap
-    /// frames (order 0, after the remap and its flush). A folio a CPU-level
-    /// path frees takes [`free_pages_then`].
+    /// callers inside another step, which all free order 0: page tables
+    /// (`pagetable_free`, once no walker may be on them) and HVO's vmemmap
+    /// frames (`free_vmemmap_page_list`, after the remap's flush). An
+    /// order-0 free has no tails, so [`free_pages_then`] would take one
+    /// step for it too. A folio a CPU-level path frees, of any order, takes
+    /// [`free_pages_then`].
     pub fn free_pages(&mut self, pfn: Pfn, order: u8) -> Result<(), Violation> {
         self.free_pages_prepare_begin(pfn, order)?;
         for tails in tail_chunks(pfn, order) {
@@ -466,11 +468,12 @@ pub fn free_pages_then(
 /// The kernel stores one tail at a time, but a hugetlb folio has 127..1023
 /// tails and the schedulers cannot afford a step each. A vmemmap page is
 /// the unit the races over struct pages are about: HVO remaps, and
-/// `page_fixed_fake_head` inspects, whole vmemmap pages, so a reader in
-/// another vmemmap page than the store sees either all of its tails set or
-/// none. What a step per tail would add is a reader seeing one tail of a
-/// vmemmap page set and its neighbour not, which no reader in the model (nor
-/// compaction) tells apart from a whole page of either.
+/// `page_fixed_fake_head` inspects, whole vmemmap pages, and a tail in
+/// another vmemmap page than the one being stored stays as it was. What a
+/// step per tail would add is a reader seeing, inside one vmemmap page,
+/// some tails set and others not; the model's speculative readers (the pfn
+/// walker, GUP-fast, `page_fixed_fake_head`) each read one tail, and see
+/// it set or not set either way.
 pub fn tail_chunks(head: Pfn, order: u8) -> impl Iterator<Item = Range<Pfn>> {
     let end = head + (1 << order);
     let mut next = head + 1;
