@@ -21,6 +21,7 @@ use super::memory::{
 };
 use super::mm_types::{Mapping, pg};
 use super::oracle::Violation;
+use super::page_alloc::alloc_pages_then;
 use super::page_flags::folio_nr_pages;
 use super::page_ref::folio_put;
 use super::pgtable::{Level, PmdLeaf, PmdVal, PteEntry, PteVal, Uaddr};
@@ -68,29 +69,35 @@ pub fn do_huge_pmd_anonymous_page(cpu: &Cpu, a: Uaddr, pfn_hint: Pfn) -> KResult
         Ok(ok)
     })?;
     let thp = if eligible {
-        cpu.step("vma_alloc_anon_folio_pmd", |m| {
-            let Some(folio) = m.alloc_pages_may_sleep(
-                HPAGE_PMD_ORDER,
-                pfn_hint,
-                "vma_alloc_folio(GFP_TRANSHUGE)",
-            )?
-            else {
-                return Ok(None);
-            };
-            let Some(table) = m.pagetable_alloc(Level::Pte)? else {
-                // The folio never became visible: free it in place.
-                super::page_ref::folio_ref_sub_and_test(m, folio, 1)?;
-                super::page_ref::free_frozen_folio(m, folio)?;
-                return Ok(None);
-            };
-            let mapping = new_anon_mapping(m, base);
-            let p = m.page_mut(folio)?;
-            p.flags |= pg::SWAPBACKED;
-            p.mapping = mapping;
-            Ok(Some((folio, table)))
-        })?
+        alloc_pages_then(
+            cpu,
+            "vma_alloc_anon_folio_pmd",
+            "vma_alloc_folio(GFP_TRANSHUGE)",
+            |_| Ok(Some((HPAGE_PMD_ORDER, pfn_hint))),
+            |m, folio, _| {
+                let Some(table) = m.pagetable_alloc(Level::Pte)? else {
+                    return Ok(Err(folio));
+                };
+                let mapping = new_anon_mapping(m, base);
+                let p = m.page_mut(folio)?;
+                p.flags |= pg::SWAPBACKED;
+                p.mapping = mapping;
+                Ok(Ok((folio, table)))
+            },
+        )?
+        .flatten()
     } else {
         None
+    };
+    let thp = match thp {
+        Some(Err(folio)) => {
+            // No PTE table to deposit: __do_huge_pmd_anonymous_page's
+            // `release:` puts the folio, which frees it.
+            folio_put(cpu, folio)?;
+            None
+        }
+        Some(Ok(got)) => Some(got),
+        None => None,
     };
     let Some((folio, table)) = thp else {
         handle_mm_fault_kind(cpu, a, pfn_hint, 0, FaultKind::Write)?;

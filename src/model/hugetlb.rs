@@ -22,6 +22,7 @@ use super::machine::{Hold, Machine, Pfn};
 use super::mm_types::Mapping;
 use super::mm_types::pg;
 use super::oracle::Violation;
+use super::page_alloc::folio_alloc;
 use super::page_ref::{folio_get, folio_put, folio_ref_add, folio_ref_freeze, folio_ref_unfreeze};
 use super::pgtable::{PmdLeaf, PmdVal, PudVal, RwSem, Uaddr, VmArea, tlb_remove_table_sync_one};
 use super::smp::under_spinlock;
@@ -91,15 +92,20 @@ fn enqueue_hugetlb_folio(m: &mut Machine, folio: Pfn) -> Result<(), Violation> {
     Ok(())
 }
 
-/// `alloc_buddy_hugetlb_folio`: a compound page from the buddy, frozen with
+/// `alloc_buddy_hugetlb_folio` (v6.12): a compound page from the buddy
+/// (`__folio_alloc`, its tails stored in steps of their own), frozen with
 /// `folio_ref_freeze(folio, 1)`; a speculative reference that inflated the
 /// count makes it put the folio and retry once.
 fn alloc_buddy_hugetlb_folio(cpu: &Cpu, pfn_hint: Pfn) -> KResult<Option<Pfn>> {
     for _attempt in 0..2 {
         let order = cpu.cfg().hugetlb_order;
-        let Some(folio) = cpu.step("alloc_buddy_hugetlb_folio", |m| {
-            m.alloc_pages_may_sleep(order, pfn_hint, "alloc_buddy_hugetlb_folio")
-        })?
+        let Some(folio) = folio_alloc(
+            cpu,
+            "alloc_buddy_hugetlb_folio",
+            order,
+            pfn_hint,
+            "alloc_buddy_hugetlb_folio",
+        )?
         else {
             return Ok(None);
         };
@@ -1413,6 +1419,41 @@ mod free_path_tests {
         k.on(0, |cpu| alloc_hugetlb_folio(cpu, FOLIO)).unwrap();
         assert_eq!(k.m.hstate.surplus_huge_pages, 1);
         assert!(k.m.peek(FOLIO).test(pg::VMEMMAP_OPTIMIZED));
+    }
+
+    /// The step each line matching `prefix` was traced in.
+    fn steps_of(lines: &[(u32, String)], prefix: &str) -> Vec<u32> {
+        let steps = lines.iter().filter(|(_, l)| l.starts_with(prefix));
+        steps.map(|&(s, _)| s).collect()
+    }
+
+    #[test]
+    fn a_pool_folio_gets_its_tails_in_steps_before_it_is_frozen_and_hvo_runs() {
+        let mut k = boot();
+
+        let ((), lines) = k
+            .on_traced(0, |cpu| alloc_pool_huge_folio(cpu, FOLIO))
+            .unwrap();
+
+        // __folio_alloc (prep_compound_page: a step per vmemmap page of
+        // tails, then prep_compound_head), then folio_ref_freeze, then HVO.
+        let head = steps_of(&lines, "alloc_pages(order 9)");
+        let tails = steps_of(&lines, "prep_compound_tail(pfn 512)");
+        let order = steps_of(&lines, "prep_compound_head(pfn 512, order 9)");
+        let frozen = steps_of(&lines, "folio_ref_freeze(pfn 512, 1)");
+        let mut hvo = steps_of(&lines, "grace period starts");
+        hvo.extend(steps_of(&lines, "set_pte_at"));
+        assert_eq!(
+            hvo.len(),
+            7,
+            "synchronize_rcu, 6 tail vmemmap PTEs: {lines:#?}"
+        );
+        assert_eq!(head.len(), 1, "{lines:#?}");
+        assert_eq!(tails, (head[0] + 1..head[0] + 9).collect::<Vec<_>>());
+        assert_eq!(order, [head[0] + 9]);
+        assert!(frozen[0] > order[0], "{lines:#?}");
+        assert!(hvo.iter().all(|&s| s > frozen[0]), "{lines:#?}");
+        assert_eq!(k.m.hstate.free_folios, [FOLIO]);
     }
 
     #[test]

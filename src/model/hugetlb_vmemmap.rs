@@ -830,7 +830,7 @@ mod tests {
 
         let err = k.on(0, shrink_huge_pool).unwrap_err();
 
-        // __free_pages_prepare checks each tail before scrubbing it: struct
+        // free_pages_prepare checks each tail before scrubbing it: struct
         // page 576, the first of vmemmap page 9, reads the head copy's
         // contents through the RO alias (a fake head, no tail bit), so
         // bad_page() reports it before the scrub writes through the alias.

@@ -38,13 +38,13 @@ pub fn collapse_huge_page(cpu: &Cpu, mm: u8, pfn_hint: Pfn) -> KResult<()> {
         page: vma.start,
     };
     let me = cpu.index() as u8;
-    let Some(new) = cpu.step("alloc_charge_folio", |m| {
-        m.alloc_pages_may_sleep(
-            HPAGE_PMD_ORDER,
-            pfn_hint,
-            "alloc_charge_folio(GFP_TRANSHUGE)",
-        )
-    })?
+    let Some(new) = super::page_alloc::folio_alloc(
+        cpu,
+        "alloc_charge_folio",
+        HPAGE_PMD_ORDER,
+        pfn_hint,
+        "alloc_charge_folio(GFP_TRANSHUGE)",
+    )?
     else {
         return Ok(());
     };

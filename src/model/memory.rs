@@ -13,6 +13,7 @@ use super::huge_memory::{self, HugeWp};
 use super::machine::{Content, Machine, Pfn};
 use super::mm_types::{Mapping, pg};
 use super::oracle::{self, Violation};
+use super::page_alloc::alloc_pages_then;
 use super::page_flags::{compound_head, folio_nr_pages};
 use super::page_ref::{folio_put, folio_put_refs};
 use super::pgtable::{PmdLeaf, PmdVal, PteEntry, PteVal, Uaddr, UserTlbEntry};
@@ -254,24 +255,30 @@ pub fn new_anon_mapping(m: &Machine, a: Uaddr) -> Mapping {
 /// under the PTE lock; a racing fault that got there first wins.
 fn do_anonymous_page(cpu: &Cpu, a: Uaddr, pfn_hint: Pfn, order: u8) -> KResult<()> {
     let all_none = |m: &Machine, r: &[Uaddr]| r.iter().all(|&x| m.pte(x) == Some(PteVal::None));
-    let Some((folio, pages)) = cpu.step("alloc_anon_folio", |m| {
+    let alloc = |m: &mut Machine| {
         let range = anon_range(a, 1);
         let order = if order > 0 && one_anon_vma(m, &range) && all_none(m, &range) {
             1
         } else {
             0
         };
-        let Some(folio) = m.alloc_pages_may_sleep(order, pfn_hint, "alloc_anon_folio")? else {
-            return Ok(None);
-        };
-        let pages = anon_range(a, order);
-        let mapping = new_anon_mapping(m, pages[0]);
-        let p = m.page_mut(folio)?;
-        p.flags |= pg::SWAPBACKED;
-        p.mapping = mapping;
-        Ok(Some((folio, pages)))
-    })?
-    else {
+        Ok(Some((order, pfn_hint)))
+    };
+    let Some((folio, pages)) = alloc_pages_then(
+        cpu,
+        "alloc_anon_folio",
+        "alloc_anon_folio",
+        alloc,
+        |m, folio, order| {
+            let pages = anon_range(a, order);
+            let mapping = new_anon_mapping(m, pages[0]);
+            let p = m.page_mut(folio)?;
+            p.flags |= pg::SWAPBACKED;
+            p.mapping = mapping;
+            Ok((folio, pages))
+        },
+    )?
+    .flatten() else {
         return Ok(());
     };
     let mapped = cpu.step("set_pte_range", |m| {

@@ -172,19 +172,24 @@ type Unmapped = (Pfn, Vec<RmapSection>);
 /// together and retried.
 fn migrate_folio_unmap(cpu: &Cpu, mig: &mut Migration) -> KResult<Option<Attempt<Unmapped>>> {
     let (order, hint, src) = (mig.order, mig.pfn_hint, mig.src);
-    let Ok(dst) = cpu.step("alloc_migration_target", |m| {
-        // The folio was freed from under us: only the isolation
-        // reference is left (the check that opens migrate_folio_unmap).
-        if m.page(src)?.refcount == 1 {
-            ktrace!(m, "pfn {src}: refcount 1, freed from under us");
-            return Ok(Err(()));
-        }
-        let dst = m.alloc_pages_may_sleep(order, hint, "alloc_migration_target(GFP_USER)")?;
-        if let Some(d) = dst {
+    let Some(dst) = super::page_alloc::alloc_pages_then(
+        cpu,
+        "alloc_migration_target",
+        "alloc_migration_target(GFP_USER)",
+        |m| {
+            // The folio was freed from under us: only the isolation
+            // reference is left (the check that opens migrate_folio_unmap).
+            if m.page(src)?.refcount == 1 {
+                ktrace!(m, "pfn {src}: refcount 1, freed from under us");
+                return Ok(None);
+            }
+            Ok(Some((order, hint)))
+        },
+        |m, d, _| {
             m.folio_set_locked(d)?;
-        }
-        Ok(Ok(dst))
-    })?
+            Ok(d)
+        },
+    )?
     else {
         return Ok(None);
     };

@@ -4,11 +4,14 @@
 //! lists, zones and history the model does not carry; the scenario chooses
 //! it instead (a pfn hint), so generated inputs explore placements.
 
-use super::config::HvoMode;
+use super::KResult;
+use super::config::{HvoMode, STRUCT_PAGES_PER_VMEMMAP_PAGE};
+use super::ctx::Cpu;
 use super::machine::{Content, Machine, Owner, Pfn};
 use super::mm_types::{CompoundInfo, Mapping, pg};
 use super::oracle::Violation;
 use crate::ktrace;
+use std::ops::Range;
 
 #[derive(Debug)]
 pub struct Buddy {
@@ -130,9 +133,36 @@ impl Machine {
         self.alloc_pages(order, hint)
     }
 
-    /// `__alloc_pages(gfp, order)`: returns the first pfn, or `None` when the
-    /// allocation fails (no block, or injected failure).
+    /// `__alloc_pages(gfp, order)` in one step: returns the first pfn, or
+    /// `None` when the allocation fails (no block, or injected failure).
+    /// For callers inside another step, which all allocate order 0 (page
+    /// tables, vmemmap frames, page-cache and COW pages), where there is no
+    /// compound store to split off, and for tests. A compound allocation
+    /// from a CPU-level path takes [`alloc_pages_then`], which gives
+    /// `prep_compound_page`'s stores steps of their own.
     pub fn alloc_pages(&mut self, order: u8, hint: Pfn) -> Result<Option<Pfn>, Violation> {
+        let pfn = self.alloc_pages_head(order, hint)?;
+        if let Some(pfn) = pfn
+            && order > 0
+        {
+            for tails in tail_chunks(pfn, order) {
+                self.prep_compound_tails(pfn, order, tails)?;
+            }
+            self.prep_compound_head(pfn, order)?;
+        }
+        Ok(pfn)
+    }
+
+    /// `__alloc_pages` up to the first store of `prep_compound_page`
+    /// (v6.12 mm/page_alloc.c): `rmqueue` takes the block under
+    /// `zone->lock` (`expand` hands the halves back with
+    /// `set_buddy_order`), `prep_new_page`'s `post_alloc_hook` clears
+    /// `page->private` and sets the refcount to 1 (`set_page_refcounted`,
+    /// before any compound store), and for a compound allocation
+    /// `__SetPageHead`. The tails are still untouched:
+    /// [`Machine::prep_compound_tails`] and [`Machine::prep_compound_head`]
+    /// follow.
+    pub fn alloc_pages_head(&mut self, order: u8, hint: Pfn) -> Result<Option<Pfn>, Violation> {
         if self.fail_next_allocs > 0 {
             self.fail_next_allocs -= 1;
             ktrace!(self, "alloc_pages(order {order}) fails (injected)");
@@ -155,55 +185,111 @@ impl Machine {
             frame.content = Content::Data(0);
             frame.generation += 1;
         }
-        // post_alloc_hook: set_page_refcounted
+        // post_alloc_hook: set_page_private, set_page_refcounted
         let head = self.page_mut(pfn)?;
         head.refcount = 1;
         head.private = 0;
         head.flags &= !pg::BUDDY;
         if order > 0 {
-            self.prep_compound_page(pfn, order)?;
+            // prep_compound_page: __SetPageHead
+            head.flags |= pg::HEAD;
         }
         ktrace!(self, "alloc_pages(order {order}) = pfn {pfn}");
         Ok(Some(pfn))
     }
 
-    /// `prep_compound_page`: PG_head on the head, `compound_head` in every
-    /// tail, the order in page[1].
-    pub fn prep_compound_page(&mut self, head: Pfn, order: u8) -> Result<(), Violation> {
-        self.page_mut(head)?.flags |= pg::HEAD;
+    /// `prep_compound_tail` (v6.12 mm/internal.h) for each tail of `tails`:
+    /// `compound_head` pointing at `head` (a mask in the shared-tail
+    /// design), `page->private` cleared.
+    pub fn prep_compound_tails(
+        &mut self,
+        head: Pfn,
+        order: u8,
+        tails: Range<Pfn>,
+    ) -> Result<(), Violation> {
         let info = if self.cfg.hvo_mode == HvoMode::SharedTail {
             CompoundInfo::TailMask(order)
         } else {
             CompoundInfo::Tail(head)
         };
-        self.pages_mut(head + 1..head + (1 << order), |_, p| p.compound_info = info)?;
+        self.pages_mut(tails, |_, p| {
+            p.compound_info = info;
+            p.private = 0;
+        })
+    }
+
+    /// `prep_compound_head` (v6.12 mm/internal.h), after every tail:
+    /// `folio_set_order` in page[1], the mapcounts and pincount reset.
+    /// Until this store `compound_order` of the head reads 0.
+    pub fn prep_compound_head(&mut self, head: Pfn, order: u8) -> Result<(), Violation> {
         let second = self.page_mut(head + 1)?;
         second.order = order;
         second.pincount = 0;
         second.entire_mapcount = -1;
+        ktrace!(self, "prep_compound_head(pfn {head}, order {order})");
         Ok(())
     }
 
-    /// `__free_pages(page, order)` after the last put: `free_pages_prepare`
-    /// scrubs the struct pages, `__free_one_page` merges buddies.
+    /// `__free_pages(page, order)` after the last put, in one step. For
+    /// callers inside another step, which all free order 0: page tables
+    /// (`pagetable_free`, once no walker may be on them) and HVO's vmemmap
+    /// frames (`free_vmemmap_page_list`, after the remap's flush). An
+    /// order-0 free has no tails, so [`free_pages_then`] would take one
+    /// step for it too. A folio a CPU-level path frees, of any order, takes
+    /// [`free_pages_then`].
     pub fn free_pages(&mut self, pfn: Pfn, order: u8) -> Result<(), Violation> {
+        self.free_pages_prepare_begin(pfn, order)?;
+        for tails in tail_chunks(pfn, order) {
+            self.free_tail_pages_prepare(pfn, order, tails)?;
+        }
+        self.free_pages_prepare_head(pfn, order)
+    }
+
+    /// The start of `free_pages_prepare` (v6.12 mm/page_alloc.c): no TLB
+    /// may still translate to the pages (the model's oracle), and a
+    /// compound page's `page[1].flags &= ~PAGE_FLAGS_SECOND`, which clears
+    /// the order `folio_set_order` left there: from here `compound_order`
+    /// of the head reads 0 while PG_head is still set.
+    pub fn free_pages_prepare_begin(&mut self, pfn: Pfn, order: u8) -> Result<(), Violation> {
         super::oracle::no_tlb_entry_outlives_free(
             self,
             pfn..pfn + (1 << order),
             "the buddy allocator",
         )?;
-        super::oracle::no_bad_page_at_free(self, pfn, order)?;
-        // free_tail_page_prepare for each tail, and each tail's flags
-        // cleared (`&= ~PAGE_FLAGS_CHECK_AT_PREP`), then the head
-        // (__free_pages_prepare, v6.12).
-        self.pages_mut(pfn + 1..pfn + (1 << order), |_, p| {
+        if order > 0 && self.page(pfn)?.test(pg::HEAD) {
+            self.page_mut(pfn + 1)?.order = 0;
+        }
+        Ok(())
+    }
+
+    /// `free_pages_prepare`'s loop over the tails of `tails`, in pfn order:
+    /// `free_tail_page_prepare` (checks, then `mapping` and `compound_head`
+    /// cleared), `free_page_is_bad`, and `flags &= ~PAGE_FLAGS_CHECK_AT_PREP`.
+    pub fn free_tail_pages_prepare(
+        &mut self,
+        pfn: Pfn,
+        order: u8,
+        tails: Range<Pfn>,
+    ) -> Result<(), Violation> {
+        super::oracle::no_bad_page_at_free(self, pfn, order, tails.clone())?;
+        self.pages_mut(tails, |_, p| {
             p.compound_info = CompoundInfo::None;
             p.mapping = Mapping::None;
             p.order = 0;
             p.pincount = 0;
             p.flags = 0;
             p.mapcount = -1;
-        })?;
+        })
+    }
+
+    /// The end of `free_pages_prepare`, after the tails: the head's
+    /// `mapping` cleared, `free_page_is_bad(page)`, its flags cleared
+    /// (PG_head with them); then `free_one_page`'s `__free_one_page` merges
+    /// it with free buddies under `zone->lock` and `set_buddy_order` marks
+    /// the merged block. One step: between the two a reader sees a page with
+    /// no flags and refcount 0, as it sees any page the allocator holds.
+    pub fn free_pages_prepare_head(&mut self, pfn: Pfn, order: u8) -> Result<(), Violation> {
+        super::oracle::no_bad_page_at_free(self, pfn, order, pfn..pfn + 1)?;
         let head = self.page_mut(pfn)?;
         head.flags = 0;
         head.mapping = Mapping::None;
@@ -240,9 +326,173 @@ impl Machine {
     }
 }
 
+/// `__alloc_pages(gfp | __GFP_COMP, order)` (v6.12 mm/page_alloc.c) for a
+/// caller at CPU level, with the caller's own work around it. Step `func`
+/// runs `request` (the caller's checks, which pick the order and the pfn
+/// hint, or `None` to allocate nothing), `might_sleep` for `caller`, and
+/// [`Machine::alloc_pages_head`]: the block is taken, refcounted and, if
+/// compound, has PG_head. Then `prep_compound_page`'s tail stores run as
+/// steps of their own, one per vmemmap page of tails ([`tail_chunks`]), so
+/// a speculative pfn walker can find a head whose tails are not set yet,
+/// and `prep_compound_head` with `then` (the caller's first stores to the
+/// new folio, before anyone else can find it through a mapping or the page
+/// cache) as the last. An order-0 allocation stays one step, `then`
+/// included. `None` when `request` declined, `Some(None)` when the
+/// allocation failed.
+pub fn alloc_pages_then<T>(
+    cpu: &Cpu,
+    func: &'static str,
+    caller: &str,
+    request: impl FnOnce(&mut Machine) -> Result<Option<(u8, Pfn)>, Violation>,
+    then: impl FnOnce(&mut Machine, Pfn, u8) -> Result<T, Violation>,
+) -> KResult<Option<Option<T>>> {
+    enum Taken<T> {
+        Declined,
+        Failed,
+        Done(T),
+        Compound(Pfn, u8),
+    }
+    let mut then = Some(then);
+    let taken = cpu.step(func, |m| {
+        let Some((order, hint)) = request(m)? else {
+            return Ok(Taken::Declined);
+        };
+        super::oracle::might_sleep(m, caller)?;
+        let Some(pfn) = m.alloc_pages_head(order, hint)? else {
+            return Ok(Taken::Failed);
+        };
+        if order == 0 {
+            let then = then.take().expect("then runs once");
+            return then(m, pfn, 0).map(Taken::Done);
+        }
+        Ok(Taken::Compound(pfn, order))
+    })?;
+    let (pfn, order) = match taken {
+        Taken::Declined => return Ok(None),
+        Taken::Failed => return Ok(Some(None)),
+        Taken::Done(t) => return Ok(Some(Some(t))),
+        Taken::Compound(pfn, order) => (pfn, order),
+    };
+    for tails in tail_chunks(pfn, order) {
+        cpu.step("prep_compound_tail", |m| {
+            ktrace!(
+                m,
+                "prep_compound_tail(pfn {pfn}): tails {}..{}",
+                tails.start,
+                tails.end
+            );
+            m.prep_compound_tails(pfn, order, tails.clone())
+        })?;
+    }
+    let then = then.take().expect("then runs once");
+    cpu.step("prep_compound_head", |m| {
+        m.prep_compound_head(pfn, order)?;
+        then(m, pfn, order)
+    })
+    .map(|t| Some(Some(t)))
+}
+
+/// [`alloc_pages_then`] of a fixed order with nothing of the caller's
+/// around it: `__folio_alloc(gfp, order)` returning the folio.
+pub fn folio_alloc(
+    cpu: &Cpu,
+    func: &'static str,
+    order: u8,
+    hint: Pfn,
+    caller: &str,
+) -> KResult<Option<Pfn>> {
+    let got = alloc_pages_then(
+        cpu,
+        func,
+        caller,
+        |_| Ok(Some((order, hint))),
+        |_, pfn, _| Ok(pfn),
+    )?;
+    Ok(got.flatten())
+}
+
+/// `free_pages_prepare` and `free_one_page` (v6.12 mm/page_alloc.c) for a
+/// caller at CPU level that dropped the last reference. Step `func` runs
+/// `first` (the caller's own work, which returns the pfn and order to
+/// free) and the start of `free_pages_prepare`, with the tails of the
+/// head's vmemmap page; each further vmemmap page of tails is a step
+/// (`free_tail_page_prepare`, [`tail_chunks`]), in the kernel's order,
+/// and the head, cleared after every tail, and its return to the buddy
+/// lists is the last. In between a pfn walker finds a head that still has
+/// PG_head but reads order 0 from page[1], with some tails cleared and
+/// others not. An order-0 free stays one step.
+pub fn free_pages_then(
+    cpu: &Cpu,
+    func: &'static str,
+    first: impl FnOnce(&mut Machine) -> Result<(Pfn, u8), Violation>,
+) -> KResult<()> {
+    let (pfn, order) = cpu.step(func, |m| {
+        let (pfn, order) = first(m)?;
+        m.free_pages_prepare_begin(pfn, order)?;
+        match tail_chunks(pfn, order).next() {
+            None => m.free_pages_prepare_head(pfn, order)?,
+            Some(tails) => {
+                ktrace!(
+                    m,
+                    "free_tail_page_prepare(pfn {pfn}): tails {}..{}",
+                    tails.start,
+                    tails.end
+                );
+                m.free_tail_pages_prepare(pfn, order, tails)?
+            }
+        }
+        Ok((pfn, order))
+    })?;
+    if order == 0 {
+        return Ok(());
+    }
+    for tails in tail_chunks(pfn, order).skip(1) {
+        cpu.step("free_tail_page_prepare", |m| {
+            ktrace!(
+                m,
+                "free_tail_page_prepare(pfn {pfn}): tails {}..{}",
+                tails.start,
+                tails.end
+            );
+            m.free_tail_pages_prepare(pfn, order, tails.clone())
+        })?;
+    }
+    cpu.step("free_one_page", |m| m.free_pages_prepare_head(pfn, order))
+}
+
+/// The tails of the order-`order` folio at `head` that one step of
+/// [`alloc_pages_then`] or [`free_pages_then`] stores to: those whose struct
+/// pages share one vmemmap page (64 struct pages of 64 bytes in 4 KiB), in
+/// the ascending order the kernel's loops over `page + i` walk them.
+///
+/// The kernel stores one tail at a time, but a hugetlb folio has 127..1023
+/// tails and the schedulers cannot afford a step each. A vmemmap page is
+/// the unit the races over struct pages are about: HVO remaps, and
+/// `page_fixed_fake_head` inspects, whole vmemmap pages, and a tail in
+/// another vmemmap page than the one being stored stays as it was. What a
+/// step per tail would add is a reader seeing, inside one vmemmap page,
+/// some tails set and others not; the model's speculative readers (the pfn
+/// walker, GUP-fast, `page_fixed_fake_head`) each read one tail, and see
+/// it set or not set either way.
+pub fn tail_chunks(head: Pfn, order: u8) -> impl Iterator<Item = Range<Pfn>> {
+    let end = head + (1 << order);
+    let mut next = head + 1;
+    std::iter::from_fn(move || {
+        if next >= end {
+            return None;
+        }
+        let stop =
+            end.min((next / STRUCT_PAGES_PER_VMEMMAP_PAGE + 1) * STRUCT_PAGES_PER_VMEMMAP_PAGE);
+        let chunk = next..stop;
+        next = stop;
+        Some(chunk)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::pfn_walker::pfn_walk;
     use crate::model::testing::Kernel;
 
     /// Two blocks of 512 frames: block 0 holds the 16 memmap frames, the
@@ -430,7 +680,7 @@ mod tests {
         k.on(0, |cpu| zap_pte_range(cpu, Uaddr::new(0, 3))).unwrap();
         assert_eq!(k.m.frames[601].owner, Owner::Free);
 
-        // __free_pages_prepare clears PAGE_FLAGS_CHECK_AT_PREP in every
+        // free_pages_prepare clears PAGE_FLAGS_CHECK_AT_PREP in every
         // tail; a page allocated later (say, as a page-cache page) must not
         // inherit PG_anon_exclusive, which try_to_migrate_one() reads.
         assert_eq!(k.m.peek(601).flags, 0, "flags of the freed tail page 601");
@@ -466,5 +716,230 @@ mod tests {
 
         assert_eq!(err.oracle, crate::model::Oracle::BadPage);
         assert!(err.detail.contains("pfn 602"), "{}", err.detail);
+    }
+
+    /// CPU 1's `isolate_migratepages_block` visit of each of `pfns`: the
+    /// lines it traced.
+    fn pfn_walks(k: &mut Kernel, pfns: &[Pfn]) -> Vec<String> {
+        k.trace_on();
+        for &pfn in pfns {
+            k.on(1, |cpu| pfn_walk(cpu, pfn)).unwrap();
+        }
+        k.take_trace()
+    }
+
+    fn traced(trace: &[String], line: &str) -> bool {
+        trace.iter().any(|l| l.contains(line))
+    }
+
+    const FOLIO: Pfn = 512;
+
+    #[test]
+    fn a_pfn_walker_between_set_page_head_and_the_tail_stores_skips_an_order_0_head() {
+        let mut k = Kernel::boot();
+        // CPU 0: __alloc_pages(GFP_COMP, 9) through post_alloc_hook and
+        // prep_compound_page's __SetPageHead, no tail stored yet.
+        assert_eq!(
+            k.step(0, |m| m.alloc_pages_head(9, FOLIO)).unwrap(),
+            Some(FOLIO)
+        );
+        assert_eq!(
+            k.m.peek(FOLIO).refcount,
+            1,
+            "set_page_refcounted comes first"
+        );
+
+        let trace = pfn_walks(&mut k, &[FOLIO, FOLIO + 88]);
+
+        // The head is PageCompound, and compound_order reads page[1]'s
+        // order, not stored yet: 0. The tail has neither PG_head nor its
+        // tail bit: an order-0 page, not on the LRU.
+        assert!(traced(&trace, "compound_order(pfn 512) = 0"), "{trace:#?}");
+        assert!(
+            traced(&trace, "page = pfn_to_page(600); PageLRU = false"),
+            "{trace:#?}"
+        );
+        assert_eq!(k.m.peek(FOLIO).refcount, 1, "the walker took no reference");
+        assert_eq!(k.m.peek(FOLIO + 88).refcount, 0);
+    }
+
+    #[test]
+    fn a_pfn_walker_between_the_tail_stores_sees_the_tails_of_one_vmemmap_page_set() {
+        let mut k = Kernel::boot();
+        assert_eq!(
+            k.step(0, |m| m.alloc_pages_head(9, FOLIO)).unwrap(),
+            Some(FOLIO)
+        );
+        let mut chunks = tail_chunks(FOLIO, 9);
+        // CPU 0: prep_compound_tail for the tails of the head's vmemmap
+        // page (513..576) only.
+        let first = chunks.next().unwrap();
+        assert_eq!(first, 513..576);
+        k.step(0, |m| m.prep_compound_tails(FOLIO, 9, first))
+            .unwrap();
+
+        let trace = pfn_walks(&mut k, &[FOLIO + 1, FOLIO + 88]);
+
+        // 513 has its tail bit: PageCompound, skipped before PageLRU (a
+        // tail's own flags have no PG_head, so compound_order is 0). 600,
+        // in the next vmemmap page, is still a plain page.
+        assert!(!traced(&trace, "pfn_to_page(513)"), "{trace:#?}");
+        assert!(
+            traced(&trace, "page = pfn_to_page(600); PageLRU = false"),
+            "{trace:#?}"
+        );
+
+        for tails in chunks {
+            k.step(0, |m| m.prep_compound_tails(FOLIO, 9, tails))
+                .unwrap();
+        }
+        // Every tail set, prep_compound_head still to come.
+        let before = pfn_walks(&mut k, &[FOLIO, FOLIO + 88]);
+        k.step(0, |m| m.prep_compound_head(FOLIO, 9)).unwrap();
+        let after = pfn_walks(&mut k, &[FOLIO]);
+
+        assert!(!traced(&before, "PageLRU"), "{before:#?}");
+        assert!(
+            traced(&before, "compound_order(pfn 512) = 0"),
+            "{before:#?}"
+        );
+        assert!(traced(&after, "compound_order(pfn 512) = 9"), "{after:#?}");
+        assert_eq!(
+            k.m.peek(FOLIO + 88).compound_info,
+            CompoundInfo::Tail(FOLIO)
+        );
+    }
+
+    #[test]
+    fn folio_alloc_stores_the_tails_one_vmemmap_page_per_step_then_the_head() {
+        let mut k = Kernel::boot();
+
+        let (folio, lines) = k
+            .on_traced(0, |cpu| folio_alloc(cpu, "test", 9, FOLIO, "test"))
+            .unwrap();
+
+        assert_eq!(folio, Some(FOLIO));
+        let steps: Vec<(u32, &str)> = lines
+            .iter()
+            .filter(|(_, l)| l.starts_with("alloc_pages") || l.starts_with("prep_compound"))
+            .map(|(s, l)| (*s, l.as_str()))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                (1, "alloc_pages(order 9) = pfn 512"),
+                (2, "prep_compound_tail(pfn 512): tails 513..576"),
+                (3, "prep_compound_tail(pfn 512): tails 576..640"),
+                (4, "prep_compound_tail(pfn 512): tails 640..704"),
+                (5, "prep_compound_tail(pfn 512): tails 704..768"),
+                (6, "prep_compound_tail(pfn 512): tails 768..832"),
+                (7, "prep_compound_tail(pfn 512): tails 832..896"),
+                (8, "prep_compound_tail(pfn 512): tails 896..960"),
+                (9, "prep_compound_tail(pfn 512): tails 960..1024"),
+                (10, "prep_compound_head(pfn 512, order 9)"),
+            ]
+        );
+        for t in FOLIO + 1..FOLIO + 512 {
+            assert_eq!(k.m.peek(t).compound_info, CompoundInfo::Tail(FOLIO));
+        }
+        assert_eq!(k.m.peek(FOLIO + 1).order, 9);
+        assert_eq!(k.m.peek(FOLIO).refcount, 1);
+    }
+
+    #[test]
+    fn an_order_0_folio_alloc_is_one_step() {
+        let mut k = Kernel::boot();
+
+        let (folio, lines) = k
+            .on_traced(0, |cpu| folio_alloc(cpu, "test", 0, 600, "test"))
+            .unwrap();
+
+        assert_eq!(folio, Some(600));
+        assert!(lines.iter().all(|(s, _)| *s == 1), "{lines:#?}");
+    }
+
+    #[test]
+    fn a_pfn_walker_in_the_middle_of_free_pages_prepare_sees_an_order_0_head() {
+        use crate::model::page_ref::folio_ref_sub_and_test;
+        let mut k = Kernel::boot();
+        assert_eq!(k.step(0, |m| m.alloc_pages(9, FOLIO)).unwrap(), Some(FOLIO));
+        assert!(k.step(0, |m| folio_ref_sub_and_test(m, FOLIO, 1)).unwrap());
+        // CPU 0: free_pages_prepare through page[1]'s PAGE_FLAGS_SECOND
+        // and the tails of the head's vmemmap page.
+        k.step(0, |m| {
+            m.free_pages_prepare_begin(FOLIO, 9)?;
+            m.free_tail_pages_prepare(FOLIO, 9, 513..576)
+        })
+        .unwrap();
+
+        let trace = pfn_walks(&mut k, &[FOLIO, FOLIO + 1, FOLIO + 88]);
+
+        // The head keeps PG_head until after its tails, but its order is
+        // gone: compound_order reads 0. 513 is a plain page again; 600,
+        // not yet prepared, is still a tail: skipped as compound.
+        assert!(traced(&trace, "compound_order(pfn 512) = 0"), "{trace:#?}");
+        assert!(
+            traced(&trace, "page = pfn_to_page(513); PageLRU = false"),
+            "{trace:#?}"
+        );
+        assert!(!traced(&trace, "pfn_to_page(600)"), "{trace:#?}");
+        assert!(!traced(&trace, "buddy_order_unsafe"), "{trace:#?}");
+        assert_eq!(k.m.frames[600].owner, Owner::Allocated, "not free yet");
+
+        for tails in tail_chunks(FOLIO, 9).skip(1) {
+            k.step(0, |m| m.free_tail_pages_prepare(FOLIO, 9, tails))
+                .unwrap();
+        }
+        k.step(0, |m| m.free_pages_prepare_head(FOLIO, 9)).unwrap();
+        let freed = pfn_walks(&mut k, &[FOLIO]);
+
+        assert!(
+            traced(&freed, "buddy_order_unsafe(pfn 512) = 9"),
+            "{freed:#?}"
+        );
+        assert_eq!(k.free_blocks(), BOOT_FREE);
+    }
+
+    #[test]
+    fn the_last_folio_put_frees_the_tails_one_vmemmap_page_per_step_then_the_head() {
+        use crate::model::page_ref::folio_put;
+        let mut k = Kernel::boot();
+        assert_eq!(k.step(0, |m| m.alloc_pages(7, 640)).unwrap(), Some(640));
+
+        let ((), lines) = k.on_traced(0, |cpu| folio_put(cpu, 640)).unwrap();
+
+        let steps: Vec<(u32, &str)> = lines
+            .iter()
+            .filter(|(_, l)| l.starts_with("free_"))
+            .map(|(s, l)| (*s, l.as_str()))
+            .collect();
+        // Step 1 is the put, step 2 __folio_put's PageHuge test.
+        assert_eq!(
+            steps,
+            [
+                (3, "free_tail_page_prepare(pfn 640): tails 641..704"),
+                (4, "free_tail_page_prepare(pfn 640): tails 704..768"),
+                (5, "free_pages: pfn 512 back to the buddy at order 9"),
+            ]
+        );
+        assert_eq!(k.free_blocks(), BOOT_FREE);
+    }
+
+    #[test]
+    fn a_bad_tail_in_a_later_vmemmap_page_is_found_after_the_earlier_tails_are_cleared() {
+        use crate::model::page_ref::folio_put;
+        let mut k = Kernel::boot();
+        assert_eq!(k.step(0, |m| m.alloc_pages(7, 640)).unwrap(), Some(640));
+        k.m.peek_mut(720).compound_info = CompoundInfo::Tail(512);
+
+        let err = k.on(0, |cpu| folio_put(cpu, 640)).unwrap_err();
+
+        // free_tail_page_prepare checks each tail as it reaches it: the
+        // head's vmemmap page was already scrubbed when 720 fails.
+        assert_eq!(err.oracle, crate::model::Oracle::BadPage);
+        assert!(err.detail.contains("pfn 720"), "{}", err.detail);
+        assert_eq!(k.m.peek(641).compound_info, CompoundInfo::None);
+        assert_eq!(k.m.peek(705).compound_info, CompoundInfo::Tail(640));
+        assert!(k.m.peek(640).test(pg::HEAD), "the head is cleared last");
     }
 }

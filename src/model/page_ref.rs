@@ -7,7 +7,7 @@ use super::mm_types::pg;
 use super::oracle::{self, RefKind, RefUpdate, Violation};
 use super::page_flags::{folio_order, page_fixed_fake_head};
 use super::variant::Variant;
-use super::{KResult, hugetlb};
+use super::{KResult, hugetlb, page_alloc};
 use crate::ktrace;
 
 /// The first half of `atomic_add_unless` (`atomic_fetch_add_unless`):
@@ -285,17 +285,27 @@ pub fn __folio_put(cpu: &Cpu, folio: Pfn) -> KResult<()> {
     }
     // page_cache_release (__page_cache_release, v6.12 mm/swap.c): off
     // the LRU, PG_lru cleared, before the page allocator sees the folio.
-    cpu.step("free_unref_folios", |m| {
+    free_frozen_folio(cpu, folio, |m| {
         m.page_mut(folio)?.flags &= !pg::LRU;
-        free_frozen_folio(m, folio)
+        Ok(())
     })
 }
 
-/// Free a folio whose refcount is already 0 (`free_unref_folios`).
-pub fn free_frozen_folio(m: &mut Machine, folio: Pfn) -> Result<(), Violation> {
-    let order = folio_order(m, folio)?;
-    m.ledger.forget(folio);
-    m.free_pages(folio, order)
+/// Free a folio whose refcount is already 0 (`free_unref_folios`, v6.12
+/// mm/page_alloc.c): `first` (the caller's last stores) with the folio's
+/// order read and the start of `free_pages_prepare` in one step, the rest
+/// of the free in steps of its own ([`page_alloc::free_pages_then`]).
+pub fn free_frozen_folio(
+    cpu: &Cpu,
+    folio: Pfn,
+    first: impl FnOnce(&mut Machine) -> Result<(), Violation>,
+) -> KResult<()> {
+    page_alloc::free_pages_then(cpu, "free_unref_folios", |m| {
+        first(m)?;
+        let order = folio_order(m, folio)?;
+        m.ledger.forget(folio);
+        Ok((folio, order))
+    })
 }
 
 /// `page_ref_freeze(folio, count)`: `cmpxchg(refcount, count, 0)`.

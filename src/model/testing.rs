@@ -95,6 +95,28 @@ impl Kernel {
         }
     }
 
+    /// Run kernel code on CPU `cpu` as [`Kernel::on`] does, and return the
+    /// lines it traced, each with the number of the step that traced it
+    /// (from 1): which stores shared a step.
+    pub fn on_traced<T>(
+        &mut self,
+        cpu: u8,
+        f: impl FnOnce(&Cpu) -> KResult<T>,
+    ) -> Result<(T, Vec<(u32, String)>), Violation> {
+        self.trace_on();
+        let seq = Sequential::new(&mut self.m, Record::new(true));
+        let value = f(&seq.cpu(CpuId::cpu(cpu)));
+        if let Some(d) = seq.detected() {
+            return Err(d.violation);
+        }
+        let lines = seq.into_record().trace.unwrap_or_default();
+        let lines = lines.into_iter().map(|e| (e.step, e.text)).collect();
+        Ok((
+            value.expect("a kernel path halts only on a violation"),
+            lines,
+        ))
+    }
+
     /// One step of CPU `cpu`: `f` on the machine as that CPU sees it.
     pub fn step<T>(
         &mut self,

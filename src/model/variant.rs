@@ -59,7 +59,7 @@ variants! {
         "HVO frees the old vmemmap frames before the TLB flush, so the buddy allocator owns (and hands out) frames a CPU's TLB still maps as struct pages";
     /// Free the folio even though its vmemmap could not be restored.
     HvoRestoreFailFrees = "hvo-restore-fail-frees", Hvo, BadPage,
-        "on hugetlb_vmemmap_restore_folio() -ENOMEM the folio is freed anyway: __free_pages_prepare finds the RO-aliased tail struct pages inconsistent (bad_page) and then writes through the RO alias (seed 004)";
+        "on hugetlb_vmemmap_restore_folio() -ENOMEM the folio is freed anyway: free_pages_prepare finds the RO-aliased tail struct pages inconsistent (bad_page) and then writes through the RO alias (seed 004)";
     /// `__folio_migrate_mapping` checks the refcount, then stores 0 with a
     /// plain store: the speculative-reference design of e286781d5f2e
     /// ("mm: speculative page references", v2.6.27) needs the cmpxchg of

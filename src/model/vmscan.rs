@@ -46,5 +46,5 @@ pub fn shrink_folio(cpu: &Cpu, index: u32) -> KResult<()> {
     if !removed {
         return putback(cpu);
     }
-    cpu.step("free_unref_folios", |m| free_frozen_folio(m, folio))
+    free_frozen_folio(cpu, folio, |_| Ok(()))
 }

@@ -140,7 +140,7 @@ oracles! {
     /// write nor through the VMA locks every walker of its process that
     /// may be on the table.
     PmdUnshareExcludesWalkers = "pmd-unshare-holds-off-walkers";
-    /// A page freed to the buddy allocator fails `__free_pages_prepare`'s
+    /// A page freed to the buddy allocator fails `free_pages_prepare`'s
     /// checks (`bad_page`).
     BadPage = "no-bad-page-at-free";
     /// A sleeping call in atomic context (`might_sleep`).
@@ -317,7 +317,9 @@ pub static INVARIANTS: &[Invariant] = &[
     },
     Invariant {
         oracle: Oracle::TlbFlushBeforeFree,
-        when: When::Path("page_alloc::free_pages and hugetlb::enqueue_hugetlb_folio"),
+        when: When::Path(
+            "page_alloc::free_pages_prepare_begin (every free) and hugetlb::enqueue_hugetlb_folio",
+        ),
     },
     Invariant {
         oracle: Oracle::PmdTableNotOfMm,
@@ -372,7 +374,9 @@ pub static INVARIANTS: &[Invariant] = &[
     },
     Invariant {
         oracle: Oracle::BadPage,
-        when: When::Path("page_alloc::free_pages"),
+        when: When::Path(
+            "page_alloc::free_tail_pages_prepare and free_pages_prepare_head, on each step's pages",
+        ),
     },
     Invariant {
         oracle: Oracle::MightSleep,

@@ -8,14 +8,22 @@ use crate::model::mm_types::{CompoundInfo, Mapping, pg};
 /// of the ones the model has: PG_locked, PG_lru, PG_private).
 const FLAGS_CHECK_AT_FREE: u32 = pg::LOCKED | pg::LRU | pg::PRIVATE;
 
-/// `__free_pages_prepare`'s checks (v6.12 mm/page_alloc.c): each page's
+/// `free_pages_prepare`'s checks (v6.12 mm/page_alloc.c) of the pages of
+/// `pages`, part of the order-`order` block at `pfn`: each page's
 /// `page_bad_reason` (mapcount, file mapping, PAGE_FLAGS_CHECK_AT_FREE;
 /// not the refcount, which the model's callers drop around the call)
 /// and each tail's `free_tail_page_prepare` (PageTail, `compound_head`
-/// consistent, the first tail's pincount). Called on the free path before
-/// anything is cleared; reads through the page table (the oracles' view),
-/// once per page freed.
-pub fn no_bad_page_at_free(m: &Machine, pfn: Pfn, order: u8) -> Result<(), Violation> {
+/// consistent, the first tail's pincount). The free path calls it on each
+/// step's pages before that step clears them (the tails a vmemmap page at
+/// a time, then the head); it reads through the page table (the oracles'
+/// view). Whether the block is compound is the head's PG_head, which the
+/// free clears last.
+pub fn no_bad_page_at_free(
+    m: &Machine,
+    pfn: Pfn,
+    order: u8,
+    pages: std::ops::Range<Pfn>,
+) -> Result<(), Violation> {
     let head = m.peek(pfn);
     let compound = order > 0 && head.test(pg::HEAD);
     let bad = |p: Pfn, reason: &str| {
@@ -26,11 +34,11 @@ pub fn no_bad_page_at_free(m: &Machine, pfn: Pfn, order: u8) -> Result<(), Viola
             ),
         )
     };
-    for p in pfn..pfn + (1 << order) {
+    for p in pages {
         let page = m.peek(p);
         if p == pfn || !compound {
             // An anon mapping (PAGE_MAPPING_ANON) is cleared by
-            // __free_pages_prepare itself; a file mapping must be gone.
+            // free_pages_prepare itself; a file mapping must be gone.
             if matches!(
                 page.mapping,
                 Mapping::File { .. } | Mapping::Hugetlbfs { .. }
