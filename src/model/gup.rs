@@ -300,7 +300,8 @@ fn hold(m: &mut Machine, a: Uaddr, folio: Pfn, page: Pfn, foll: Foll, write: boo
     // As the page tables record it (a PTE in a table khugepaged detached
     // still maps its page; a migration entry for the page keeps its place
     // until migration ends, the same page again or the new one).
-    let migrating = matches!(m.pte(a), Some(PteVal::Migration { pfn, .. }) if pfn == page);
+    let migrating = matches!(m.pte(a), Some(PteVal::Migration { pfn, .. }) if pfn == page)
+        || m.ledger.cleared.iter().any(|e| e.a == a && e.pfn == page);
     let mapped = migrating
         || m.ledger.maps.iter().any(|e| {
             e.a.mm == a.mm
@@ -425,45 +426,49 @@ fn __get_user_pages(cpu: &Cpu, a: Uaddr, foll: Foll, write: bool) -> KResult<()>
             handle_mm_fault_kind(cpu, a, 0, 0, FaultKind::Read)?;
             continue;
         }
-        let got = cpu.step("follow_page_pte", |m| {
-            let vm = m.vm_page(a);
-            if !vm.mapped || (write && !vm.write) {
-                ktrace!(m, "{a}: no VMA, or FOLL_WRITE on a read-only one: -EFAULT");
-                return Ok(Follow::Efault);
-            }
-            let kind = if write {
-                FaultKind::Write
-            } else {
-                FaultKind::Read
-            };
-            let (page, write_bit, unshare_page) = match m.pmd(a) {
-                PmdVal::Leaf(l) => (l.pfn + a.pmd_offset(), l.write, l.pfn),
-                PmdVal::Table(t) => match m.pte_in(t, a) {
-                    PteVal::Present(e) => (e.pfn, e.write, e.pfn),
-                    pte => {
-                        ktrace!(m, "{a}: {pte:?}: faultin_page");
-                        return Ok(Follow::Fault(kind));
-                    }
-                },
-                PmdVal::None => return Ok(Follow::Fault(kind)),
-            };
-            if write && !write_bit {
-                ktrace!(m, "{a}: FOLL_WRITE on a read-only entry: faultin_page");
-                return Ok(Follow::Fault(FaultKind::Write));
-            }
-            if !write_bit && gup_must_unshare(m, foll, write, unshare_page)? {
-                ktrace!(
-                    m,
-                    "{a}: R/O pin of a maybe-shared anon page: -EMLINK, unshare"
-                );
-                return Ok(Follow::Fault(FaultKind::Unshare));
-            }
-            let folio = compound_head(m, page)?;
-            try_grab_folio(m, folio, foll)?;
-            hold(m, a, folio, page, foll, write);
-            ktrace!(m, "{a}: grabbed pfn {folio} ({foll:?})");
-            Ok(Follow::Got)
-        })?;
+        let got = cpu.step_when(
+            "follow_page_pte",
+            |m| m.pte_lock_free(a),
+            |m| {
+                let vm = m.vm_page(a);
+                if !vm.mapped || (write && !vm.write) {
+                    ktrace!(m, "{a}: no VMA, or FOLL_WRITE on a read-only one: -EFAULT");
+                    return Ok(Follow::Efault);
+                }
+                let kind = if write {
+                    FaultKind::Write
+                } else {
+                    FaultKind::Read
+                };
+                let (page, write_bit, unshare_page) = match m.pmd(a) {
+                    PmdVal::Leaf(l) => (l.pfn + a.pmd_offset(), l.write, l.pfn),
+                    PmdVal::Table(t) => match m.pte_in(t, a) {
+                        PteVal::Present(e) => (e.pfn, e.write, e.pfn),
+                        pte => {
+                            ktrace!(m, "{a}: {pte:?}: faultin_page");
+                            return Ok(Follow::Fault(kind));
+                        }
+                    },
+                    PmdVal::None => return Ok(Follow::Fault(kind)),
+                };
+                if write && !write_bit {
+                    ktrace!(m, "{a}: FOLL_WRITE on a read-only entry: faultin_page");
+                    return Ok(Follow::Fault(FaultKind::Write));
+                }
+                if !write_bit && gup_must_unshare(m, foll, write, unshare_page)? {
+                    ktrace!(
+                        m,
+                        "{a}: R/O pin of a maybe-shared anon page: -EMLINK, unshare"
+                    );
+                    return Ok(Follow::Fault(FaultKind::Unshare));
+                }
+                let folio = compound_head(m, page)?;
+                try_grab_folio(m, folio, foll)?;
+                hold(m, a, folio, page, foll, write);
+                ktrace!(m, "{a}: grabbed pfn {folio} ({foll:?})");
+                Ok(Follow::Got)
+            },
+        )?;
         match got {
             Follow::Got | Follow::Efault => break,
             Follow::Fault(kind) => handle_mm_fault_kind(cpu, a, 0, 0, kind)?,

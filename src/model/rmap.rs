@@ -2,16 +2,20 @@
 //! include/linux/mm.h.
 //!
 //! An rmap walk visits every VMA that may map the folio and takes that
-//! VMA's PTE lock; each PTE-lock section is one step.
+//! VMA's PTE lock: `try_to_migrate_one` holds it across its steps (other
+//! PTE-lock sections wait, `Machine::pte_lock_free`), `remove_migration_pte`
+//! is one step.
 
 use super::KResult;
 use super::ctx::Cpu;
+use super::ledger::MapEntry;
 use super::machine::{Machine, Pfn};
 use super::mm_types::{Mapping, pg};
 use super::oracle::{self, Violation};
 use super::page_flags::folio_nr_pages;
 use super::page_ref::{folio_get, folio_ref_sub_and_test};
-use super::pgtable::{PteEntry, PteVal, Uaddr};
+use super::pgtable::{PmdVal, PteEntry, PteVal, Uaddr};
+use super::smp::IpiWait;
 use crate::ktrace;
 
 /// `GUP_PIN_COUNTING_BIAS`.
@@ -87,86 +91,250 @@ pub struct Unmapped {
 /// (`folio_try_share_anon_rmap_pte`), leaving the folio mapped. The walk
 /// stops once the folio is unmapped (`folio_not_mapped`).
 ///
-/// The walk visits the VMAs the folio's mapping reaches as they are at each
-/// step (a fork may link a new one meanwhile), one PTE-lock section a step.
+/// The walk visits the VMAs the folio's mapping reaches as they are when it
+/// enters each (a fork may link a new one meanwhile), holding that VMA's
+/// PTE lock across [`try_to_migrate_one`]'s steps.
 pub fn try_to_migrate(cpu: &Cpu, folio: Pfn, mapping: Mapping, nr: u32) -> KResult<Unmapped> {
     let mut out = Unmapped::default();
     for k in 0.. {
-        let visited = cpu.step_when(
-            "try_to_migrate_one",
-            |m| anon_vma_readable(m, mapping),
-            |m| {
-                let sections = rmap_sections(m, mapping, nr);
-                let Some(section) = sections.get(k).cloned() else {
-                    return Ok(None);
-                };
-                let (mapped, touched) = try_to_migrate_one(m, folio, &section, &mut out)?;
-                Ok(Some((section, mapped, touched, k + 1 < sections.len())))
-            },
-        )?;
-        let Some((section, mapped, touched, more)) = visited else {
+        let Some(visit) = try_to_migrate_one(cpu, folio, mapping, nr, k, &mut out)? else {
             break;
         };
-        if touched {
-            out.sections.push(section);
+        if visit.touched {
+            out.sections.push(visit.section);
         }
-        out.still_mapped = mapped;
-        if !mapped || out.refused || !more {
+        out.still_mapped = visit.mapped;
+        if !visit.mapped || out.refused || !visit.more {
             break;
         }
     }
     Ok(out)
 }
 
-/// One VMA under its PTE lock. Returns (folio still mapped, migration
-/// entries set here).
+/// What `try_to_migrate_one` did in one VMA.
+struct Visit {
+    section: RmapSection,
+    /// The folio is still mapped.
+    mapped: bool,
+    /// Migration entries were set here.
+    touched: bool,
+    /// The walk has more VMAs.
+    more: bool,
+}
+
+/// A PTE `ptep_clear_flush` cleared, under the PTE lock.
+struct Cleared {
+    /// Its place in the section.
+    j: usize,
+    pteval: PteEntry,
+    /// `anon_exclusive`, read before the clear.
+    exclusive: bool,
+    /// The flush IPI's wait (x86).
+    wait: IpiWait,
+}
+
+/// The PTE table a section's PTEs live in.
+fn section_table(m: &Machine, section: &RmapSection) -> Option<Pfn> {
+    match m.pmd(section[0].0) {
+        PmdVal::Table(t) => Some(t),
+        _ => None,
+    }
+}
+
+/// `page_vma_mapped_walk`'s next PTE of the section, from `from` on,
+/// that maps its page of the folio.
+fn next_mapped(m: &Machine, folio: Pfn, section: &RmapSection, from: usize) -> Option<usize> {
+    (from..section.len()).find(|&j| {
+        let (a, i) = section[j];
+        matches!(m.pte(a), Some(PteVal::Present(e)) if e.pfn == folio + i)
+    })
+}
+
+/// `try_to_migrate_one` (mm/rmap.c, v6.12) in the `k`-th VMA of the walk,
+/// in its order, for each PTE mapping the folio there, under the PTE lock
+/// held from the first step to the last:
+/// 1. `anon_exclusive = PageAnonExclusive(subpage)`, then
+///    `ptep_clear_flush` (A1 of `__folio_try_share_anon_rmap`); on x86 the
+///    flush's IPI then waits out a GUP-fast of the mm with interrupts off
+///    (a step of its own);
+/// 2. for an exclusive page, `folio_try_share_anon_rmap_pte`: the
+///    maybe-pinned check (A2) and `ClearPageAnonExclusive` (A3), or on
+///    -EBUSY `set_pte_at(pteval)` and the walk stops;
+/// 3. `set_pte_at(swp_pte)`, `folio_remove_rmap_pte`, `folio_put`.
+///
+/// Clearing the PTE first is what 088b8aa537c2 ("mm: fix PageAnonExclusive
+/// clearing racing with concurrent RCU GUP-fast", v6.0) documents: a
+/// GUP-fast that pins (B3) after the check (A2) sees the PTE changed at its
+/// recheck (B4) and backs off. `None` once the walk has no `k`-th VMA.
 fn try_to_migrate_one(
+    cpu: &Cpu,
+    folio: Pfn,
+    mapping: Mapping,
+    nr: u32,
+    k: usize,
+    out: &mut Unmapped,
+) -> KResult<Option<Visit>> {
+    let ready = |m: &Machine| {
+        anon_vma_readable(m, mapping)
+            && (m.pt_locks.is_empty()
+                || rmap_sections(m, mapping, nr)
+                    .get(k)
+                    .is_none_or(|s| m.pte_lock_free(s[0].0)))
+    };
+    let start = cpu.step_when("try_to_migrate_one", ready, |m| {
+        let sections = rmap_sections(m, mapping, nr);
+        let Some(section) = sections.get(k).cloned() else {
+            return Ok(None);
+        };
+        let more = k + 1 < sections.len();
+        let table = section_table(m, &section);
+        if let Some(t) = table {
+            m.ptl_lock(t);
+        }
+        let cleared = match next_mapped(m, folio, &section, 0) {
+            Some(j) => Some(clear_one(m, folio, &section, j)?),
+            None => None,
+        };
+        let mapped = match cleared {
+            Some(_) => true,
+            None => walk_done(m, folio, table, out)?,
+        };
+        Ok(Some((section, more, table, mapped, cleared)))
+    })?;
+    let Some((section, more, table, mut mapped, mut cleared)) = start else {
+        return Ok(None);
+    };
+    let mut touched = false;
+    while let Some(c) = cleared.take() {
+        let (a, i) = section[c.j];
+        let page = folio + i;
+        if !c.wait.is_empty() {
+            cpu.step_when(
+                "flush_tlb_mm_range",
+                |m| m.ipis_delivered(&c.wait),
+                |m| {
+                    ktrace!(m, "{a}: every CPU took the TLB-flush IPI");
+                    Ok(())
+                },
+            )?;
+        }
+        if c.exclusive {
+            let shared = cpu.step("__folio_try_share_anon_rmap", |m| {
+                // smp_mb(), paired with try_grab_folio_fast's, then A2.
+                if folio_maybe_dma_pinned(m, folio)? {
+                    // -EBUSY: set_pte_at(pteval), and the walk stops.
+                    m.set_pte(a, PteVal::Present(c.pteval));
+                    m.ledger.cleared.retain(|e| e.a != a);
+                    ktrace!(
+                        m,
+                        "{a}: pfn {page} is exclusive and maybe pinned: cannot share it, PTE restored"
+                    );
+                    out.refused = true;
+                    out.quiet = oracle::folio_is_quiet(m, folio);
+                    if let Some(t) = table {
+                        m.ptl_unlock(t);
+                    }
+                    return Ok(false);
+                }
+                // A3, then smp_mb__after_atomic() for gup_must_unshare.
+                m.page_mut(page)?.flags &= !pg::ANON_EXCLUSIVE;
+                m.ledger.touch(folio);
+                ktrace!(m, "{a}: pfn {page} is not pinned: PageAnonExclusive cleared");
+                Ok(true)
+            })?;
+            if !shared {
+                return Ok(Some(Visit {
+                    section,
+                    mapped: true,
+                    touched,
+                    more,
+                }));
+            }
+        }
+        let next = cpu.step("try_to_migrate_one", |m| {
+            m.set_pte(
+                a,
+                PteVal::Migration {
+                    pfn: page,
+                    exclusive: c.exclusive,
+                    write: c.pteval.write,
+                },
+            );
+            m.ledger.cleared.retain(|e| e.a != a);
+            // folio_remove_rmap_pte, folio_put.
+            m.page_mut(page)?.mapcount -= 1;
+            ktrace!(m, "{a}: PTE -> migration entry for pfn {page}");
+            folio_ref_sub_and_test(m, folio, 1)?;
+            match next_mapped(m, folio, &section, c.j + 1) {
+                Some(j) => Ok((true, Some(clear_one(m, folio, &section, j)?))),
+                None => Ok((walk_done(m, folio, table, out)?, None)),
+            }
+        })?;
+        touched = true;
+        (mapped, cleared) = next;
+    }
+    Ok(Some(Visit {
+        section,
+        mapped,
+        touched,
+        more,
+    }))
+}
+
+/// Step 1 for PTE `j` of the section: read `anon_exclusive`, then
+/// `ptep_clear_flush`.
+fn clear_one(
     m: &mut Machine,
     folio: Pfn,
     section: &RmapSection,
-    out: &mut Unmapped,
-) -> Result<(bool, bool), Violation> {
-    let mut touched = false;
-    for &(a, i) in section {
-        let page = folio + i;
-        let Some(PteVal::Present(e)) = m.pte(a) else {
-            continue;
-        };
-        if e.pfn != page {
-            continue;
-        }
-        let exclusive = m.page(page)?.test(pg::ANON_EXCLUSIVE);
-        if exclusive && folio_maybe_dma_pinned(m, folio)? {
-            // folio_try_share_anon_rmap_pte() -EBUSY: set_pte_at(pteval).
-            ktrace!(
-                m,
-                "{a}: pfn {page} is exclusive and maybe pinned: cannot share it, PTE restored"
-            );
-            out.refused = true;
-            out.quiet = oracle::folio_is_quiet(m, folio);
-            return Ok((true, touched));
-        }
-        m.page_mut(page)?.flags &= !pg::ANON_EXCLUSIVE;
-        // ptep_clear_flush, then the migration entry.
-        m.set_pte(
-            a,
-            PteVal::Migration {
-                pfn: page,
-                exclusive,
-                write: e.write,
-            },
+    j: usize,
+) -> Result<Cleared, Violation> {
+    let (a, i) = section[j];
+    let page = folio + i;
+    let Some(PteVal::Present(pteval)) = m.pte(a) else {
+        unreachable!("next_mapped found a present PTE at {a}");
+    };
+    let exclusive = m.page(page)?.test(pg::ANON_EXCLUSIVE);
+    let (_, wait) = m.ptep_clear_flush(a);
+    m.ledger.cleared.push(MapEntry {
+        a,
+        pfn: page,
+        leaf: false,
+        write: pteval.write,
+    });
+    m.ledger.touch(folio);
+    ktrace!(m, "{a}: ptep_clear_flush: PTE for pfn {page} cleared");
+    if !wait.is_empty() {
+        ktrace!(
+            m,
+            "{a}: the flush IPI waits for {} CPU(s) with interrupts off",
+            wait.len()
         );
-        m.flush_tlb_range(a.mm, a.page..a.page + 1);
-        m.page_mut(page)?.mapcount -= 1;
-        ktrace!(m, "{a}: PTE -> migration entry for pfn {page}");
-        folio_ref_sub_and_test(m, folio, 1)?;
-        touched = true;
+    }
+    Ok(Cleared {
+        j,
+        pteval,
+        exclusive,
+        wait,
+    })
+}
+
+/// The walk is done in this VMA: unlock the PTE table; is the folio still
+/// mapped? (With the folio's quiet state then, for the progress oracle.)
+fn walk_done(
+    m: &mut Machine,
+    folio: Pfn,
+    table: Option<Pfn>,
+    out: &mut Unmapped,
+) -> Result<bool, Violation> {
+    if let Some(t) = table {
+        m.ptl_unlock(t);
     }
     let mapped = folio_mapcount(m, folio)? > 0;
     if mapped {
         out.quiet = oracle::folio_is_quiet(m, folio);
     }
-    Ok((mapped, touched))
+    Ok(mapped)
 }
 
 /// `remove_migration_ptes(src, dst)`: turn the migration entries for `src`
@@ -189,7 +357,7 @@ pub fn remove_migration_ptes(
         let last = queue.is_empty();
         let more = cpu.step_when(
             "remove_migration_pte",
-            |m| anon_vma_readable(m, mapping),
+            |m| anon_vma_readable(m, mapping) && m.pte_lock_free(section[0].0),
             |m| {
                 for &(a, i) in &section {
                     let Some(PteVal::Migration {
