@@ -122,15 +122,28 @@ struct Visit {
     more: bool,
 }
 
+/// `try_to_migrate_one` in one VMA, between its steps.
+#[derive(Debug, Clone)]
+pub(super) struct Walk {
+    pub section: RmapSection,
+    /// The PTE table whose lock the walk holds.
+    pub table: Option<Pfn>,
+    /// The walk has more VMAs.
+    pub more: bool,
+}
+
 /// A PTE `ptep_clear_flush` cleared, under the PTE lock.
-struct Cleared {
+#[derive(Debug, Clone)]
+pub(super) struct Cleared {
+    pub a: Uaddr,
+    pub page: Pfn,
     /// Its place in the section.
     j: usize,
     pteval: PteEntry,
     /// `anon_exclusive`, read before the clear.
-    exclusive: bool,
+    pub exclusive: bool,
     /// The flush IPI's wait (x86).
-    wait: IpiWait,
+    pub wait: IpiWait,
 }
 
 /// The PTE table a section's PTEs live in.
@@ -182,103 +195,159 @@ fn try_to_migrate_one(
                     .is_none_or(|s| m.pte_lock_free(s[0].0)))
     };
     let start = cpu.step_when("try_to_migrate_one", ready, |m| {
-        let sections = rmap_sections(m, mapping, nr);
-        let Some(section) = sections.get(k).cloned() else {
-            return Ok(None);
-        };
-        let more = k + 1 < sections.len();
-        let table = section_table(m, &section);
-        if let Some(t) = table {
-            m.ptl_lock(t);
-        }
-        let cleared = match next_mapped(m, folio, &section, 0) {
-            Some(j) => Some(clear_one(m, folio, &section, j)?),
-            None => None,
-        };
-        let mapped = match cleared {
-            Some(_) => true,
-            None => walk_done(m, folio, table, out)?,
-        };
-        Ok(Some((section, more, table, mapped, cleared)))
+        try_to_migrate_one_start(m, folio, mapping, nr, k, out)
     })?;
-    let Some((section, more, table, mut mapped, mut cleared)) = start else {
+    let Some((walk, mut cleared)) = start else {
         return Ok(None);
     };
     let mut touched = false;
+    let mut mapped = cleared.is_some() || out.still_mapped;
     while let Some(c) = cleared.take() {
-        let (a, i) = section[c.j];
-        let page = folio + i;
         if !c.wait.is_empty() {
             cpu.step_when(
                 "flush_tlb_mm_range",
                 |m| m.ipis_delivered(&c.wait),
                 |m| {
-                    ktrace!(m, "{a}: every CPU took the TLB-flush IPI");
+                    ktrace!(m, "{}: every CPU took the TLB-flush IPI", c.a);
                     Ok(())
                 },
             )?;
         }
         if c.exclusive {
             let shared = cpu.step("__folio_try_share_anon_rmap", |m| {
-                // smp_mb(), paired with try_grab_folio_fast's, then A2.
-                if folio_maybe_dma_pinned(m, folio)? {
-                    // -EBUSY: set_pte_at(pteval), and the walk stops.
-                    m.set_pte(a, PteVal::Present(c.pteval));
-                    m.ledger.cleared.retain(|e| e.a != a);
-                    ktrace!(
-                        m,
-                        "{a}: pfn {page} is exclusive and maybe pinned: cannot share it, PTE restored"
-                    );
-                    out.refused = true;
-                    out.quiet = oracle::folio_is_quiet(m, folio);
-                    if let Some(t) = table {
-                        m.ptl_unlock(t);
-                    }
-                    return Ok(false);
-                }
-                // A3, then smp_mb__after_atomic() for gup_must_unshare.
-                m.page_mut(page)?.flags &= !pg::ANON_EXCLUSIVE;
-                m.ledger.touch(folio);
-                ktrace!(m, "{a}: pfn {page} is not pinned: PageAnonExclusive cleared");
-                Ok(true)
+                folio_try_share_anon_rmap_pte(m, folio, &walk, &c, out)
             })?;
             if !shared {
                 return Ok(Some(Visit {
-                    section,
+                    section: walk.section,
                     mapped: true,
                     touched,
-                    more,
+                    more: walk.more,
                 }));
             }
         }
         let next = cpu.step("try_to_migrate_one", |m| {
-            m.set_pte(
-                a,
-                PteVal::Migration {
-                    pfn: page,
-                    exclusive: c.exclusive,
-                    write: c.pteval.write,
-                },
-            );
-            m.ledger.cleared.retain(|e| e.a != a);
-            // folio_remove_rmap_pte, folio_put.
-            m.page_mut(page)?.mapcount -= 1;
-            ktrace!(m, "{a}: PTE -> migration entry for pfn {page}");
-            folio_ref_sub_and_test(m, folio, 1)?;
-            match next_mapped(m, folio, &section, c.j + 1) {
-                Some(j) => Ok((true, Some(clear_one(m, folio, &section, j)?))),
-                None => Ok((walk_done(m, folio, table, out)?, None)),
-            }
+            set_migration_entry(m, folio, &walk, &c, out)
         })?;
         touched = true;
-        (mapped, cleared) = next;
+        match next {
+            // The walk's next PTE in this table, still under the lock.
+            Ok(j) => {
+                cleared = Some(cpu.step("try_to_migrate_one", |m| {
+                    clear_one(m, folio, &walk.section, j)
+                })?);
+            }
+            Err(still_mapped) => mapped = still_mapped,
+        }
     }
     Ok(Some(Visit {
-        section,
+        section: walk.section,
         mapped,
         touched,
-        more,
+        more: walk.more,
     }))
+}
+
+/// Step 1: `page_vma_mapped_walk` enters the `k`-th VMA (`None`: there is
+/// none) and takes its PTE lock; the first PTE mapping the folio there is
+/// cleared ([`clear_one`]). With none, the lock is dropped again and
+/// `out.still_mapped` says whether the folio is still mapped.
+pub(super) fn try_to_migrate_one_start(
+    m: &mut Machine,
+    folio: Pfn,
+    mapping: Mapping,
+    nr: u32,
+    k: usize,
+    out: &mut Unmapped,
+) -> Result<Option<(Walk, Option<Cleared>)>, Violation> {
+    let sections = rmap_sections(m, mapping, nr);
+    let Some(section) = sections.get(k).cloned() else {
+        return Ok(None);
+    };
+    let walk = Walk {
+        more: k + 1 < sections.len(),
+        table: section_table(m, &section),
+        section,
+    };
+    if let Some(t) = walk.table {
+        m.ptl_lock(t);
+    }
+    let cleared = match next_mapped(m, folio, &walk.section, 0) {
+        Some(j) => Some(clear_one(m, folio, &walk.section, j)?),
+        None => {
+            out.still_mapped = walk_done(m, folio, walk.table, out)?;
+            None
+        }
+    };
+    Ok(Some((walk, cleared)))
+}
+
+/// Step 2: `folio_try_share_anon_rmap_pte` → `__folio_try_share_anon_rmap`
+/// (include/linux/rmap.h, v6.12) with the PTE cleared (A1): `smp_mb()`
+/// (paired with `try_grab_folio_fast`'s), then (A2) a maybe-pinned folio
+/// is -EBUSY, else (A3) `ClearPageAnonExclusive` (and
+/// `smp_mb__after_atomic()`, for `gup_must_unshare`). On -EBUSY
+/// `try_to_migrate_one` restores the PTE (`set_pte_at(pteval)`), drops the
+/// lock and stops the walk. Whether it shared the page.
+pub(super) fn folio_try_share_anon_rmap_pte(
+    m: &mut Machine,
+    folio: Pfn,
+    walk: &Walk,
+    c: &Cleared,
+    out: &mut Unmapped,
+) -> Result<bool, Violation> {
+    let (a, page) = (c.a, c.page);
+    if folio_maybe_dma_pinned(m, folio)? {
+        m.set_pte(a, PteVal::Present(c.pteval));
+        m.ledger.cleared.retain(|e| e.a != a);
+        ktrace!(
+            m,
+            "{a}: pfn {page} is exclusive and maybe pinned: cannot share it, PTE restored"
+        );
+        out.refused = true;
+        out.still_mapped = true;
+        out.quiet = oracle::folio_is_quiet(m, folio);
+        if let Some(t) = walk.table {
+            m.ptl_unlock(t);
+        }
+        return Ok(false);
+    }
+    m.page_mut(page)?.flags &= !pg::ANON_EXCLUSIVE;
+    m.ledger.touch(folio);
+    ktrace!(
+        m,
+        "{a}: pfn {page} is not pinned: PageAnonExclusive cleared"
+    );
+    Ok(true)
+}
+
+/// Step 3: `set_pte_at(swp_pte)`, `folio_remove_rmap_pte`, `folio_put`.
+/// `Ok(j)`: the walk goes on to PTE `j` of this table; `Err(mapped)`: the
+/// walk is done here (lock dropped), and whether the folio is still mapped.
+pub(super) fn set_migration_entry(
+    m: &mut Machine,
+    folio: Pfn,
+    walk: &Walk,
+    c: &Cleared,
+    out: &mut Unmapped,
+) -> Result<Result<usize, bool>, Violation> {
+    let (a, page) = (c.a, c.page);
+    m.set_pte(
+        a,
+        PteVal::Migration {
+            pfn: page,
+            exclusive: c.exclusive,
+            write: c.pteval.write,
+        },
+    );
+    m.ledger.cleared.retain(|e| e.a != a);
+    m.page_mut(page)?.mapcount -= 1;
+    ktrace!(m, "{a}: PTE -> migration entry for pfn {page}");
+    folio_ref_sub_and_test(m, folio, 1)?;
+    match next_mapped(m, folio, &walk.section, c.j + 1) {
+        Some(j) => Ok(Ok(j)),
+        None => Ok(Err(walk_done(m, folio, walk.table, out)?)),
+    }
 }
 
 /// Step 1 for PTE `j` of the section: read `anon_exclusive`, then
@@ -312,6 +381,8 @@ fn clear_one(
         );
     }
     Ok(Cleared {
+        a,
+        page,
         j,
         pteval,
         exclusive,
