@@ -1,7 +1,9 @@
 //! Page faults, zapping, and user loads and stores (mm/memory.c).
 //!
 //! A fault, a zap and the GUP slow path hold `mmap_lock` for read;
-//! khugepaged holds it for write. Each PTE-lock section is one step. A user
+//! khugepaged holds it for write. Each PTE-lock section is one step, which
+//! waits while `try_to_migrate_one` holds the lock across its steps
+//! (`Machine::pte_lock_free`). A user
 //! access goes through the CPU's user TLB; on a miss the hardware walks the
 //! page tables, and a missing or read-only mapping enters the fault path.
 

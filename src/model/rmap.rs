@@ -472,3 +472,122 @@ pub fn remove_migration_ptes(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fork::dup_mmap;
+    use crate::model::memory::{user_access, zap_pte_range};
+    use crate::model::oracle::Oracle;
+    use crate::model::page_ref::folio_put;
+    use crate::model::testing::Kernel;
+
+    const ANON: u8 = 2;
+
+    /// Does `r` fail because the step `func` waits for something nobody
+    /// releases (here: the PTE lock CPU 0 holds)?
+    fn waits_in<T: std::fmt::Debug>(r: Result<T, Violation>, func: &str) -> bool {
+        matches!(&r, Err(v) if v.oracle == Oracle::Deadlock
+            && v.detail.contains(&format!("blocks in {func}()")))
+    }
+
+    /// An anon page at `a`, isolated, and CPU 0's `try_to_migrate_one` of
+    /// it after step 1 (the PTE cleared, the PTE lock held).
+    fn migration_after_the_clear() -> (Kernel, Pfn, Walk, Cleared, Unmapped) {
+        let mut k = Kernel::builder().cpus(3).boot();
+        let a = Uaddr::new(0, ANON);
+        k.on(0, |cpu| user_access(cpu, a, true)).unwrap();
+        let folio = k.m.pte(a).and_then(PteVal::present_pfn).unwrap();
+        let mapping = k.m.peek(folio).mapping;
+        // folio_isolate_lru's reference.
+        k.step(0, |m| folio_get(m, folio)).unwrap();
+        let mut out = Unmapped::default();
+        let (walk, c) = k
+            .step(0, |m| {
+                try_to_migrate_one_start(m, folio, mapping, 1, 0, &mut out)
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(k.m.pte(a), Some(PteVal::None));
+        (k, folio, walk, c.unwrap(), out)
+    }
+
+    #[test]
+    fn pte_lock_takers_wait_while_try_to_migrate_one_holds_the_lock() {
+        let a = Uaddr::new(0, ANON);
+        let takers: [(&str, fn(&Cpu, Uaddr) -> KResult<()>); 5] = [
+            ("zap_pte_range", zap_pte_range),
+            // A store faults on the cleared PTE; the fault waits to map.
+            ("set_pte_range", |cpu, a| user_access(cpu, a, true)),
+            ("follow_page_pte", |cpu, a| {
+                crate::model::gup::pin_user_pages(cpu, a, true)
+            }),
+            ("copy_present_pte", |cpu, a| dup_mmap(cpu, a.mm, 1)),
+            ("change_protection", |cpu, a| {
+                crate::model::mprotect::mprotect(cpu, a, 1, false)
+            }),
+        ];
+        for (func, taker) in takers {
+            let (mut k, ..) = migration_after_the_clear();
+            assert!(waits_in(k.on(1, |cpu| taker(cpu, a)), func), "{func}");
+            assert_eq!(k.m.pte(a), Some(PteVal::None), "{func} stored");
+        }
+
+        // Across all three steps, until the migration entry is stored.
+        let (mut k, folio, walk, c, mut out) = migration_after_the_clear();
+        assert!(
+            k.step(0, |m| folio_try_share_anon_rmap_pte(
+                m, folio, &walk, &c, &mut out
+            ))
+            .unwrap()
+        );
+        assert!(waits_in(
+            k.on(1, |cpu| zap_pte_range(cpu, a)),
+            "zap_pte_range"
+        ));
+        let done = k
+            .step(0, |m| set_migration_entry(m, folio, &walk, &c, &mut out))
+            .unwrap();
+        assert_eq!(done, Err(false), "unmapped, the lock dropped");
+        assert!(k.m.pte_lock_free(a));
+        k.on(1, |cpu| zap_pte_range(cpu, a)).unwrap();
+        assert_eq!(k.m.pte(a), Some(PteVal::None), "the zap cleared the entry");
+        k.on(0, |cpu| folio_put(cpu, folio)).unwrap();
+    }
+
+    /// The walk over a folio the section maps twice (an mTHP): one clear,
+    /// share and store per PTE, under one lock.
+    #[test]
+    fn try_to_migrate_unmaps_every_pte_of_the_section_under_one_lock() {
+        let mut k = Kernel::boot();
+        let a = Uaddr::new(0, ANON);
+        k.on(0, |cpu| crate::model::memory::handle_mm_fault(cpu, a, 0, 1))
+            .unwrap();
+        let folio = k.m.pte(a).and_then(PteVal::present_pfn).unwrap();
+        let nr = folio_nr_pages(&mut k.m, folio).unwrap();
+        assert_eq!(nr, 2, "an order-1 anon folio");
+        let mapping = k.m.peek(folio).mapping;
+        k.step(0, |m| folio_get(m, folio)).unwrap();
+        k.trace_on();
+
+        let u = k
+            .on(0, |cpu| try_to_migrate(cpu, folio, mapping, nr))
+            .unwrap();
+
+        assert!(!u.still_mapped && !u.refused);
+        let t = k.take_trace();
+        let cleared = t.iter().filter(|l| l.contains("ptep_clear_flush")).count();
+        let entries = t
+            .iter()
+            .filter(|l| l.contains("-> migration entry"))
+            .count();
+        assert_eq!((cleared, entries), (2, 2), "{t:#?}");
+        assert!(k.m.pt_locks.is_empty());
+        k.on(0, |cpu| {
+            remove_migration_ptes(cpu, folio, folio, &u.sections, mapping)?;
+            folio_put(cpu, folio)
+        })
+        .unwrap();
+        k.quiesce().unwrap();
+    }
+}
