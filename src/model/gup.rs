@@ -843,7 +843,13 @@ mod tests {
         assert!(k.m.pte_lock_free(a));
         let mapping = k.m.peek(folio).mapping;
         k.on(0, |cpu| {
-            remove_migration_ptes(cpu, folio, folio, &[walk.section.clone()], mapping)?;
+            remove_migration_ptes(
+                cpu,
+                folio,
+                folio,
+                std::slice::from_ref(&walk.section),
+                mapping,
+            )?;
             crate::model::page_ref::folio_put(cpu, folio)
         })
         .unwrap();

@@ -491,6 +491,9 @@ mod tests {
             && v.detail.contains(&format!("blocks in {func}()")))
     }
 
+    /// A kernel path that takes `a`'s PTE lock.
+    type Taker = fn(&Cpu, Uaddr) -> KResult<()>;
+
     /// An anon page at `a`, isolated, and CPU 0's `try_to_migrate_one` of
     /// it after step 1 (the PTE cleared, the PTE lock held).
     fn migration_after_the_clear() -> (Kernel, Pfn, Walk, Cleared, Unmapped) {
@@ -515,7 +518,7 @@ mod tests {
     #[test]
     fn pte_lock_takers_wait_while_try_to_migrate_one_holds_the_lock() {
         let a = Uaddr::new(0, ANON);
-        let takers: [(&str, fn(&Cpu, Uaddr) -> KResult<()>); 5] = [
+        let takers: [(&str, Taker); 5] = [
             ("zap_pte_range", zap_pte_range),
             // A store faults on the cleared PTE; the fault waits to map.
             ("set_pte_range", |cpu, a| user_access(cpu, a, true)),
