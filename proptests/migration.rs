@@ -131,14 +131,14 @@ fn proptest_finds(variant: Variant, cases: u32, oracle: Oracle) {
 }
 
 // Budgets: measured first hit (executed cases) over seeds [1; 32], [3; 32],
-// [7; 32], [9; 32] and [11; 32], with GUP-fast loading the PUD and the PMD
-// in separate steps: nonatomic-freeze 824-84,830, gup-fast-no-recheck
-// 4,381-28,126 (at [9; 32] the first failure is that variant's other
-// consequence, a GUP reference kept on a frame reused as a page table:
-// every-frame-accounted), expected-refs-undercount 11-53,
-// gup-fast-no-pmd-recheck 2,034-47,926. Each budget is at least twice the
-// worst; with SEED the hits come at 7,191, 28,126, 11 and 47,717 (the
-// model runs ~10,000 cases a second).
+// [7; 32], [9; 32] and [11; 32], with try_to_migrate_one in three steps
+// under the PTE lock and gup-fast-no-recheck on arm64: nonatomic-freeze
+// 10,288-81,655, gup-fast-no-recheck 8,252-24,148 (at [1; 32] and [11; 32]
+// the first failure is that variant's other consequence, a GUP reference
+// kept on a frame reused as a page table: every-frame-accounted),
+// expected-refs-undercount 10-23, gup-fast-no-pmd-recheck 5,696-38,047.
+// Each budget is at least twice the worst; with SEED the hits come at
+// 14,939, 24,148, 10 and 22,137 (the model runs ~10,000 cases a second).
 
 #[test]
 fn proptest_finds_migrate_nonatomic_freeze() {

@@ -12,13 +12,16 @@ use mmharness::engine::Engine;
 use mmharness::model::Variant;
 
 /// Scenarios a hunt may take: well past the slowest variant's
-/// (`ref-fake-head-before-count`, about 25,000 at this seed, 1.8 s), so a
+/// (`ref-fake-head-before-count`, about 121,000 at this seed; 132,000 to
+/// 430,000 at seeds 1, 4, 5 and 6, none within 1,000,000 at 3), so a
 /// regression of the search shows as a failure rather than flakiness.
 const BUDGET: u64 = 1_000_000;
 
-/// The hunts' seed. Any seed finds every variant within 60 s; this one
-/// finds the slowest early, so the suite stays short.
-const SEED: u64 = 1;
+/// The hunts' seed: one at which each variant's first finding is its own
+/// oracle (since GUP's lookup-current check, `gup-fast-no-recheck` is caught
+/// when it returns the page, before its reference on a reused page shows),
+/// and the slowest is found early, so the suite stays short.
+const SEED: u64 = 2;
 
 #[test]
 fn every_variant_is_found_by_the_guided_input_hunt() {

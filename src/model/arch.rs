@@ -82,6 +82,19 @@ impl Arch {
     pub fn kernel_tlb_flush_is_ipi(self) -> bool {
         self == Arch::X86
     }
+
+    /// Is a user TLB flush (`flush_tlb_page` in `ptep_clear_flush`) an IPI
+    /// the flushing CPU waits on? x86: `flush_tlb_mm_range` →
+    /// `native_flush_tlb_multi` → `on_each_cpu_cond_mask(.., true)` to the
+    /// CPUs in `mm_cpumask` (arch/x86/mm/tlb.c), so it waits out a
+    /// GUP-fast of that mm with interrupts off; that wait is what made
+    /// GUP-fast safe before RCU GUP-fast (088b8aa537c2: "On architectures
+    /// that send an IPI broadcast on TLB flush, it works as expected").
+    /// arm64: `__flush_tlb_page` is `tlbi vale1is` + `dsb ish`
+    /// (arch/arm64/include/asm/tlbflush.h) and waits for no CPU.
+    pub fn user_tlb_flush_is_ipi(self) -> bool {
+        self == Arch::X86
+    }
 }
 
 impl std::fmt::Display for Arch {

@@ -270,67 +270,75 @@ enum Pte {
 /// One PTE of `copy_pte_range`. False on -ENOMEM.
 fn copy_pte(cpu: &Cpu, mm: u8, child: u8, page: u32, variant: bool) -> KResult<bool> {
     let (pa, ca) = (Uaddr { mm, page }, Uaddr { mm: child, page });
-    let r = cpu.step("copy_present_pte", |m| {
-        let pte = match m.pte(pa) {
-            Some(pte) => pte,
-            None => PteVal::None,
-        };
-        if pte != PteVal::None && !m.pte_alloc(ca)? {
-            return Ok(Pte::Enomem);
-        }
-        match pte {
-            PteVal::None => {
-                m.ledger.fork_copied(mm, child, page, false);
-                Ok(Pte::Done)
+    let r = cpu.step_when(
+        "copy_present_pte",
+        |m| m.pte_locks_free(&[pa, ca]),
+        |m| {
+            let pte = match m.pte(pa) {
+                Some(pte) => pte,
+                None => PteVal::None,
+            };
+            if pte != PteVal::None && !m.pte_alloc(ca)? {
+                return Ok(Pte::Enomem);
             }
-            PteVal::Migration { pfn, .. } => {
-                // copy_nonpresent_pte: COW makes both readable and shared.
-                let e = PteVal::Migration {
-                    pfn,
-                    exclusive: false,
-                    write: false,
-                };
-                m.set_pte(pa, e);
-                m.set_pte(ca, e);
-                m.ledger.fork_copied(mm, child, page, true);
-                Ok(Pte::Done)
-            }
-            PteVal::Present(e) => {
-                m.cover_page("copy_present_pte", e.pfn, 0);
-                let folio = compound_head(m, e.pfn)?;
-                if m.page(e.pfn)?.test(pg::ANON_EXCLUSIVE)
-                    && folio_maybe_dma_pinned(m, folio)?
-                    && !variant
-                {
-                    return copy_present_page(m, pa, ca, e);
+            match pte {
+                PteVal::None => {
+                    m.ledger.fork_copied(mm, child, page, false);
+                    Ok(Pte::Done)
                 }
-                // folio_try_dup_anon_rmap_pte.
-                m.page_mut(e.pfn)?.flags &= !pg::ANON_EXCLUSIVE;
-                m.ledger.touch(folio);
-                Ok(Pte::Share(e, folio))
+                PteVal::Migration { pfn, .. } => {
+                    // copy_nonpresent_pte: COW makes both readable and shared.
+                    let e = PteVal::Migration {
+                        pfn,
+                        exclusive: false,
+                        write: false,
+                    };
+                    m.set_pte(pa, e);
+                    m.set_pte(ca, e);
+                    m.ledger.fork_copied(mm, child, page, true);
+                    Ok(Pte::Done)
+                }
+                PteVal::Present(e) => {
+                    m.cover_page("copy_present_pte", e.pfn, 0);
+                    let folio = compound_head(m, e.pfn)?;
+                    if m.page(e.pfn)?.test(pg::ANON_EXCLUSIVE)
+                        && folio_maybe_dma_pinned(m, folio)?
+                        && !variant
+                    {
+                        return copy_present_page(m, pa, ca, e);
+                    }
+                    // folio_try_dup_anon_rmap_pte.
+                    m.page_mut(e.pfn)?.flags &= !pg::ANON_EXCLUSIVE;
+                    m.ledger.touch(folio);
+                    Ok(Pte::Share(e, folio))
+                }
             }
-        }
-    })?;
+        },
+    )?;
     match r {
         Pte::Done => Ok(true),
         Pte::Enomem => Ok(false),
         Pte::Share(e, folio) => {
-            cpu.step("copy_present_pte", |m| {
-                // ptep_set_wrprotect(src), then set_pte_at(dst).
-                let ro = PteEntry {
-                    write: false,
-                    cow: true,
-                    ..e
-                };
-                m.set_pte(pa, PteVal::Present(ro));
-                m.set_pte(ca, PteVal::Present(ro));
-                m.page_mut(e.pfn)?.mapcount += 1;
-                folio_ref_add(m, folio, 1)?;
-                m.ledger.fork_copied(mm, child, page, true);
-                m.ledger.fork_shared_anon = true;
-                ktrace!(m, "{pa}: pfn {} shared with mm{child}", e.pfn);
-                Ok(())
-            })?;
+            cpu.step_when(
+                "copy_present_pte",
+                |m| m.pte_locks_free(&[pa, ca]),
+                |m| {
+                    // ptep_set_wrprotect(src), then set_pte_at(dst).
+                    let ro = PteEntry {
+                        write: false,
+                        cow: true,
+                        ..e
+                    };
+                    m.set_pte(pa, PteVal::Present(ro));
+                    m.set_pte(ca, PteVal::Present(ro));
+                    m.page_mut(e.pfn)?.mapcount += 1;
+                    folio_ref_add(m, folio, 1)?;
+                    m.ledger.fork_copied(mm, child, page, true);
+                    m.ledger.fork_shared_anon = true;
+                    ktrace!(m, "{pa}: pfn {} shared with mm{child}", e.pfn);
+                    Ok(())
+                },
+            )?;
             Ok(true)
         }
     }

@@ -322,7 +322,8 @@ fn hold(m: &mut Machine, a: Uaddr, got: Got, foll: Foll, write: bool) -> Result<
     // As the page tables record it (a PTE in a table khugepaged detached
     // still maps its page; a migration entry for the page keeps its place
     // until migration ends, the same page again or the new one).
-    let migrating = matches!(m.pte(a), Some(PteVal::Migration { pfn, .. }) if pfn == page);
+    let migrating = matches!(m.pte(a), Some(PteVal::Migration { pfn, .. }) if pfn == page)
+        || m.ledger.cleared.iter().any(|e| e.a == a && e.pfn == page);
     let mapped = migrating
         || m.ledger.maps.iter().any(|e| {
             e.a.mm == a.mm
@@ -454,51 +455,55 @@ fn __get_user_pages(cpu: &Cpu, a: Uaddr, foll: Foll, write: bool) -> KResult<()>
             handle_mm_fault_kind(cpu, a, 0, 0, FaultKind::Read)?;
             continue;
         }
-        let got = cpu.step("follow_page_pte", |m| {
-            let vm = m.vm_page(a);
-            if !vm.mapped || (write && !vm.write) {
-                ktrace!(m, "{a}: no VMA, or FOLL_WRITE on a read-only one: -EFAULT");
-                return Ok(Follow::Efault);
-            }
-            let kind = if write {
-                FaultKind::Write
-            } else {
-                FaultKind::Read
-            };
-            let (page, write_bit, unshare_page) = match m.pmd(a) {
-                PmdVal::Leaf(l) => (l.pfn + a.pmd_offset(), l.write, l.pfn),
-                PmdVal::Table(t) => match m.pte_in(t, a) {
-                    PteVal::Present(e) => (e.pfn, e.write, e.pfn),
-                    pte => {
-                        ktrace!(m, "{a}: {pte:?}: faultin_page");
-                        return Ok(Follow::Fault(kind));
-                    }
-                },
-                PmdVal::None => return Ok(Follow::Fault(kind)),
-            };
-            if write && !write_bit {
-                ktrace!(m, "{a}: FOLL_WRITE on a read-only entry: faultin_page");
-                return Ok(Follow::Fault(FaultKind::Write));
-            }
-            if !write_bit && gup_must_unshare(m, foll, write, unshare_page)? {
-                ktrace!(
-                    m,
-                    "{a}: R/O pin of a maybe-shared anon page: -EMLINK, unshare"
-                );
-                return Ok(Follow::Fault(FaultKind::Unshare));
-            }
-            let folio = compound_head(m, page)?;
-            try_grab_folio(m, folio, foll)?;
-            let got = Got {
-                table: m.pmd_table(a).expect("follow_page_pte found a PMD entry"),
-                folio,
-                page,
-                mapped_at_grab: true,
-            };
-            hold(m, a, got, foll, write)?;
-            ktrace!(m, "{a}: grabbed pfn {folio} ({foll:?})");
-            Ok(Follow::Got)
-        })?;
+        let got = cpu.step_when(
+            "follow_page_pte",
+            |m| m.pte_lock_free(a),
+            |m| {
+                let vm = m.vm_page(a);
+                if !vm.mapped || (write && !vm.write) {
+                    ktrace!(m, "{a}: no VMA, or FOLL_WRITE on a read-only one: -EFAULT");
+                    return Ok(Follow::Efault);
+                }
+                let kind = if write {
+                    FaultKind::Write
+                } else {
+                    FaultKind::Read
+                };
+                let (page, write_bit, unshare_page) = match m.pmd(a) {
+                    PmdVal::Leaf(l) => (l.pfn + a.pmd_offset(), l.write, l.pfn),
+                    PmdVal::Table(t) => match m.pte_in(t, a) {
+                        PteVal::Present(e) => (e.pfn, e.write, e.pfn),
+                        pte => {
+                            ktrace!(m, "{a}: {pte:?}: faultin_page");
+                            return Ok(Follow::Fault(kind));
+                        }
+                    },
+                    PmdVal::None => return Ok(Follow::Fault(kind)),
+                };
+                if write && !write_bit {
+                    ktrace!(m, "{a}: FOLL_WRITE on a read-only entry: faultin_page");
+                    return Ok(Follow::Fault(FaultKind::Write));
+                }
+                if !write_bit && gup_must_unshare(m, foll, write, unshare_page)? {
+                    ktrace!(
+                        m,
+                        "{a}: R/O pin of a maybe-shared anon page: -EMLINK, unshare"
+                    );
+                    return Ok(Follow::Fault(FaultKind::Unshare));
+                }
+                let folio = compound_head(m, page)?;
+                try_grab_folio(m, folio, foll)?;
+                let got = Got {
+                    table: m.pmd_table(a).expect("follow_page_pte found a PMD entry"),
+                    folio,
+                    page,
+                    mapped_at_grab: true,
+                };
+                hold(m, a, got, foll, write)?;
+                ktrace!(m, "{a}: grabbed pfn {folio} ({foll:?})");
+                Ok(Follow::Got)
+            },
+        )?;
         match got {
             Follow::Got | Follow::Efault => break,
             Follow::Fault(kind) => handle_mm_fault_kind(cpu, a, 0, 0, kind)?,
@@ -661,8 +666,13 @@ pub fn unpin_user_page(cpu: &Cpu) -> KResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::arch::Arch;
     use crate::model::fork::dup_mmap;
     use crate::model::memory::{user_access, zap_pte_range};
+    use crate::model::rmap::{
+        Cleared, Unmapped, Walk, folio_try_share_anon_rmap_pte, remove_migration_ptes,
+        set_migration_entry, try_to_migrate_one_start,
+    };
     use crate::model::testing::Kernel;
 
     const ANON: u8 = 2;
@@ -735,19 +745,24 @@ mod tests {
     /// CPU 1's GUP-fast of `a` (`FOLL_GET`) up to its PTE load, interrupts
     /// off: what it read.
     fn gup_fast_to_pte_load(k: &mut Kernel, a: Uaddr) -> Seen {
-        let (table, _) = k
-            .step(1, |m| gup_fast_pud_range(m, a, false))
+        gup_fast_to_pte_load_for(k, a, Foll::Get, false)
+    }
+
+    /// The same for `foll` and `FOLL_WRITE` = `write`.
+    fn gup_fast_to_pte_load_for(k: &mut Kernel, a: Uaddr, foll: Foll, write: bool) -> Seen {
+        let (table, seq) = k
+            .step(1, |m| gup_fast_pud_range(m, a, foll == Foll::Pin))
             .unwrap()
             .unwrap();
         let pmd = k
-            .step(1, |m| gup_fast_pmd_range(m, a, table, false))
+            .step(1, |m| gup_fast_pmd_range(m, a, table, write))
             .unwrap()
             .unwrap();
         let PmdVal::Table(ptes) = pmd else {
             panic!("the fault left a PTE table");
         };
         let (pte, page, write_bit) = k
-            .step(1, |m| gup_fast_pte_range(m, a, ptes, false))
+            .step(1, |m| gup_fast_pte_range(m, a, ptes, write))
             .unwrap()
             .unwrap();
         Seen {
@@ -757,8 +772,139 @@ mod tests {
             page,
             write_bit,
             unshare_page: page,
-            seq: None,
+            seq,
         }
+    }
+
+    /// CPU 0's `try_to_migrate_one` of the anon page at `a` up to its
+    /// `ptep_clear_flush` (step 1, the PTE lock held).
+    fn migration_clears_the_pte(k: &mut Kernel, a: Uaddr) -> (Pfn, Walk, Cleared, Unmapped) {
+        let folio = k.m.pte(a).and_then(PteVal::present_pfn).unwrap();
+        let mapping = k.m.peek(folio).mapping;
+        // folio_isolate_lru's reference.
+        k.step(0, |m| crate::model::page_ref::folio_get(m, folio))
+            .unwrap();
+        let mut out = Unmapped::default();
+        let (walk, c) = k
+            .step(0, |m| {
+                try_to_migrate_one_start(m, folio, mapping, 1, 0, &mut out)
+            })
+            .unwrap()
+            .expect("the walk finds the VMA");
+        let c = c.expect("its PTE maps the folio");
+        assert!(c.exclusive);
+        assert_eq!(k.m.pte(a), Some(PteVal::None));
+        (folio, walk, c, out)
+    }
+
+    /// Why `gup-fast-no-recheck` is an arm64 bug: on x86 the flush IPI
+    /// of `ptep_clear_flush` waits for the GUP-fast that read the PTE
+    /// before the clear (interrupts off), so its pin, kept even without
+    /// the recheck, is there when migration checks (A2): -EBUSY.
+    #[test]
+    fn on_x86_the_flush_ipi_waits_out_gup_fast_and_migration_sees_its_pin() {
+        let mut k = Kernel::builder()
+            .variant(Variant::GupFastNoRecheck)
+            .config(|c| c.arch = Arch::X86)
+            .boot();
+        let a = Uaddr::new(0, ANON);
+        k.on(0, |cpu| user_access(cpu, a, true)).unwrap();
+        let seen = gup_fast_to_pte_load_for(&mut k, a, Foll::Pin, true);
+        let (folio, walk, c, mut out) = migration_clears_the_pte(&mut k, a);
+        assert_eq!(c.wait, [(1, k.m.cpus[1].irq_sections)]);
+        assert!(!k.m.ipis_delivered(&c.wait), "CPU 1 has interrupts off");
+
+        // CPU 1 pins, keeps it (no recheck) and enables interrupts.
+        let got = k
+            .on(1, |cpu| {
+                try_grab_folio_fast(cpu, a, seen.table, seen.page, Foll::Pin)
+            })
+            .unwrap();
+        let (got, mapped_at_grab) = got.expect("the folio takes the pin");
+        assert!(mapped_at_grab, "a PTE migration cleared still maps it");
+        let kept = k
+            .step(1, |m| {
+                gup_fast_recheck(m, a, seen, got, mapped_at_grab, Foll::Pin, true)
+            })
+            .unwrap();
+        assert!(kept);
+        assert!(k.m.ipis_delivered(&c.wait), "CPU 1 took the IPI");
+
+        let shared = k
+            .step(0, |m| {
+                folio_try_share_anon_rmap_pte(m, folio, &walk, &c, &mut out)
+            })
+            .unwrap();
+
+        assert!(!shared && out.refused && out.still_mapped);
+        assert_eq!(k.m.pte(a), seen.pte, "set_pte_at(pteval) restored it");
+        assert!(k.m.peek(folio).test(pg::ANON_EXCLUSIVE));
+        assert!(k.m.pte_lock_free(a));
+        k.on(1, unpin_user_page).unwrap();
+        k.on(0, |cpu| crate::model::page_ref::folio_put(cpu, folio))
+            .unwrap();
+        k.quiesce().unwrap();
+    }
+
+    /// On arm64 nothing waits: a GUP-fast that read the PTE before the
+    /// clear pins (B3) in the window before migration's check (A2); its
+    /// recheck (B4) finds the PTE cleared and drops the pin, and migration
+    /// then shares the page and stores the migration entry.
+    #[test]
+    fn on_arm64_a_pin_between_the_clear_and_the_check_is_dropped_by_the_recheck() {
+        let mut k = Kernel::builder().config(|c| c.arch = Arch::Arm64).boot();
+        let a = Uaddr::new(0, ANON);
+        k.on(0, |cpu| user_access(cpu, a, true)).unwrap();
+        let seen = gup_fast_to_pte_load_for(&mut k, a, Foll::Pin, true);
+        let (folio, walk, c, mut out) = migration_clears_the_pte(&mut k, a);
+        assert!(c.wait.is_empty(), "arm64's TLBI waits for no CPU");
+
+        let got = k
+            .on(1, |cpu| {
+                try_grab_folio_fast(cpu, a, seen.table, seen.page, Foll::Pin)
+            })
+            .unwrap();
+        let (got, mapped_at_grab) = got.expect("the folio takes the pin");
+        assert!(mapped_at_grab, "a PTE migration cleared still maps it");
+        let kept = k
+            .step(1, |m| {
+                gup_fast_recheck(m, a, seen, got, mapped_at_grab, Foll::Pin, true)
+            })
+            .unwrap();
+        assert!(!kept, "the recheck sees the cleared PTE");
+        k.on(1, |cpu| gup_put_folio(cpu, got, Foll::Pin)).unwrap();
+
+        let shared = k
+            .step(0, |m| {
+                folio_try_share_anon_rmap_pte(m, folio, &walk, &c, &mut out)
+            })
+            .unwrap();
+        assert!(shared);
+        assert!(!k.m.peek(folio).test(pg::ANON_EXCLUSIVE));
+        let done = k
+            .step(0, |m| set_migration_entry(m, folio, &walk, &c, &mut out))
+            .unwrap();
+
+        assert_eq!(done, Err(false), "the folio is unmapped");
+        assert!(matches!(
+            k.m.pte(a),
+            Some(PteVal::Migration { pfn, exclusive: true, write: true }) if pfn == folio
+        ));
+        assert!(k.m.cpus[1].holds.is_empty());
+        assert!(k.m.pte_lock_free(a));
+        let mapping = k.m.peek(folio).mapping;
+        k.on(0, |cpu| {
+            remove_migration_ptes(
+                cpu,
+                folio,
+                folio,
+                std::slice::from_ref(&walk.section),
+                mapping,
+            )?;
+            crate::model::page_ref::folio_put(cpu, folio)
+        })
+        .unwrap();
+        k.quiesce().unwrap();
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub fn collapse_huge_page(cpu: &Cpu, mm: u8, pfn_hint: Pfn) -> KResult<()> {
         |m| {
             m.mms[mm as usize].mmap_lock.can_write()
                 && m.anon_vma_lock(m.mms[mm as usize].anon_vma).can_write()
+                && m.pte_lock_free(a)
         },
         |m| {
             let range: Vec<Uaddr> = (0..PMD_PAGES).map(|i| a.with_page(a.page + i)).collect();

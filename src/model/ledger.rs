@@ -106,6 +106,11 @@ pub struct Ledger {
     pub next_hold: u32,
     /// Every present user mapping.
     pub maps: Vec<MapEntry>,
+    /// Mappings whose PTE `try_to_migrate_one` cleared under the PTE lock
+    /// it still holds: it restores the PTE or stores a migration entry
+    /// before unlocking, and until then the mapping keeps its mapcount and
+    /// reference, so the oracles count it.
+    pub cleared: Vec<MapEntry>,
     /// Folios whose mappings, pins or exclusivity the running step changed,
     /// for the per-step checks.
     pub touched: Vec<Pfn>,
@@ -167,6 +172,7 @@ crate::clone_by_field!(Ledger {
     holds,
     next_hold,
     maps,
+    cleared,
     touched,
     forking,
     forks,
@@ -209,6 +215,7 @@ impl Default for Ledger {
             holds: Vec::new(),
             next_hold: 0,
             maps: Vec::new(),
+            cleared: Vec::new(),
             touched: Vec::new(),
             forking: Vec::new(),
             forks: 0,

@@ -1,7 +1,9 @@
 //! Page faults, zapping, and user loads and stores (mm/memory.c).
 //!
 //! A fault, a zap and the GUP slow path hold `mmap_lock` for read;
-//! khugepaged holds it for write. Each PTE-lock section is one step. A user
+//! khugepaged holds it for write. Each PTE-lock section is one step, which
+//! waits while `try_to_migrate_one` holds the lock across its steps
+//! (`Machine::pte_lock_free`). A user
 //! access goes through the CPU's user TLB; on a miss the hardware walks the
 //! page tables, and a missing or read-only mapping enters the fault path.
 
@@ -216,7 +218,7 @@ pub fn migration_entry_wait(cpu: &Cpu, a: Uaddr, pfn: Pfn) -> KResult<()> {
         |m: &Machine| matches!(m.pte(a), Some(PteVal::Migration { pfn: p, .. }) if p == pfn);
     cpu.step_when(
         "migration_entry_wait",
-        |m| !entry(m),
+        |m| !entry(m) && m.pte_lock_free(a),
         |m| {
             ktrace!(m, "{a}: migration entry for pfn {pfn} is gone");
             Ok(())
@@ -281,31 +283,35 @@ fn do_anonymous_page(cpu: &Cpu, a: Uaddr, pfn_hint: Pfn, order: u8) -> KResult<(
     .flatten() else {
         return Ok(());
     };
-    let mapped = cpu.step("set_pte_range", |m| {
-        if !all_none(m, &pages) {
-            ktrace!(m, "{a}: PTE populated meanwhile");
-            return Ok(false);
-        }
-        // folio_add_new_anon_rmap(RMAP_EXCLUSIVE), folio_add_lru_vma, and
-        // one reference per PTE.
-        for (i, &x) in pages.iter().enumerate() {
-            let page = folio + i as u32;
-            let p = m.page_mut(page)?;
-            p.mapcount = 0;
-            p.flags |= pg::ANON_EXCLUSIVE;
-            m.set_pte(x, PteVal::Present(PteEntry::new(page, true)));
-        }
-        let head = m.page_mut(folio)?;
-        head.flags |= pg::LRU;
-        head.refcount += pages.len() as i32 - 1;
-        ktrace!(
-            m,
-            "{a}: mapped anon folio pfn {folio} at pages {}..{}",
-            pages[0].page,
-            pages[0].page + pages.len() as u32
-        );
-        Ok(true)
-    })?;
+    let mapped = cpu.step_when(
+        "set_pte_range",
+        |m| m.pte_locks_free(&pages),
+        |m| {
+            if !all_none(m, &pages) {
+                ktrace!(m, "{a}: PTE populated meanwhile");
+                return Ok(false);
+            }
+            // folio_add_new_anon_rmap(RMAP_EXCLUSIVE), folio_add_lru_vma, and
+            // one reference per PTE.
+            for (i, &x) in pages.iter().enumerate() {
+                let page = folio + i as u32;
+                let p = m.page_mut(page)?;
+                p.mapcount = 0;
+                p.flags |= pg::ANON_EXCLUSIVE;
+                m.set_pte(x, PteVal::Present(PteEntry::new(page, true)));
+            }
+            let head = m.page_mut(folio)?;
+            head.flags |= pg::LRU;
+            head.refcount += pages.len() as i32 - 1;
+            ktrace!(
+                m,
+                "{a}: mapped anon folio pfn {folio} at pages {}..{}",
+                pages[0].page,
+                pages[0].page + pages.len() as u32
+            );
+            Ok(true)
+        },
+    )?;
     if !mapped {
         folio_put(cpu, folio)?;
     }
@@ -345,17 +351,21 @@ fn do_read_fault(cpu: &Cpu, a: Uaddr, pfn_hint: Pfn, write: bool) -> KResult<boo
         folio_put(cpu, folio)?;
         return Ok(false);
     }
-    let mapped = cpu.step("finish_fault", |m| {
-        if m.pte(a) != Some(PteVal::None) {
-            ktrace!(m, "{a}: PTE populated meanwhile");
-            return Ok(false);
-        }
-        crate::model::oracle::lookup_is_current(m, index, folio, "finish_fault")?;
-        m.set_pte(a, PteVal::Present(PteEntry::new(folio, write)));
-        m.page_mut(folio)?.mapcount += 1;
-        ktrace!(m, "{a}: mapped page-cache pfn {folio}");
-        Ok(true)
-    })?;
+    let mapped = cpu.step_when(
+        "finish_fault",
+        |m| m.pte_lock_free(a),
+        |m| {
+            if m.pte(a) != Some(PteVal::None) {
+                ktrace!(m, "{a}: PTE populated meanwhile");
+                return Ok(false);
+            }
+            crate::model::oracle::lookup_is_current(m, index, folio, "finish_fault")?;
+            m.set_pte(a, PteVal::Present(PteEntry::new(folio, write)));
+            m.page_mut(folio)?.mapcount += 1;
+            ktrace!(m, "{a}: mapped page-cache pfn {folio}");
+            Ok(true)
+        },
+    )?;
     folio_unlock(cpu, folio)?;
     if !mapped {
         folio_put(cpu, folio)?;
@@ -384,42 +394,46 @@ fn do_wp_page(
     pfn_hint: Pfn,
     unshare: bool,
 ) -> KResult<bool> {
-    let reuse = cpu.step("do_wp_page", |m| {
-        if m.pte(a) != Some(PteVal::Present(orig)) {
-            ktrace!(m, "{a}: PTE changed meanwhile: retry");
-            return Ok(None);
-        }
-        let reuse = kind == VmaKind::FileShared || can_reuse_anon(m, a, orig.pfn, unshare)?;
-        if !reuse {
-            // folio_get: the copy holds the old folio while the PTE lock
-            // is dropped.
-            let folio = compound_head(m, orig.pfn)?;
-            super::page_ref::folio_get(m, folio)?;
-            return Ok(Some(Some(folio)));
-        }
-        if kind == VmaKind::AnonPrivate {
-            m.page_mut(orig.pfn)?.flags |= pg::ANON_EXCLUSIVE;
-            let head = compound_head(m, orig.pfn)?;
-            m.ledger.touch(head);
-        }
-        if unshare {
-            m.ledger.unshared = true;
-            ktrace!(m, "{a}: unshare: pfn {} is exclusive now", orig.pfn);
-            return Ok(Some(None));
-        }
-        // wp_page_reuse: make it writable and dirty in place.
-        m.set_pte(
-            a,
-            PteVal::Present(PteEntry {
-                write: true,
-                dirty: true,
-                cow: false,
-                ..orig
-            }),
-        );
-        ktrace!(m, "{a}: write fault reuses pfn {}", orig.pfn);
-        Ok(Some(None))
-    })?;
+    let reuse = cpu.step_when(
+        "do_wp_page",
+        |m| m.pte_lock_free(a),
+        |m| {
+            if m.pte(a) != Some(PteVal::Present(orig)) {
+                ktrace!(m, "{a}: PTE changed meanwhile: retry");
+                return Ok(None);
+            }
+            let reuse = kind == VmaKind::FileShared || can_reuse_anon(m, a, orig.pfn, unshare)?;
+            if !reuse {
+                // folio_get: the copy holds the old folio while the PTE lock
+                // is dropped.
+                let folio = compound_head(m, orig.pfn)?;
+                super::page_ref::folio_get(m, folio)?;
+                return Ok(Some(Some(folio)));
+            }
+            if kind == VmaKind::AnonPrivate {
+                m.page_mut(orig.pfn)?.flags |= pg::ANON_EXCLUSIVE;
+                let head = compound_head(m, orig.pfn)?;
+                m.ledger.touch(head);
+            }
+            if unshare {
+                m.ledger.unshared = true;
+                ktrace!(m, "{a}: unshare: pfn {} is exclusive now", orig.pfn);
+                return Ok(Some(None));
+            }
+            // wp_page_reuse: make it writable and dirty in place.
+            m.set_pte(
+                a,
+                PteVal::Present(PteEntry {
+                    write: true,
+                    dirty: true,
+                    cow: false,
+                    ..orig
+                }),
+            );
+            ktrace!(m, "{a}: write fault reuses pfn {}", orig.pfn);
+            Ok(Some(None))
+        },
+    )?;
     match reuse {
         None => Ok(false),
         Some(None) => Ok(true),
@@ -517,28 +531,32 @@ fn wp_page_copy(
         folio_put(cpu, old_folio)?;
         return Ok(true);
     };
-    let copied = cpu.step("wp_page_copy", |m| {
-        if m.pte(a) != Some(PteVal::Present(orig)) {
-            ktrace!(m, "{a}: PTE changed meanwhile");
-            return Ok(false);
-        }
-        let p = m.page_mut(new)?;
-        p.mapcount = 0;
-        p.flags |= pg::ANON_EXCLUSIVE | pg::LRU;
-        // ptep_clear_flush, then set_pte_at.
-        m.flush_tlb_range(a.mm, a.page..a.page + 1);
-        let e = PteEntry {
-            cow: unshare,
-            ..PteEntry::new(new, !unshare)
-        };
-        m.set_pte(a, PteVal::Present(e));
-        m.page_mut(orig.pfn)?.mapcount -= 1;
-        if unshare {
-            m.ledger.unshared = true;
-        }
-        ktrace!(m, "{a}: pfn {} copied to pfn {new}", orig.pfn);
-        Ok(true)
-    })?;
+    let copied = cpu.step_when(
+        "wp_page_copy",
+        |m| m.pte_lock_free(a),
+        |m| {
+            if m.pte(a) != Some(PteVal::Present(orig)) {
+                ktrace!(m, "{a}: PTE changed meanwhile");
+                return Ok(false);
+            }
+            let p = m.page_mut(new)?;
+            p.mapcount = 0;
+            p.flags |= pg::ANON_EXCLUSIVE | pg::LRU;
+            // ptep_clear_flush, then set_pte_at.
+            m.flush_tlb_range(a.mm, a.page..a.page + 1);
+            let e = PteEntry {
+                cow: unshare,
+                ..PteEntry::new(new, !unshare)
+            };
+            m.set_pte(a, PteVal::Present(e));
+            m.page_mut(orig.pfn)?.mapcount -= 1;
+            if unshare {
+                m.ledger.unshared = true;
+            }
+            ktrace!(m, "{a}: pfn {} copied to pfn {new}", orig.pfn);
+            Ok(true)
+        },
+    )?;
     // The old mapping's reference (or the unused new folio), then
     // do_wp_page's.
     folio_put(cpu, if copied { old_folio } else { new })?;
@@ -553,7 +571,7 @@ fn wp_page_copy(
 /// range is less than the PMD), then its PTE zapped (one step: the model's
 /// split holds no lock across).
 pub fn zap_pte_range(cpu: &Cpu, a: Uaddr) -> KResult<()> {
-    let ready = |m: &Machine| m.mms[a.mm as usize].mmap_lock.can_read();
+    let ready = |m: &Machine| m.mms[a.mm as usize].mmap_lock.can_read() && m.pte_lock_free(a);
     let folio = cpu.step_when("zap_pte_range", ready, |m| {
         if matches!(m.pmd(a), PmdVal::Leaf(_)) && m.anon_vma_covers(a) {
             huge_memory::__split_huge_pmd_locked(m, a)?;

@@ -63,7 +63,7 @@ struct Migration {
 pub fn migrate_pages(cpu: &Cpu, a: Uaddr, pfn_hint: Pfn) -> KResult<()> {
     let Some((src, order, mapping)) = cpu.step_when(
         "add_folio_for_migration",
-        |m| m.mms[a.mm as usize].mmap_lock.can_read(),
+        |m| m.mms[a.mm as usize].mmap_lock.can_read() && m.pte_lock_free(a),
         |m| add_folio_for_migration(m, a),
     )?
     else {

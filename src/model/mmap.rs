@@ -60,24 +60,28 @@ pub fn partial_pmd(pages: &[Uaddr], x: Uaddr) -> bool {
 pub fn zap_pages(cpu: &Cpu, pages: &[Uaddr], then: impl Fn(&mut Machine, Uaddr)) -> KResult<()> {
     let mut put: Vec<Pfn> = Vec::new();
     for here in by_pmd_range(pages) {
-        let folios = cpu.step("zap_pmd_range", |m| {
-            let mut folios = Vec::new();
-            let x = here[0];
-            if matches!(m.pmd(x), PmdVal::Leaf(_)) {
-                if partial_pmd(&here, x) {
-                    super::huge_memory::__split_huge_pmd_locked(m, x)?;
-                } else {
-                    folios.extend(zap_huge_pmd(m, x)?);
+        let folios = cpu.step_when(
+            "zap_pmd_range",
+            |m| m.pte_locks_free(&here),
+            |m| {
+                let mut folios = Vec::new();
+                let x = here[0];
+                if matches!(m.pmd(x), PmdVal::Leaf(_)) {
+                    if partial_pmd(&here, x) {
+                        super::huge_memory::__split_huge_pmd_locked(m, x)?;
+                    } else {
+                        folios.extend(zap_huge_pmd(m, x)?);
+                    }
                 }
-            }
-            for &y in &here {
-                if matches!(m.pmd(y), PmdVal::Table(_)) {
-                    folios.extend(zap_one_pte(m, y)?);
+                for &y in &here {
+                    if matches!(m.pmd(y), PmdVal::Table(_)) {
+                        folios.extend(zap_one_pte(m, y)?);
+                    }
+                    then(m, y);
                 }
-                then(m, y);
-            }
-            Ok(folios)
-        })?;
+                Ok(folios)
+            },
+        )?;
         put.extend(folios);
     }
     for folio in put {
@@ -115,39 +119,48 @@ pub fn exit_mmap_locked(cpu: &Cpu, mm: u8, plan: ExitPlan) -> KResult<()> {
     }
     let mut folios_put: Vec<Pfn> = Vec::new();
     for base in ranges {
-        let folios = cpu.step("unmap_page_range", |m| {
-            let a = Uaddr { mm, page: base };
-            let mut folios = Vec::new();
-            match m.pmd(a) {
-                PmdVal::Leaf(_) => folios.extend(zap_huge_pmd(m, a)?),
-                PmdVal::Table(_) => {
-                    for i in 0..PMD_PAGES {
-                        folios.extend(zap_one_pte(m, a.with_page(base + i))?);
+        let first = Uaddr { mm, page: base };
+        let folios = cpu.step_when(
+            "unmap_page_range",
+            |m| m.pte_lock_free(first),
+            |m| {
+                let a = Uaddr { mm, page: base };
+                let mut folios = Vec::new();
+                match m.pmd(a) {
+                    PmdVal::Leaf(_) => folios.extend(zap_huge_pmd(m, a)?),
+                    PmdVal::Table(_) => {
+                        for i in 0..PMD_PAGES {
+                            folios.extend(zap_one_pte(m, a.with_page(base + i))?);
+                        }
                     }
+                    PmdVal::None => {}
                 }
-                PmdVal::None => {}
-            }
-            for i in 0..PMD_PAGES {
-                m.ledger.dropped(a.with_page(base + i));
-            }
-            Ok(folios)
-        })?;
+                for i in 0..PMD_PAGES {
+                    m.ledger.dropped(a.with_page(base + i));
+                }
+                Ok(folios)
+            },
+        )?;
         folios_put.extend(folios);
     }
     for vma in vmas {
         free_hugetlb_pgtables(cpu, mm, vma)?;
     }
-    cpu.step("free_pgtables", |m| {
-        free_pgtables(m, mm)?;
-        // An exited process has no VMAs any more (fork's child gets new
-        // ones next).
-        if m.mms[mm as usize].exited {
-            for v in m.mms[mm as usize].vm.iter_mut() {
-                v.mapped = false;
+    cpu.step_when(
+        "free_pgtables",
+        |m| m.mm_pte_locks_free(mm),
+        |m| {
+            free_pgtables(m, mm)?;
+            // An exited process has no VMAs any more (fork's child gets new
+            // ones next).
+            if m.mms[mm as usize].exited {
+                for v in m.mms[mm as usize].vm.iter_mut() {
+                    v.mapped = false;
+                }
             }
-        }
-        Ok(())
-    })?;
+            Ok(())
+        },
+    )?;
     tlb_finish_mmu(cpu, put)?;
     for folio in folios_put {
         folio_put_refs(cpu, folio, 1)?;

@@ -21,37 +21,44 @@ pub fn mprotect(cpu: &Cpu, a: Uaddr, len: u32, write: bool) -> KResult<()> {
     mmap_write_lock(cpu, a.mm)?;
     let pages = cpu.step("mprotect_fixup", |m| Ok(anon_pages(m, a, len)))?;
     for here in by_pmd_range(&pages) {
-        cpu.step("change_protection", |m| {
-            let x = here[0];
-            if let PmdVal::Leaf(l) = m.pmd(x) {
-                if partial_pmd(&here, x) {
-                    super::huge_memory::__split_huge_pmd_locked(m, x)?;
-                } else if !write && l.write {
-                    // change_huge_pmd.
-                    m.set_pmd(x, PmdVal::Leaf(PmdLeaf { write: false, ..l }));
-                    m.flush_tlb_range(x.mm, x.pmd_base()..x.pmd_base() + super::config::PMD_PAGES);
-                }
-            }
-            for &y in &here {
-                m.mms[y.mm as usize].vm[y.page as usize].write = write;
-                if let (false, Some(PteVal::Present(e))) = (write, m.pte(y))
-                    && e.write
-                {
-                    m.set_pte(y, PteVal::Present(PteEntry { write: false, ..e }));
-                    m.flush_tlb_range(y.mm, y.page..y.page + 1);
-                }
-                ktrace!(
-                    m,
-                    "{y}: {}",
-                    if write {
-                        "PROT_READ|PROT_WRITE"
-                    } else {
-                        "PROT_READ"
+        cpu.step_when(
+            "change_protection",
+            |m| m.pte_locks_free(&here),
+            |m| {
+                let x = here[0];
+                if let PmdVal::Leaf(l) = m.pmd(x) {
+                    if partial_pmd(&here, x) {
+                        super::huge_memory::__split_huge_pmd_locked(m, x)?;
+                    } else if !write && l.write {
+                        // change_huge_pmd.
+                        m.set_pmd(x, PmdVal::Leaf(PmdLeaf { write: false, ..l }));
+                        m.flush_tlb_range(
+                            x.mm,
+                            x.pmd_base()..x.pmd_base() + super::config::PMD_PAGES,
+                        );
                     }
-                );
-            }
-            Ok(())
-        })?;
+                }
+                for &y in &here {
+                    m.mms[y.mm as usize].vm[y.page as usize].write = write;
+                    if let (false, Some(PteVal::Present(e))) = (write, m.pte(y))
+                        && e.write
+                    {
+                        m.set_pte(y, PteVal::Present(PteEntry { write: false, ..e }));
+                        m.flush_tlb_range(y.mm, y.page..y.page + 1);
+                    }
+                    ktrace!(
+                        m,
+                        "{y}: {}",
+                        if write {
+                            "PROT_READ|PROT_WRITE"
+                        } else {
+                            "PROT_READ"
+                        }
+                    );
+                }
+                Ok(())
+            },
+        )?;
     }
     mmap_write_unlock(cpu, a.mm)
 }

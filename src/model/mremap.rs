@@ -83,18 +83,22 @@ fn move_range(cpu: &Cpu, src: &[Uaddr], dst: &[Uaddr]) -> KResult<()> {
         None => return Ok(()),
     }
     for (&s, &d) in src.iter().zip(dst) {
-        cpu.step("move_ptes", |m| {
-            if let Some(pte) = m.pte(s)
-                && pte != PteVal::None
-            {
-                m.set_pte(s, PteVal::None);
-                m.flush_tlb_range(s.mm, s.page..s.page + 1);
-                m.set_pte(d, pte);
-                ktrace!(m, "{s}: PTE {pte:?} moved to {d}");
-            }
-            move_vma_page(m, s, d);
-            Ok(())
-        })?;
+        cpu.step_when(
+            "move_ptes",
+            |m| m.pte_locks_free(&[s, d]),
+            |m| {
+                if let Some(pte) = m.pte(s)
+                    && pte != PteVal::None
+                {
+                    m.set_pte(s, PteVal::None);
+                    m.flush_tlb_range(s.mm, s.page..s.page + 1);
+                    m.set_pte(d, pte);
+                    ktrace!(m, "{s}: PTE {pte:?} moved to {d}");
+                }
+                move_vma_page(m, s, d);
+                Ok(())
+            },
+        )?;
     }
     Ok(())
 }

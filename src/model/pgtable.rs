@@ -583,6 +583,16 @@ impl Machine {
     }
 
     pub fn set_pte_in(&mut self, table: Pfn, a: Uaddr, v: PteVal) {
+        // A PTE store is a PTE-lock section: none may run while another
+        // CPU holds the lock (a missing `pte_lock_free` wait is a model
+        // bug).
+        if let Some(&(_, holder)) = self.pt_locks.iter().find(|&&(t, _)| t == table) {
+            assert_eq!(
+                holder as usize,
+                self.cpu_index(),
+                "model bug: {a} stored while CPU {holder} holds its PTE lock"
+            );
+        }
         let old = self.ptes(table)[a.pte_index()].present_pfn();
         self.ptes_mut(table)[a.pte_index()] = v;
         let new = match v {
@@ -691,6 +701,29 @@ impl Machine {
     /// Is `table`'s page-table lock free?
     pub fn ptl_free(&self, table: Pfn) -> bool {
         !self.pt_locks.iter().any(|&(t, _)| t == table)
+    }
+
+    /// Is the PTE lock of the PTE table `a`'s PMD points at free? (None
+    /// when it points at none.) A PTE-lock section of another CPU waits
+    /// while migration holds it across `try_to_migrate_one`'s steps.
+    pub fn pte_lock_free(&self, a: Uaddr) -> bool {
+        match self.pmd(a) {
+            PmdVal::Table(t) => self.ptl_free(t),
+            _ => true,
+        }
+    }
+
+    /// [`Machine::pte_lock_free`] for every page of `pages`.
+    pub fn pte_locks_free(&self, pages: &[Uaddr]) -> bool {
+        self.pt_locks.is_empty() || pages.iter().all(|&a| self.pte_lock_free(a))
+    }
+
+    /// No PTE table of process `mm` is locked.
+    pub fn mm_pte_locks_free(&self, mm: u8) -> bool {
+        self.pt_locks.is_empty()
+            || (0..MAX_USER_PAGES)
+                .step_by(PTRS_PER_PTE as usize)
+                .all(|page| self.pte_lock_free(Uaddr { mm, page }))
     }
 
     /// `tlb_remove_table` with `MMU_GATHER_RCU_TABLE_FREE`: free the table
@@ -805,6 +838,30 @@ impl Machine {
         for c in &mut self.cpus {
             c.user_tlb.flush(mm, pages.clone());
         }
+    }
+
+    /// `ptep_clear_flush(vma, a, ptep)` (mm/pgtable-generic.c, v6.12):
+    /// `ptep_get_and_clear`, then `flush_tlb_page`. Returns the old PTE
+    /// and, where the flush is an IPI (x86), the GUP-fast sections of
+    /// `a.mm` with interrupts off that it waits for
+    /// ([`Arch::user_tlb_flush_is_ipi`](super::arch::Arch::user_tlb_flush_is_ipi)).
+    /// The caller holds `a`'s PTE lock.
+    pub fn ptep_clear_flush(&mut self, a: Uaddr) -> (PteVal, super::smp::IpiWait) {
+        let old = self.pte(a).unwrap_or(PteVal::None);
+        self.set_pte(a, PteVal::None);
+        self.flush_tlb_range(a.mm, a.page..a.page + 1);
+        let me = self.cpu_index();
+        let wait = if self.cfg.arch.user_tlb_flush_is_ipi() {
+            (0..self.cpus.len())
+                .filter(|&c| {
+                    c != me && self.irqs_disabled(c) && self.cpus[c].gup_fast_mm == Some(a.mm)
+                })
+                .map(|c| (c, self.cpus[c].irq_sections))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        (old, wait)
     }
 
     /// `flush_tlb_mm`.

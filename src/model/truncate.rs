@@ -80,17 +80,21 @@ fn find_lock_entries(cpu: &Cpu, index: u32) -> KResult<Option<Pfn>> {
 /// time under its PTE lock; our lookup reference keeps it alive.
 fn unmap_mapping_folio(cpu: &Cpu, folio: Pfn, index: u32) -> KResult<()> {
     for a in rmap_candidates(cpu.cfg(), Mapping::File { index }, 0) {
-        cpu.step("zap_pte_range", |m| {
-            if m.pte(a).and_then(PteVal::present_pfn) == Some(folio) {
-                m.set_pte(a, PteVal::None);
-                m.page_mut(folio)?.mapcount -= 1;
-                // tlb_finish_mmu: flush before the mapping's reference goes.
-                m.flush_tlb_range(a.mm, a.page..a.page + 1);
-                folio_ref_sub_and_test(m, folio, 1)?;
-                ktrace!(m, "{a}: PTE for pfn {folio} cleared");
-            }
-            Ok(())
-        })?;
+        cpu.step_when(
+            "zap_pte_range",
+            |m| m.pte_lock_free(a),
+            |m| {
+                if m.pte(a).and_then(PteVal::present_pfn) == Some(folio) {
+                    m.set_pte(a, PteVal::None);
+                    m.page_mut(folio)?.mapcount -= 1;
+                    // tlb_finish_mmu: flush before the mapping's reference goes.
+                    m.flush_tlb_range(a.mm, a.page..a.page + 1);
+                    folio_ref_sub_and_test(m, folio, 1)?;
+                    ktrace!(m, "{a}: PTE for pfn {folio} cleared");
+                }
+                Ok(())
+            },
+        )?;
     }
     Ok(())
 }

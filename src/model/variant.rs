@@ -68,9 +68,11 @@ variants! {
         "__folio_migrate_mapping() checks refcount == expected, then stores 0 with a plain store instead of folio_ref_freeze()'s cmpxchg, wiping a concurrent GUP-fast reference (seed 003; the cmpxchg freeze dates from e286781d5f2e, v2.6.27)";
     /// `gup_fast_pte_range` keeps its reference without re-reading the
     /// PTE: the re-read that RCU GUP-fast (2667f50e8b81, 2014) relies on
-    /// instead of IPIs. (The PMD recheck is a separate variant.)
+    /// instead of IPIs. An arm64 bug: on x86 `ptep_clear_flush`'s IPI
+    /// waits the GUP-fast out before migration goes on. (The PMD recheck
+    /// is a separate variant.)
     GupFastNoRecheck = "gup-fast-no-recheck", Gup, LookupCurrent,
-        "gup_fast_pte_range() keeps its reference without re-reading the PTE, so it returns (and pins) a page its PTE no longer maps, a folio migration already replaced (RCU GUP-fast needs the recheck: 2667f50e8b81, 2014)";
+        "gup_fast_pte_range() keeps its reference without re-reading the PTE, so on arm64 (whose TLB flush waits for no CPU) it returns (and pins) a page its PTE no longer maps, a folio migration already replaced (RCU GUP-fast needs the recheck: 2667f50e8b81, 2014)";
     /// `folio_expected_refs` without the page-cache term: every page-cache
     /// folio looks over-referenced. The same shape as the shmem THP bug
     /// e71769ae5260 fixed (1 counted instead of nr_pages: offlining looped).
@@ -121,7 +123,7 @@ impl Variant {
     /// and tests run there.
     pub fn arch(self) -> Arch {
         match self {
-            Variant::HvoBbmNoPause => Arch::Arm64,
+            Variant::HvoBbmNoPause | Variant::GupFastNoRecheck => Arch::Arm64,
             _ => Arch::X86,
         }
     }

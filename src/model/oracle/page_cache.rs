@@ -79,8 +79,13 @@ pub fn lookup_is_current(m: &Machine, index: u32, folio: Pfn, user: &str) -> Res
 }
 
 /// Does the entry GUP walked for `a` (the PMD entry in PMD table `table`,
-/// and under a PMD table its PTE) map `page`? Read without a TLB.
+/// and under a PMD table its PTE) map `page`? Read without a TLB. A PTE
+/// `try_to_migrate_one` cleared under its lock still counts: its mapcount
+/// and reference stay until the migration entry or the restore.
 pub fn gup_entry_maps(m: &Machine, a: Uaddr, table: Pfn, page: Pfn) -> bool {
+    if m.ledger.cleared.iter().any(|e| e.a == a && e.pfn == page) {
+        return true;
+    }
     let entry = match m.frames[table as usize].content {
         Content::Pmds(ref t) => t[a.pmd_index()],
         _ => return false,

@@ -119,8 +119,10 @@ fn page_at(m: &Machine, e: &MapEntry, a: Uaddr) -> Option<Pfn> {
 }
 
 /// A touched folio's mappings, as the ledger recorded the page-table
-/// stores: `None` for a hugetlb folio (its own accounting) or one that is
-/// free and unmapped.
+/// stores, with those whose PTE migration cleared under the PTE lock it
+/// still holds (`Ledger::cleared`: their mapcount and reference stay until
+/// the migration entry replaces them): `None` for a hugetlb folio (its own
+/// accounting) or one that is free and unmapped.
 fn touched(m: &Machine, f: Pfn) -> Result<Option<Vec<MapEntry>>, Violation> {
     if m.peek(f).test(pg::HUGETLB) {
         return Ok(None);
@@ -129,6 +131,7 @@ fn touched(m: &Machine, f: Pfn) -> Result<Option<Vec<MapEntry>>, Violation> {
         .ledger
         .maps
         .iter()
+        .chain(&m.ledger.cleared)
         .copied()
         .filter(|e| peek_head(m, e.pfn) == f)
         .collect();
