@@ -923,4 +923,60 @@ mod tests {
         }
         assert!(layouts > 8, "only {layouts} grown layouts");
     }
+
+    /// A job `from_schedule` starts its executions from cuts of the
+    /// recorded schedule: each replays a prefix of it, and far longer ones
+    /// than a fresh PCT exploration of the same scenario shares with it.
+    #[test]
+    fn from_schedule_replays_cuts_of_the_recorded_schedule() {
+        use crate::model::Op;
+        use crate::model::op::{Index, PfnArg};
+        let cpu = |index| {
+            vec![
+                Op::FilemapAddFolio {
+                    index: Index(index),
+                    pfn_hint: PfnArg(600 + u32::from(index)),
+                },
+                Op::TruncateInodeFolio {
+                    index: Index(index),
+                },
+            ]
+        };
+        let mut s = Scenario::new(Config::default(), vec![], vec![cpu(0), cpu(1)]);
+        let observe = Observe {
+            coverage: true,
+            ..Observe::default()
+        };
+        let pct = |seed| Plan::Pct {
+            seed,
+            depth: 3,
+            executions: 64,
+        };
+        let first = run_job(Job::new(Arc::new(s.clone()), pct(1), observe));
+        s.schedule = first.schedules.last().cloned().expect("an execution");
+        assert!(s.schedule.len() > 4, "{:?}", s.schedule);
+        let shared = |e: &Explored| -> Vec<usize> {
+            e.schedules
+                .iter()
+                .map(|x| {
+                    x.iter()
+                        .zip(&s.schedule)
+                        .take_while(|(a, b)| a == b)
+                        .count()
+                })
+                .collect()
+        };
+
+        let cut = run_job(Job::new(Arc::new(s.clone()), pct(2), observe).from_schedule());
+        let fresh = run_job(Job::new(Arc::new(s.clone()), pct(2), observe));
+
+        let (cut, fresh) = (shared(&cut), shared(&fresh));
+        assert_eq!(cut.len(), 64);
+        let mean = |v: &[usize]| v.iter().sum::<usize>() as f64 / v.len() as f64;
+        assert!(
+            mean(&cut) > 2.0 * mean(&fresh).max(1.0),
+            "cut {cut:?} fresh {fresh:?}"
+        );
+        assert!(cut.iter().any(|&n| n + 1 >= s.schedule.len()), "{cut:?}");
+    }
 }
