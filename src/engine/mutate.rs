@@ -57,8 +57,8 @@ pub fn mutate(rng: &mut StdRng, base: &[u8], other: &[u8]) -> Vec<u8> {
 /// Edit a schedule (the CPU chosen at each decision, as an execution
 /// recorded it) and encode it as schedule bytes. The edits are the ones a
 /// race needs: move a context switch earlier or later, preempt a CPU for a
-/// while, drop a preemption, or stop choosing (the running CPU then
-/// continues).
+/// while, drop a preemption, keep a prefix and continue it with new random
+/// runs, or stop choosing (the running CPU then continues).
 /// A distance of 1 to 32 decisions, log-uniform: a race's next step may be
 /// one decision away or a whole kernel path later.
 fn distance(rng: &mut StdRng) -> usize {
@@ -70,7 +70,7 @@ pub fn mutate_schedule(rng: &mut StdRng, schedule: &[u8], nr_cpus: u8) -> Vec<u8
     let mut d = schedule.to_vec();
     for _ in 0..rng.gen_range(1..=2) {
         let switches: Vec<usize> = (1..d.len()).filter(|&i| d[i] != d[i - 1]).collect();
-        match rng.gen_range(0..5) {
+        match rng.gen_range(0..6) {
             // Move a switch: the run before it grows or shrinks.
             0 | 1 if !switches.is_empty() => {
                 let i = switches[rng.gen_range(0..switches.len())];
@@ -99,6 +99,17 @@ pub fn mutate_schedule(rng: &mut StdRng, schedule: &[u8], nr_cpus: u8) -> Vec<u8
                     .position(|&c| c != d[i])
                     .map_or(d.len(), |n| i + n);
                 d[i..end].fill(cpu);
+            }
+            // Keep the decisions up to a cut, then new runs of random
+            // CPUs: the near miss's start, another continuation.
+            4 => {
+                let len = d.len();
+                d.truncate(rng.gen_range(0..=len));
+                while d.len() < len {
+                    let cpu = rng.gen_range(0..nr_cpus);
+                    let n = distance(rng);
+                    d.extend(std::iter::repeat_n(cpu, n));
+                }
             }
             _ => d.truncate(rng.gen_range(0..=d.len())),
         }
