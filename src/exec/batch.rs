@@ -295,6 +295,9 @@ struct Running {
     stop: bool,
     /// Numbers jobs, for `Source::AfterSetup`.
     serial: u64,
+    /// For [`Explored::first_execution`]: each execution's features, tagged
+    /// with its index, instead of `result.features`.
+    tagged: Vec<(u64, u32)>,
 }
 
 impl Running {
@@ -310,19 +313,17 @@ impl Running {
         let r = &mut self.result;
         if track {
             let at = r.executions as u32;
-            r.first_execution
-                .extend(std::iter::repeat_n(at, o.features.len()));
+            self.tagged.extend(o.features.iter().map(|&f| (f, at)));
             r.schedules.push(o.schedule.clone());
+        } else if r.features.is_empty() {
+            r.features.clone_from(&o.features);
+        } else {
+            r.features.extend_from_slice(&o.features);
         }
         r.executions += 1;
         r.steps += o.steps as u64;
         r.cpu_steps += (o.steps - o.setup_steps) as u64;
         r.reached |= o.reached;
-        if r.features.is_empty() {
-            r.features.clone_from(&o.features);
-        } else {
-            r.features.extend_from_slice(&o.features);
-        }
         if replay {
             if failed && r.failure.is_none() {
                 r.failure = Some(o.clone());
@@ -331,6 +332,22 @@ impl Running {
         } else if failed && r.failure.is_none() {
             r.failure = Some(o);
         }
+    }
+
+    /// The job's result, its features sorted and deduplicated (each with
+    /// the first execution that reached it, when tracked).
+    fn finish(&mut self) -> Explored {
+        let mut r = std::mem::take(&mut self.result);
+        let mut tagged = std::mem::take(&mut self.tagged);
+        if tagged.is_empty() {
+            r.features.sort_unstable();
+            r.features.dedup();
+        } else {
+            tagged.sort_unstable();
+            tagged.dedup_by_key(|t| t.0);
+            (r.features, r.first_execution) = tagged.into_iter().unzip();
+        }
+        r
     }
 }
 
@@ -606,6 +623,7 @@ pub fn run_jobs(jobs: Vec<Job>) -> Vec<Explored> {
         result: Explored::default(),
         stop: false,
         serial: 0,
+        tagged: Vec::new(),
     }));
     let mut results = Vec::with_capacity(jobs.len());
     POOL.with(|pool| {
@@ -662,22 +680,7 @@ pub fn run_jobs(jobs: Vec<Job>) -> Vec<Explored> {
                         break;
                     }
                 }
-                let mut r = std::mem::take(&mut guard(&running).result);
-                if r.first_execution.is_empty() {
-                    r.features.sort_unstable();
-                    r.features.dedup();
-                } else {
-                    let mut pairs: Vec<(u64, u32)> = r
-                        .features
-                        .iter()
-                        .copied()
-                        .zip(r.first_execution.iter().copied())
-                        .collect();
-                    pairs.sort_unstable();
-                    pairs.dedup_by_key(|p| p.0);
-                    (r.features, r.first_execution) = pairs.into_iter().unzip();
-                }
-                results.push(r);
+                results.push(guard(&running).finish());
             }
         })
     });

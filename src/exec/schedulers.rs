@@ -7,6 +7,8 @@
 //! scheduler sees only decisions, and the batch scheduler logs each one, so
 //! any execution replays exactly under [`InputScheduler`].
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use shuttle::scheduler::{Schedule, Scheduler, Task, TaskId};
 
 const MAIN_TASK: usize = 0;
@@ -52,6 +54,18 @@ impl InputScheduler {
         }
     }
 
+    /// [`InputScheduler::choose`] over shuttle's tasks.
+    fn choose_task(
+        want: Option<u8>,
+        runnable: &[&Task],
+        current: Option<TaskId>,
+    ) -> Option<TaskId> {
+        let cpus = runnable.iter().map(|t| cpu_of(t.id()));
+        let current = current.filter(|t| usize::from(*t) != MAIN_TASK).map(cpu_of);
+        let pick = InputScheduler::choose(want, cpus, current)?;
+        Some(TaskId::from(pick as usize + 1))
+    }
+
     /// The rule: the wanted CPU, or the first runnable one after it
     /// (wrapping); past the list, the running CPU, else the lowest.
     pub fn choose(
@@ -86,10 +100,7 @@ impl Scheduler for InputScheduler {
         if want.is_some() {
             self.pos += 1;
         }
-        let cpus = runnable.iter().map(|t| cpu_of(t.id()));
-        let current = current.filter(|t| usize::from(*t) != MAIN_TASK).map(cpu_of);
-        let pick = InputScheduler::choose(want, cpus, current)?;
-        Some(TaskId::from(pick as usize + 1))
+        InputScheduler::choose_task(want, runnable, current)
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -106,7 +117,7 @@ pub struct PrefixThen {
     prefix: Vec<u8>,
     cut: usize,
     pos: usize,
-    rng: u64,
+    rng: StdRng,
     inner: Box<dyn Scheduler + Send>,
 }
 
@@ -116,18 +127,9 @@ impl PrefixThen {
             prefix,
             cut: 0,
             pos: 0,
-            rng: seed,
+            rng: StdRng::seed_from_u64(seed),
             inner,
         }
-    }
-
-    /// splitmix64.
-    fn next_rng(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
     }
 }
 
@@ -136,7 +138,7 @@ impl Scheduler for PrefixThen {
         let schedule = self.inner.new_execution()?;
         // Short of the whole recording: the inner scheduler must see at
         // least one decision of every execution (PCT panics otherwise).
-        self.cut = (self.next_rng() % self.prefix.len().max(1) as u64) as usize;
+        self.cut = self.rng.gen_range(0..self.prefix.len().max(1));
         self.pos = 0;
         Some(schedule)
     }
@@ -152,10 +154,7 @@ impl Scheduler for PrefixThen {
         }
         let want = self.prefix[self.pos];
         self.pos += 1;
-        let cpus = runnable.iter().map(|t| cpu_of(t.id()));
-        let current = current.filter(|t| usize::from(*t) != MAIN_TASK).map(cpu_of);
-        let pick = InputScheduler::choose(Some(want), cpus, current)?;
-        Some(TaskId::from(pick as usize + 1))
+        InputScheduler::choose_task(Some(want), runnable, current)
     }
 
     fn next_u64(&mut self) -> u64 {

@@ -299,7 +299,6 @@ fn gup_fast_end(m: &mut Machine) {
     m.local_irq_restore();
 }
 
-/// The CPU's task keeps what GUP got at `a`; the ledger follows it.
 /// What GUP returns for an address: the page, its folio, the PMD table it
 /// walked, and whether that entry mapped the page when the reference was
 /// taken (always, for the slow path under the page-table lock).
@@ -310,6 +309,7 @@ struct Got {
     mapped_at_grab: bool,
 }
 
+/// The CPU's task keeps what GUP got at `a`; the ledger follows it.
 fn hold(m: &mut Machine, a: Uaddr, got: Got, foll: Foll, write: bool) -> Result<(), Violation> {
     let Got { folio, page, .. } = got;
     oracle::gup_page_is_current(m, a, got.table, page, folio, got.mapped_at_grab)?;
@@ -776,6 +776,27 @@ mod tests {
         }
     }
 
+    /// CPU 1's `try_grab_folio_fast` of `page`, as GUP-fast walked to it.
+    fn grab(k: &mut Kernel, a: Uaddr, seen: &Seen, page: Pfn, foll: Foll) -> Grab {
+        k.on(1, |cpu| try_grab_folio_fast(cpu, a, seen.table, page, foll))
+            .unwrap()
+    }
+
+    /// CPU 1's recheck of what it grabbed: whether it keeps it.
+    fn recheck(
+        k: &mut Kernel,
+        a: Uaddr,
+        seen: Seen,
+        (folio, mapped_at_grab): (Pfn, bool),
+        foll: Foll,
+        write: bool,
+    ) -> bool {
+        k.step(1, |m| {
+            gup_fast_recheck(m, a, seen, folio, mapped_at_grab, foll, write)
+        })
+        .unwrap()
+    }
+
     /// CPU 0's `try_to_migrate_one` of the anon page at `a` up to its
     /// `ptep_clear_flush` (step 1, the PTE lock held).
     fn migration_clears_the_pte(k: &mut Kernel, a: Uaddr) -> (Pfn, Walk, Cleared, Unmapped) {
@@ -815,18 +836,10 @@ mod tests {
         assert!(!k.m.ipis_delivered(&c.wait), "CPU 1 has interrupts off");
 
         // CPU 1 pins, keeps it (no recheck) and enables interrupts.
-        let got = k
-            .on(1, |cpu| {
-                try_grab_folio_fast(cpu, a, seen.table, seen.page, Foll::Pin)
-            })
-            .unwrap();
+        let got = grab(&mut k, a, &seen, seen.page, Foll::Pin);
         let (got, mapped_at_grab) = got.expect("the folio takes the pin");
         assert!(mapped_at_grab, "a PTE migration cleared still maps it");
-        let kept = k
-            .step(1, |m| {
-                gup_fast_recheck(m, a, seen, got, mapped_at_grab, Foll::Pin, true)
-            })
-            .unwrap();
+        let kept = recheck(&mut k, a, seen, (got, mapped_at_grab), Foll::Pin, true);
         assert!(kept);
         assert!(k.m.ipis_delivered(&c.wait), "CPU 1 took the IPI");
 
@@ -859,18 +872,10 @@ mod tests {
         let (folio, walk, c, mut out) = migration_clears_the_pte(&mut k, a);
         assert!(c.wait.is_empty(), "arm64's TLBI waits for no CPU");
 
-        let got = k
-            .on(1, |cpu| {
-                try_grab_folio_fast(cpu, a, seen.table, seen.page, Foll::Pin)
-            })
-            .unwrap();
+        let got = grab(&mut k, a, &seen, seen.page, Foll::Pin);
         let (got, mapped_at_grab) = got.expect("the folio takes the pin");
         assert!(mapped_at_grab, "a PTE migration cleared still maps it");
-        let kept = k
-            .step(1, |m| {
-                gup_fast_recheck(m, a, seen, got, mapped_at_grab, Foll::Pin, true)
-            })
-            .unwrap();
+        let kept = recheck(&mut k, a, seen, (got, mapped_at_grab), Foll::Pin, true);
         assert!(!kept, "the recheck sees the cleared PTE");
         k.on(1, |cpu| gup_put_folio(cpu, got, Foll::Pin)).unwrap();
 
@@ -918,11 +923,7 @@ mod tests {
         k.on(0, |cpu| zap_pte_range(cpu, a)).unwrap();
         assert_eq!(k.m.peek(page).refcount, 0, "zap freed the page");
 
-        let got = k
-            .on(1, |cpu| {
-                try_grab_folio_fast(cpu, a, seen.table, page, Foll::Get)
-            })
-            .unwrap();
+        let got = grab(&mut k, a, &seen, page, Foll::Get);
 
         assert_eq!(got, None);
         assert_eq!(k.m.peek(page).refcount, 0);
@@ -946,20 +947,12 @@ mod tests {
         k.on(0, |cpu| zap_pte_range(cpu, a)).unwrap();
         k.on(0, |cpu| user_access(cpu, b, true)).unwrap();
         assert_eq!(k.m.pte(b).and_then(PteVal::present_pfn), Some(seen.page));
-        let grab = k
-            .on(1, |cpu| {
-                try_grab_folio_fast(cpu, a, seen.table, seen.page, Foll::Get)
-            })
-            .unwrap();
-        let (folio, mapped_at_grab) = grab.expect("the reused page's folio takes the reference");
+        let got = grab(&mut k, a, &seen, seen.page, Foll::Get);
+        let (folio, mapped_at_grab) = got.expect("the reused page's folio takes the reference");
         assert!(!mapped_at_grab, "a now maps nothing");
         let refs = k.m.peek(folio).refcount;
 
-        let kept = k
-            .step(1, |m| {
-                gup_fast_recheck(m, a, seen, folio, mapped_at_grab, Foll::Get, false)
-            })
-            .unwrap();
+        let kept = recheck(&mut k, a, seen, (folio, mapped_at_grab), Foll::Get, false);
 
         assert!(!kept, "the PTE changed since the load");
         assert!(k.m.cpus[1].holds.is_empty());
@@ -991,19 +984,11 @@ mod tests {
         let a = Uaddr::new(0, ANON);
         k.on(0, |cpu| user_access(cpu, a, true)).unwrap();
         let seen = gup_fast_to_pte_load(&mut k, a);
-        let grab = k
-            .on(1, |cpu| {
-                try_grab_folio_fast(cpu, a, seen.table, seen.page, Foll::Get)
-            })
-            .unwrap();
-        let (folio, mapped_at_grab) = grab.expect("a mapped page takes the reference");
+        let got = grab(&mut k, a, &seen, seen.page, Foll::Get);
+        let (folio, mapped_at_grab) = got.expect("a mapped page takes the reference");
         assert!(mapped_at_grab);
 
-        let kept = k
-            .step(1, |m| {
-                gup_fast_recheck(m, a, seen, folio, mapped_at_grab, Foll::Get, false)
-            })
-            .unwrap();
+        let kept = recheck(&mut k, a, seen, (folio, mapped_at_grab), Foll::Get, false);
 
         assert!(kept);
         assert_eq!(k.m.cpus[1].holds.len(), 1);

@@ -106,16 +106,14 @@ fn add_folio_for_migration(
         return Ok(None);
     };
     let folio = super::page_flags::compound_head(m, pfn)?;
-    let p = m.page(folio)?;
-    if !p.test(pg::LRU) {
+    if !super::page_flags::folio_test_clear_lru(m, folio)? {
         ktrace!(m, "{a}: pfn {folio} is not on the LRU: -EBUSY");
         return Ok(None);
     }
-    m.page_mut(folio)?.flags &= !pg::LRU;
     folio_get(m, folio)?;
     let order = super::page_flags::folio_order(m, folio)?;
     ktrace!(m, "{a}: isolated pfn {folio}");
-    Ok(Some((folio, order, p.mapping)))
+    Ok(Some((folio, order, m.page(folio)?.mapping)))
 }
 
 /// The result of one attempt.

@@ -431,15 +431,7 @@ pub fn free_pages_then(
         m.free_pages_prepare_begin(pfn, order)?;
         match tail_chunks(pfn, order).next() {
             None => m.free_pages_prepare_head(pfn, order)?,
-            Some(tails) => {
-                ktrace!(
-                    m,
-                    "free_tail_page_prepare(pfn {pfn}): tails {}..{}",
-                    tails.start,
-                    tails.end
-                );
-                m.free_tail_pages_prepare(pfn, order, tails)?
-            }
+            Some(tails) => free_tail_page_prepare(m, pfn, order, tails)?,
         }
         Ok((pfn, order))
     })?;
@@ -448,16 +440,26 @@ pub fn free_pages_then(
     }
     for tails in tail_chunks(pfn, order).skip(1) {
         cpu.step("free_tail_page_prepare", |m| {
-            ktrace!(
-                m,
-                "free_tail_page_prepare(pfn {pfn}): tails {}..{}",
-                tails.start,
-                tails.end
-            );
-            m.free_tail_pages_prepare(pfn, order, tails.clone())
+            free_tail_page_prepare(m, pfn, order, tails.clone())
         })?;
     }
     cpu.step("free_one_page", |m| m.free_pages_prepare_head(pfn, order))
+}
+
+/// One step's [`Machine::free_tail_pages_prepare`], traced.
+fn free_tail_page_prepare(
+    m: &mut Machine,
+    pfn: Pfn,
+    order: u8,
+    tails: Range<Pfn>,
+) -> Result<(), Violation> {
+    ktrace!(
+        m,
+        "free_tail_page_prepare(pfn {pfn}): tails {}..{}",
+        tails.start,
+        tails.end
+    );
+    m.free_tail_pages_prepare(pfn, order, tails)
 }
 
 /// The tails of the order-`order` folio at `head` that one step of

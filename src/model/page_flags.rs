@@ -32,6 +32,16 @@ pub fn compound_head(m: &mut Machine, pfn: Pfn) -> Result<Pfn, Violation> {
     }
 }
 
+/// `folio_test_clear_lru` (include/linux/page-flags.h, v6.12): clear
+/// PG_lru, returning whether it was set. Whoever clears it isolates the
+/// folio; a second isolator finds it clear and backs off.
+pub fn folio_test_clear_lru(m: &mut Machine, folio: Pfn) -> Result<bool, Violation> {
+    let p = m.page_mut(folio)?;
+    let was = p.test(pg::LRU);
+    p.flags &= !pg::LRU;
+    Ok(was)
+}
+
 /// `folio_nr_pages` of a head page.
 pub fn folio_nr_pages(m: &mut Machine, head: Pfn) -> Result<u32, Violation> {
     if m.page(head)?.test(pg::HEAD) {

@@ -11,7 +11,7 @@ use super::machine::Pfn;
 use super::migrate;
 use super::mm_types::{Mapping, pg};
 use super::oracle;
-use super::page_flags::{compound_head, folio_nr_pages};
+use super::page_flags::{compound_head, folio_nr_pages, folio_test_clear_lru};
 use super::page_ref::{folio_put, get_page_unless_zero};
 use super::rmap::folio_mapcount;
 use crate::ktrace;
@@ -69,9 +69,7 @@ pub fn compact_pfn(cpu: &Cpu, pfn: Pfn, pfn_hint: Pfn) -> KResult<()> {
     // folio_test_clear_lru, then under the lruvec lock the folio may have
     // become large since the unlocked PageCompound check.
     let isolated = cpu.step("folio_test_clear_lru", |m| {
-        let p = m.page_mut(folio)?;
-        let was = p.test(pg::LRU);
-        p.flags &= !pg::LRU;
+        let was = folio_test_clear_lru(m, folio)?;
         ktrace!(m, "folio_test_clear_lru(pfn {folio}) = {was}");
         Ok(was)
     })?;

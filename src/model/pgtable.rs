@@ -705,17 +705,20 @@ impl Machine {
 
     /// Is the PTE lock of the PTE table `a`'s PMD points at free? (None
     /// when it points at none.) A PTE-lock section of another CPU waits
-    /// while migration holds it across `try_to_migrate_one`'s steps.
+    /// while migration holds it across `try_to_migrate_one`'s steps. Every
+    /// PTE-lock section's readiness check runs this, so the common case (no
+    /// lock held at all) answers without a page-table walk.
     pub fn pte_lock_free(&self, a: Uaddr) -> bool {
-        match self.pmd(a) {
-            PmdVal::Table(t) => self.ptl_free(t),
-            _ => true,
-        }
+        self.pt_locks.is_empty()
+            || match self.pmd(a) {
+                PmdVal::Table(t) => self.ptl_free(t),
+                _ => true,
+            }
     }
 
     /// [`Machine::pte_lock_free`] for every page of `pages`.
     pub fn pte_locks_free(&self, pages: &[Uaddr]) -> bool {
-        self.pt_locks.is_empty() || pages.iter().all(|&a| self.pte_lock_free(a))
+        pages.iter().all(|&a| self.pte_lock_free(a))
     }
 
     /// No PTE table of process `mm` is locked.

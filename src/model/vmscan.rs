@@ -6,7 +6,7 @@ use super::filemap::{
     filemap_get_entry, filemap_remove_folio_locked, folio_trylock, folio_unlock, with_xa_lock,
 };
 use super::mm_types::pg;
-use super::page_flags::folio_nr_pages;
+use super::page_flags::{folio_nr_pages, folio_test_clear_lru};
 use super::page_ref::{folio_put, folio_ref_freeze, free_frozen_folio};
 
 /// `shrink_folio_list` for the folio at `index`: isolate it from the LRU
@@ -17,11 +17,7 @@ pub fn shrink_folio(cpu: &Cpu, index: u32) -> KResult<()> {
     let Some(folio) = filemap_get_entry(cpu, index)? else {
         return Ok(());
     };
-    let isolated = cpu.step("folio_isolate_lru", |m| {
-        let was = m.page(folio)?.test(pg::LRU);
-        m.page_mut(folio)?.flags &= !pg::LRU;
-        Ok(was)
-    })?;
+    let isolated = cpu.step("folio_isolate_lru", |m| folio_test_clear_lru(m, folio))?;
     if !isolated {
         return folio_put(cpu, folio);
     }
