@@ -210,28 +210,129 @@ pub fn hunt_variant(variant: Variant, engine: Engine, seed: u64, time: Duration)
     }
 }
 
-/// Every variant, every engine, seeds `0..seeds`, each hunt at most `time`.
+/// Every variant, every engine, seeds `0..seeds`, each hunt at most `time`,
+/// run `jobs` hunts at a time. Each hunt is single-threaded, so with no
+/// more jobs than cores every hunt has a core to itself. `stop` is asked
+/// before each hunt starts; hunts already running finish. The scores come
+/// back in variant, engine, seed order whatever order the hunts ended in.
 pub fn scoreboard(
     variants: &[Variant],
     engines: &[Engine],
     seeds: u64,
     time: Duration,
+    jobs: usize,
+    stop: &(dyn Fn() -> bool + Sync),
     progress: &mut dyn FnMut(&str),
 ) -> Vec<Score> {
-    let mut out = Vec::new();
-    for &variant in variants {
-        for &engine in engines {
-            let mut hunts = Vec::new();
-            for seed in 0..seeds {
-                progress(&format!("{variant}, {} engine, seed {seed}", engine.name()));
-                hunts.push(hunt_variant(variant, engine, seed, time));
+    let tasks: Vec<(Variant, Engine, u64)> = variants
+        .iter()
+        .flat_map(|&v| {
+            engines
+                .iter()
+                .flat_map(move |&e| (0..seeds).map(move |s| (v, e, s)))
+        })
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (tx, rx) = std::sync::mpsc::channel::<Result<(usize, Hunt), String>>();
+    let mut done: Vec<Option<Hunt>> = vec![None; tasks.len()];
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.clamp(1, tasks.len().max(1)) {
+            let tx = tx.clone();
+            let (tasks, next) = (&tasks, &next);
+            scope.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&(variant, engine, seed)) = tasks.get(i) else {
+                        break;
+                    };
+                    if stop() {
+                        break;
+                    }
+                    let _ = tx.send(Err(format!(
+                        "{variant}, {} engine, seed {seed}",
+                        engine.name()
+                    )));
+                    let _ = tx.send(Ok((i, hunt_variant(variant, engine, seed, time))));
+                }
+            });
+        }
+        drop(tx);
+        for msg in rx {
+            match msg {
+                Err(started) => progress(&started),
+                Ok((i, hunt)) => done[i] = Some(hunt),
             }
-            out.push(Score {
+        }
+    });
+    let mut out: Vec<Score> = Vec::new();
+    for (&(variant, engine, _), hunt) in tasks.iter().zip(done) {
+        let Some(hunt) = hunt else { continue };
+        match out.last_mut() {
+            Some(s) if s.variant == variant && s.engine == engine => s.hunts.push(hunt),
+            _ => out.push(Score {
                 variant,
                 engine,
-                hunts,
-            });
+                hunts: vec![hunt],
+            }),
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hunts in parallel come back as the sequential scoreboard has them:
+    /// in variant, engine, seed order, each the same seed's hunt.
+    #[test]
+    fn parallel_scoreboard_keeps_order_and_hunts() {
+        let variants = [
+            Variant::PmdShareSplitVma,
+            Variant::MigrateExpectedRefsUndercount,
+        ];
+        let run = |jobs| {
+            scoreboard(
+                &variants,
+                &[Engine::Input],
+                3,
+                Duration::from_secs(30),
+                jobs,
+                &|| false,
+                &mut |_| {},
+            )
+        };
+        // (variant, engine, seed, found, executions) of every hunt.
+        let shape = |scores: &[Score]| -> Vec<String> {
+            scores
+                .iter()
+                .flat_map(|s| {
+                    s.hunts.iter().map(move |h| {
+                        format!(
+                            "{} {:?} {} {} {}",
+                            s.variant, s.engine, h.seed, h.found, h.executions
+                        )
+                    })
+                })
+                .collect()
+        };
+        let (one, two) = (run(1), run(2));
+        assert_eq!(shape(&one), shape(&two));
+        assert_eq!(one.len(), 2);
+        assert!(one.iter().all(|s| s.found() == 3), "{:?}", shape(&one));
+    }
+
+    #[test]
+    fn a_stopped_scoreboard_runs_no_hunt() {
+        let scores = scoreboard(
+            &[Variant::PmdShareSplitVma],
+            &[Engine::Input],
+            2,
+            Duration::from_secs(30),
+            2,
+            &|| true,
+            &mut |_| {},
+        );
+        assert!(scores.is_empty());
+    }
 }

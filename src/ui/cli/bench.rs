@@ -43,6 +43,10 @@ pub struct Bench {
     /// Scoreboard: seconds each hunt may take.
     #[arg(long, default_value_t = 60.0, value_name = "SECS", value_parser = seconds)]
     budget: f64,
+    /// Scoreboard: hunts run at a time, each on one thread. More than the
+    /// machine's cores makes the times slower than a user's would be.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    jobs: u64,
     /// Where the tables go.
     #[arg(long, value_name = "FILE", default_value = "BENCHMARKS.md")]
     out: PathBuf,
@@ -101,19 +105,15 @@ impl Bench {
             self.engines.clone()
         };
         let mut progress = Progress::new("scoreboard");
-        let mut scores = Vec::new();
-        for v in variants {
-            if interrupted() {
-                break;
-            }
-            scores.extend(scoreboard(
-                &[v],
-                &engines,
-                self.seeds,
-                Duration::from_secs_f64(self.budget),
-                &mut |m| progress.message(m),
-            ));
-        }
+        let scores = scoreboard(
+            &variants,
+            &engines,
+            self.seeds,
+            Duration::from_secs_f64(self.budget),
+            self.jobs as usize,
+            &interrupted,
+            &mut |m| progress.message(m),
+        );
         progress.finish();
         if let Some(path) = &self.hunts {
             std::fs::write(path, hunts_tsv(&scores))
@@ -131,6 +131,9 @@ impl Bench {
                 let _ = write!(command, " --engine {}", e.name());
             }
             let _ = write!(command, " --seeds {} --budget {}", self.seeds, self.budget);
+            if self.jobs > 1 {
+                let _ = write!(command, " --jobs {}", self.jobs);
+            }
             write_section(&self.out, "scoreboard", &command, &table)?;
             eprintln!("written: {}", self.out.display());
         }
