@@ -233,7 +233,12 @@ pub fn scoreboard(
         })
         .collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let (tx, rx) = std::sync::mpsc::channel::<Result<(usize, Hunt), String>>();
+    // What a worker tells the caller's thread, which owns `progress`.
+    enum Report {
+        Started(String),
+        Done(usize, Hunt),
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<Report>();
     let mut done: Vec<Option<Hunt>> = vec![None; tasks.len()];
     std::thread::scope(|scope| {
         for _ in 0..jobs.clamp(1, tasks.len().max(1)) {
@@ -248,19 +253,17 @@ pub fn scoreboard(
                     if stop() {
                         break;
                     }
-                    let _ = tx.send(Err(format!(
-                        "{variant}, {} engine, seed {seed}",
-                        engine.name()
-                    )));
-                    let _ = tx.send(Ok((i, hunt_variant(variant, engine, seed, time))));
+                    let started = format!("{variant}, {} engine, seed {seed}", engine.name());
+                    let _ = tx.send(Report::Started(started));
+                    let _ = tx.send(Report::Done(i, hunt_variant(variant, engine, seed, time)));
                 }
             });
         }
         drop(tx);
         for msg in rx {
             match msg {
-                Err(started) => progress(&started),
-                Ok((i, hunt)) => done[i] = Some(hunt),
+                Report::Started(started) => progress(&started),
+                Report::Done(i, hunt) => done[i] = Some(hunt),
             }
         }
     });
