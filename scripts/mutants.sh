@@ -7,7 +7,11 @@
 # violation kills the mutant. Runs on demand, not in CI: about 1 min per
 # mutant on 2 cores (the `mutants` profile rebuilds a mutant incrementally).
 #
-#   scripts/mutants.sh [SHARD] [SHARDS] [SECS]    (default 0 16 20)
+#   scripts/mutants.sh [SHARD] [SHARDS] [SECS] [CARGO-MUTANTS ARGS...]
+#                                                  (default 0 16 20)
+#
+# Further arguments go to cargo-mutants, as `--re REGEX` to hunt only the
+# mutants a regex names (the survivors of an earlier run, say).
 #
 # SHARD/SHARDS take every SHARDS-th mutant (cargo-mutants' round-robin
 # sharding), a deterministic sample of about 1/SHARDS of them. Results:
@@ -17,6 +21,7 @@ set -euo pipefail
 shard="${1:-0}"
 shards="${2:-16}"
 secs="${3:-20}"
+shift $(($# < 3 ? $# : 3))
 cd "$(dirname "$0")/.."
 if ! cargo mutants --version >/dev/null 2>&1; then
     cargo install --locked cargo-mutants
@@ -39,7 +44,7 @@ for f in "${model_files[@]}"; do
 done
 cargo mutants "${files[@]}" \
     --shard "$shard/$shards" --sharding round-robin \
-    --profile mutants --timeout 300 --jobs 1 \
+    --profile mutants --timeout 300 --jobs 1 "$@" \
     -- --test mutant_hunt -- --ignored || true
 mv "$MMHARNESS_MUTANT_LOG" mutants.out/hunts.tsv
 echo "mutants.out/hunts.tsv: $(wc -l <mutants.out/hunts.tsv) mutants hunted"

@@ -392,6 +392,8 @@ fn hunt_on_the_fixed_model_exits_0() {
             "hvo",
             "--hvo-mode",
             "keep-1",
+            "--arch",
+            "x86",
             "--iterations",
             "200",
         ],
@@ -406,6 +408,31 @@ fn hunt_on_the_fixed_model_exits_0() {
     assert!(
         !dir.path("counterexamples").exists(),
         "a clean hunt wrote counterexamples"
+    );
+}
+
+#[test]
+fn hunt_runs_hvo_on_every_architecture_unless_one_is_pinned() {
+    let args = [
+        "hunt",
+        "--engine",
+        "input",
+        "--ops",
+        "hvo",
+        "--iterations",
+        "20",
+    ];
+    let every = mmharness(&args);
+    every
+        .assert_exit(0)
+        .assert_stdout_has("x86,arm64,arm64-llsc), memory");
+    assert!(every.stdout.contains("4 arm(s)"), "{}", every.show());
+    let pinned = mmharness(&[&args[..], &["--arch", "arm64"]].concat());
+    pinned.assert_exit(0).assert_stdout_has(", arm64), memory");
+    assert!(
+        pinned.stdout.contains("2 arm(s)") && !pinned.stdout.contains("x86"),
+        "{}",
+        pinned.show()
     );
 }
 

@@ -13,7 +13,7 @@
 use super::hunt::{Engine, Finding, Flow, HuntOptions, HuntReport, Hunter};
 use crate::model::config::PMD_PAGES;
 use crate::model::subsystem::distinct_arms;
-use crate::model::{Config, HvoMode, Subsystem, SubsystemSet};
+use crate::model::{Arch, Config, HvoMode, Subsystem, SubsystemSet};
 use crate::scenario::Scenario;
 use crate::scenario::generate::{GenOptions, OpFamily};
 use rand::rngs::StdRng;
@@ -31,19 +31,22 @@ pub struct Arm {
     pub cpus: usize,
     /// The HVO generation its machines run.
     pub hvo: HvoMode,
+    /// The architecture its machines run.
+    pub arch: Arch,
 }
 
 impl Arm {
     pub fn label(&self) -> String {
         format!(
-            "{} / {} / {} CPUs / {}",
+            "{} / {} / {} CPUs / {} / {}",
             self.engine.name(),
             match self.ops {
                 OpFamily::Any => "any".to_string(),
                 OpFamily::Of(set) => set.arm_name(),
             },
             self.cpus,
-            self.hvo.name()
+            self.hvo.name(),
+            self.arch
         )
     }
 }
@@ -59,6 +62,10 @@ pub struct AdaptiveOptions {
     /// ops) each run as an arm of their own; other op arms run the
     /// configuration's.
     pub hvo_modes: Vec<HvoMode>,
+    /// Architectures those op arms also run, each with the configuration's
+    /// HVO generation, as arms of their own: break-before-make and LSE or
+    /// LL/SC atomics on arm64, `lock cmpxchg` on x86.
+    pub archs: Vec<Arch>,
     pub memory_blocks: (u8, u8),
     pub hugetlb_order: (u8, u8),
     /// Pages each VMA may grow by per scenario ([`GenOptions::vma_growth`]).
@@ -94,6 +101,7 @@ impl AdaptiveOptions {
             // `shared-tail-cmpxchg-ro-tail` corpus finding), which would
             // be all a default hunt finds; `--hvo-mode shared-tail` hunts it.
             hvo_modes: vec![HvoMode::Keep1, HvoMode::Keep2],
+            archs: Arch::ALL.to_vec(),
             memory_blocks: (2, 3),
             hugetlb_order: (config.hugetlb_order, config.hugetlb_order),
             // A PMD more per VMA: VMAs that start past a PMD of their
@@ -118,12 +126,13 @@ impl AdaptiveOptions {
         for &engine in &self.engines {
             for &ops in &self.op_arms {
                 for &cpus in &self.cpus {
-                    for hvo in self.hvo_modes_of(ops) {
+                    for (hvo, arch) in self.machines_of(ops) {
                         arms.push(Arm {
                             engine,
                             ops,
                             cpus,
                             hvo,
+                            arch,
                         });
                     }
                 }
@@ -136,27 +145,32 @@ impl AdaptiveOptions {
         arms
     }
 
-    /// The HVO generations op arm `ops` runs: the configuration's, then
-    /// the rest of `hvo_modes` when it has the HVO subsystem's ops.
-    fn hvo_modes_of(&self, ops: OpFamily) -> Vec<HvoMode> {
+    /// The machines (HVO generation, architecture) op arm `ops` runs: the
+    /// configuration's, then, when it has the HVO subsystem's ops, the rest
+    /// of `hvo_modes` and of `archs`, one changed at a time.
+    fn machines_of(&self, ops: OpFamily) -> Vec<(HvoMode, Arch)> {
         let drives_hvo = match ops {
             OpFamily::Any => true,
             OpFamily::Of(set) => set.has(Subsystem::Hvo),
         };
-        let mut modes = vec![self.config.hvo_mode];
+        let (hvo, arch) = (self.config.hvo_mode, self.config.arch);
+        let mut machines = vec![(hvo, arch)];
         if drives_hvo {
-            modes.extend(
+            machines.extend(
                 self.hvo_modes
                     .iter()
-                    .filter(|&&m| m != self.config.hvo_mode),
+                    .filter(|&&m| m != hvo)
+                    .map(|&m| (m, arch)),
             );
+            machines.extend(self.archs.iter().filter(|&&a| a != arch).map(|&a| (hvo, a)));
         }
-        modes
+        machines
     }
 
     fn hunter(&self, i: usize, arm: Arm) -> Hunter {
         let config = Config {
             hvo_mode: arm.hvo,
+            arch: arm.arch,
             ..self.config
         };
         let mut generate = GenOptions {
@@ -371,5 +385,33 @@ pub fn adaptive_hunt(
         model_panic,
         elapsed: start.elapsed(),
         interrupted,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machines(a: &AdaptiveOptions, ops: &[Subsystem]) -> Vec<(HvoMode, Arch)> {
+        a.machines_of(OpFamily::Of(SubsystemSet::of(ops)))
+    }
+
+    #[test]
+    fn hvo_arms_run_each_generation_and_architecture_one_change_at_a_time() {
+        let a = AdaptiveOptions::new(Config::default(), Duration::from_secs(1), 0);
+
+        assert_eq!(
+            machines(&a, &[Subsystem::Hvo]),
+            [
+                (HvoMode::Keep1, Arch::X86),
+                (HvoMode::Keep2, Arch::X86),
+                (HvoMode::Keep1, Arch::Arm64),
+                (HvoMode::Keep1, Arch::Arm64Llsc),
+            ]
+        );
+        assert_eq!(
+            machines(&a, &[Subsystem::PmdShare]),
+            [(HvoMode::Keep1, Arch::X86)]
+        );
     }
 }

@@ -1185,6 +1185,29 @@ mod tests {
     }
 
     #[test]
+    fn munmap_of_the_whole_vma_frees_its_pmd_table() {
+        let mut k = Kernel::builder().pmd_share().boot();
+        fault(&mut k, 0, 0);
+        k.on(0, |cpu| munmap(cpu, Uaddr::new(0, 0))).unwrap();
+        k.on(0, |cpu| munmap(cpu, Uaddr::new(0, 2))).unwrap();
+
+        assert_eq!(k.m.mms[0].pud[0], PudVal::None);
+        k.quiesce().unwrap();
+    }
+
+    #[test]
+    fn a_pmd_table_left_behind_by_its_vmas_is_a_leak() {
+        let mut k = Kernel::builder().pmd_share().boot();
+        fault(&mut k, 0, 0);
+        // free_pgtables forgot the PUD range: the VMA is gone, its table not.
+        k.m.mms[0].hugetlb_vmas.clear();
+
+        let err = k.quiesce().unwrap_err();
+
+        assert_eq!(err.oracle, Oracle::PageTableLeak, "{}", err.detail);
+    }
+
+    #[test]
     fn truncation_unmaps_every_process_and_frees_the_folios() {
         let mut k = Kernel::builder().pmd_share().boot();
         let t = shared(&mut k);

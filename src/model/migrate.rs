@@ -179,6 +179,7 @@ fn migrate_folio_unmap(cpu: &Cpu, mig: &mut Migration) -> KResult<Option<Attempt
             // reference is left (the check that opens migrate_folio_unmap).
             if m.page(src)?.refcount == 1 {
                 ktrace!(m, "pfn {src}: refcount 1, freed from under us");
+                oracle::migration_skips_only_freed(m, src)?;
                 return Ok(None);
             }
             Ok(Some((order, hint)))

@@ -80,6 +80,23 @@ pub fn migration_carries_data(m: &Machine, src: Pfn, dst: Pfn) -> Result<(), Vio
     Ok(())
 }
 
+/// Migration may skip a folio as "freed from under us" only when the
+/// isolation reference is all that is left: no mapping, no page-cache
+/// entry, no buffers (counted from the model's facts, not the refcount it
+/// read).
+pub fn migration_skips_only_freed(m: &Machine, folio: Pfn) -> Result<(), Violation> {
+    let others = migration_expected_refs(m, folio) - 1;
+    if others == 0 {
+        return Ok(());
+    }
+    fail(
+        Oracle::MigrationProgress,
+        format!(
+            "migration skipped pfn {folio} as freed from under it, but {others} reference(s) besides the isolation's are live (mappings, page cache, buffers)"
+        ),
+    )
+}
+
 /// Migration may give up after its retries only if someone else held a
 /// reference at the last -EAGAIN.
 pub fn migration_makes_progress(folio: Pfn, passes: u32, quiet: bool) -> Result<(), Violation> {
@@ -92,4 +109,29 @@ pub fn migration_makes_progress(folio: Pfn, passes: u32, quiet: bool) -> Result<
             "migration of pfn {folio} gave up after {passes} passes of -EAGAIN, though at the last one nobody else referenced it"
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::migration_skips_only_freed;
+    use crate::model::oracle::Oracle;
+    use crate::model::oracle::page_cache::tests::mapped_file_page;
+    use crate::model::truncate::truncate_inode_folio;
+
+    #[test]
+    fn a_mapped_cached_folio_skipped_as_freed_is_caught() {
+        let (k, folio) = mapped_file_page();
+
+        let err = migration_skips_only_freed(&k.m, folio).unwrap_err();
+
+        assert_eq!(err.oracle, Oracle::MigrationProgress, "{}", err.detail);
+    }
+
+    #[test]
+    fn a_truncated_folio_may_be_skipped_as_freed() {
+        let (mut k, folio) = mapped_file_page();
+        k.on(1, |cpu| truncate_inode_folio(cpu, 0)).unwrap();
+
+        migration_skips_only_freed(&k.m, folio).unwrap();
+    }
 }

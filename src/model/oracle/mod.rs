@@ -27,7 +27,7 @@ pub use access::{
 pub use hugetlb::hugetlb_counters_match;
 pub use migration::{
     folio_is_quiet, migration_carries_data, migration_expected_refs, migration_makes_progress,
-    migration_refcount_exact,
+    migration_refcount_exact, migration_skips_only_freed,
 };
 pub use page_alloc::buddy_lists_match_pages;
 pub use page_alloc::{folio_unlock_by_locker, hvo_folio_frozen, might_sleep, no_bad_page_at_free};
@@ -41,6 +41,7 @@ pub use pmd_share::{
 };
 pub use quiescent::{
     Quiescence, every_frame_accounted, every_reference_put, no_migration_entry_left,
+    page_tables_within_vmas,
 };
 pub use state::{frozen_stays_frozen, pinned_writes_not_lost};
 pub use thp::{
@@ -166,6 +167,9 @@ oracles! {
     /// isolation) was used without a recheck after it left the index,
     /// address or pfn it was looked up by.
     LookupCurrent = "lookup-returns-current-folio";
+    /// At quiescence a process holds a PMD table for a PUD range that none
+    /// of its VMAs overlaps: `free_pgtables` left it behind.
+    PageTableLeak = "no-page-table-outlives-its-vmas";
     /// Every CPU is blocked.
     Deadlock = "no-deadlock";
     /// The execution did not finish within the step bound.
@@ -280,6 +284,10 @@ pub static INVARIANTS: &[Invariant] = &[
         when: When::Path("migrate::folio_putback_lru"),
     },
     Invariant {
+        oracle: Oracle::MigrationProgress,
+        when: When::Path("migrate::migrate_folio_unmap, at \"freed from under us\""),
+    },
+    Invariant {
         oracle: Oracle::UserUseAfterFree,
         when: When::Path("memory::user_access"),
     },
@@ -371,6 +379,10 @@ pub static INVARIANTS: &[Invariant] = &[
     Invariant {
         oracle: Oracle::ReferenceLeak,
         when: When::Quiescent(every_reference_put),
+    },
+    Invariant {
+        oracle: Oracle::PageTableLeak,
+        when: When::Quiescent(page_tables_within_vmas),
     },
     Invariant {
         oracle: Oracle::BadPage,

@@ -156,7 +156,7 @@ pub fn isolated_folio_is_current(m: &Machine, pfn: Pfn, folio: Pfn) -> Result<()
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::lookup_is_current;
     use crate::model::filemap::{filemap_add_folio, filemap_get_entry};
     use crate::model::machine::Pfn;
@@ -169,7 +169,7 @@ mod tests {
 
     /// Process 0 faulted in file index 0 (the file VMA starts at page 0):
     /// the kernel and the page-cache folio it maps.
-    fn mapped_file_page() -> (Kernel, Pfn) {
+    pub(crate) fn mapped_file_page() -> (Kernel, Pfn) {
         let mut k = Kernel::boot();
         k.on(0, |cpu| handle_mm_fault(cpu, Uaddr::new(0, 0), 600, 0))
             .unwrap();

@@ -2,10 +2,11 @@
 //! one owner and every reference taken has been put.
 
 use super::{Oracle, Violation, fail};
+use crate::model::config::{PUD_PAGES, PUDS, VmaKind};
 use crate::model::machine::{Content, Hold, Machine, Owner, Pfn};
 use crate::model::mm_types::pg;
 use crate::model::page_flags::{peek_head, peek_nr_pages};
-use crate::model::pgtable::PteVal;
+use crate::model::pgtable::{PteVal, Uaddr};
 use crate::model::rcu::Callback;
 use crate::model::rmap::GUP_PIN_COUNTING_BIAS;
 use std::collections::BTreeMap;
@@ -358,6 +359,45 @@ pub fn no_migration_entry_left(q: &Quiescence) -> Result<(), Violation> {
                 return fail(
                     Oracle::MigrationCopy,
                     format!("a page table (frame {t}) still holds a migration entry for pfn {pfn}"),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// At quiescence every PMD table a process holds lies under one of its
+/// VMAs: munmap and exit free the tables of the PUD ranges they empty
+/// (`free_pgtables`, `hugetlb_free_pgd_range`). The layout's anonymous and
+/// file VMAs last until exit; hugetlb VMAs come and go.
+pub fn page_tables_within_vmas(q: &Quiescence) -> Result<(), Violation> {
+    let m = q.m;
+    for (mm, x) in m.mms.iter().enumerate() {
+        for pud in 0..PUDS {
+            let range = pud * PUD_PAGES..(pud + 1) * PUD_PAGES;
+            let a = Uaddr {
+                mm: mm as u8,
+                page: range.start,
+            };
+            let Some(t) = m.pmd_table(a) else {
+                continue;
+            };
+            let overlaps = |start: u32, end: u32| start < range.end && range.start < end;
+            let hugetlb = x.hugetlb_vmas.iter().any(|v| overlaps(v.start, v.end));
+            let layout = !x.exited
+                && m.cfg
+                    .vmas
+                    .slots()
+                    .any(|v| v.kind != VmaKind::HugetlbShared && overlaps(v.start, v.end()));
+            if !hugetlb && !layout {
+                return fail(
+                    Oracle::PageTableLeak,
+                    format!(
+                        "mm{mm} still holds the PMD table in frame {t} for pages {}..{}, which none of its VMAs overlaps{}",
+                        range.start,
+                        range.end,
+                        if x.exited { " (it exited)" } else { "" }
+                    ),
                 );
             }
         }

@@ -117,6 +117,9 @@ impl Hunt {
         if self.hvo_mode.is_some() || !self.variants.is_empty() {
             a.hvo_modes = vec![config.hvo_mode];
         }
+        if self.arch.is_some() || !self.variants.is_empty() {
+            a.archs = vec![config.arch];
+        }
         if let Some(c) = self.cpus {
             a.cpus = vec![c as usize];
         } else if targeted {
@@ -154,7 +157,7 @@ impl Hunt {
         let build = Build::current();
         let label = model_label(&a.config, &build);
         println!(
-            "hunting {label} for {:.0} s: {} arm(s) ({} engine(s) x {} op arm(s) x {} CPU count(s), HVO {}), memory {}-{} blocks, {} worker(s)",
+            "hunting {label} for {:.0} s: {} arm(s) ({} engine(s) x {} op arm(s) x {} CPU count(s), HVO {}, {}), memory {}-{} blocks, {} worker(s)",
             self.time,
             a.arms().len(),
             a.engines.len(),
@@ -163,6 +166,11 @@ impl Hunt {
             a.hvo_modes
                 .iter()
                 .map(|m| m.name())
+                .collect::<Vec<_>>()
+                .join(","),
+            a.archs
+                .iter()
+                .map(|a| a.name())
                 .collect::<Vec<_>>()
                 .join(","),
             a.memory_blocks.0,
