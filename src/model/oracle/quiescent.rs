@@ -369,7 +369,9 @@ pub fn no_migration_entry_left(q: &Quiescence) -> Result<(), Violation> {
 /// At quiescence every PMD table a process holds lies under one of its
 /// VMAs: munmap and exit free the tables of the PUD ranges they empty
 /// (`free_pgtables`, `hugetlb_free_pgd_range`). The layout's anonymous and
-/// file VMAs last until exit; hugetlb VMAs come and go.
+/// file VMAs last until exit; hugetlb VMAs come and go. Written apart from
+/// `vma::mm_maps`, the kernel path's own test, so that a bug there cannot
+/// blind the oracle.
 pub fn page_tables_within_vmas(q: &Quiescence) -> Result<(), Violation> {
     let m = q.m;
     for (mm, x) in m.mms.iter().enumerate() {

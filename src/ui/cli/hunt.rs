@@ -88,6 +88,10 @@ pub struct Hunt {
     minimize_time: f64,
 }
 
+fn comma_list(names: impl Iterator<Item = &'static str>) -> String {
+    names.collect::<Vec<_>>().join(",")
+}
+
 impl Hunt {
     /// The hunt's arms, from what the flags pin.
     fn options(&self) -> Result<AdaptiveOptions, String> {
@@ -163,16 +167,8 @@ impl Hunt {
             a.engines.len(),
             a.op_arms.len(),
             a.cpus.len(),
-            a.hvo_modes
-                .iter()
-                .map(|m| m.name())
-                .collect::<Vec<_>>()
-                .join(","),
-            a.archs
-                .iter()
-                .map(|a| a.name())
-                .collect::<Vec<_>>()
-                .join(","),
+            comma_list(a.hvo_modes.iter().map(|m| m.name())),
+            comma_list(a.archs.iter().map(|a| a.name())),
             a.memory_blocks.0,
             a.memory_blocks.1,
             a.jobs
