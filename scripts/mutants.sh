@@ -10,6 +10,9 @@
 #   scripts/mutants.sh [SHARD] [SHARDS] [SECS] [CARGO-MUTANTS ARGS...]
 #                                                  (default 0 16 20)
 #
+# MMHARNESS_MUTANT_BEFORE=0 in the environment hunts with the adaptive
+# default only (the verdict cargo-mutants counts), not the old one too.
+#
 # Further arguments go to cargo-mutants, as `--re REGEX` to hunt only the
 # mutants a regex names (the survivors of an earlier run, say).
 #
@@ -49,6 +52,6 @@ cargo mutants "${files[@]}" \
 mv "$MMHARNESS_MUTANT_LOG" mutants.out/hunts.tsv
 echo "mutants.out/hunts.tsv: $(wc -l <mutants.out/hunts.tsv) mutants hunted"
 for which in before after; do
-    killed=$(grep -c "$which=[^c]" mutants.out/hunts.tsv || true)
+    killed=$(grep -Ev "$which=(clean|skipped)([[:space:]]|$)" mutants.out/hunts.tsv | grep -c "$which=" || true)
     echo "$which: $killed killed"
 done

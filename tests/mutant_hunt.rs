@@ -9,6 +9,7 @@
 //! family, 2 CPUs, 2 memory blocks: the old `mmharness hunt`), and the
 //! adaptive default (`mmharness hunt --time BUDGET`). The test fails, and
 //! cargo-mutants counts the mutant caught, when the adaptive hunt finds it.
+//! `MMHARNESS_MUTANT_BEFORE=0` skips the old default's hunt.
 
 use mmharness::engine::adaptive::{AdaptiveOptions, adaptive_hunt};
 use mmharness::engine::{Engine, Flow, HuntOptions, hunt};
@@ -107,7 +108,12 @@ fn mutation(orig: &std::path::Path) -> String {
 fn default_hunt_finds_nothing() {
     quiet_shuttle_panics();
     let budget = budget();
-    let (b, a) = (before(budget), after(budget));
+    // MMHARNESS_MUTANT_BEFORE=0: the adaptive hunt only.
+    let b = match std::env::var("MMHARNESS_MUTANT_BEFORE").as_deref() {
+        Ok("0") => Some("skipped".to_string()),
+        _ => before(budget),
+    };
+    let a = after(budget);
     if let Ok(path) = std::env::var("MMHARNESS_MUTANT_LOG") {
         let mutant = std::env::var("MMHARNESS_MUTANT_ORIG")
             .map(|orig| mutation(std::path::Path::new(&orig)))

@@ -234,10 +234,25 @@ struct ArmState {
     busy: bool,
 }
 
+/// Each arm's share of its op family: the machines (HVO generations,
+/// architectures) an op family runs on split that family's budget, so that
+/// configuring more of them does not crowd out the other subsystems.
+fn family_shares(arms: &[Arm]) -> Vec<f64> {
+    arms.iter()
+        .map(|a| {
+            let machines = arms
+                .iter()
+                .filter(|b| b.engine == a.engine && b.ops == a.ops && b.cpus == a.cpus)
+                .count();
+            1.0 / machines as f64
+        })
+        .collect()
+}
+
 /// The pick rule: in proportion to reward, plus a floor (a share of the
 /// best reward, and a constant while nothing has rewards) so that every
-/// arm keeps being tried.
-fn pick(arms: &[Mutex<ArmState>], rng: &mut StdRng) -> Option<usize> {
+/// arm keeps being tried; each weighted by its share of its op family.
+fn pick(arms: &[Mutex<ArmState>], shares: &[f64], rng: &mut StdRng) -> Option<usize> {
     let rewards: Vec<Option<f64>> = arms
         .iter()
         .map(|a| {
@@ -257,7 +272,8 @@ fn pick(arms: &[Mutex<ArmState>], rng: &mut StdRng) -> Option<usize> {
     let floor = best / (2.0 * arms.len() as f64) + 1e-6;
     let weights: Vec<f64> = rewards
         .iter()
-        .map(|r| r.map_or(0.0, |r| r + floor))
+        .zip(shares)
+        .map(|(r, share)| r.map_or(0.0, |r| (r + floor) * share))
         .collect();
     let total: f64 = weights.iter().sum();
     if total <= 0.0 {
@@ -298,8 +314,9 @@ pub fn adaptive_hunt(
     observe: &mut (dyn FnMut(&[ArmReport]) -> Flow + Send),
 ) -> AdaptiveReport {
     let start = Instant::now();
-    let arms: Vec<Mutex<ArmState>> = opts
-        .arms()
+    let arm_list = opts.arms();
+    let shares = family_shares(&arm_list);
+    let arms: Vec<Mutex<ArmState>> = arm_list
         .into_iter()
         .enumerate()
         .map(|(i, arm)| {
@@ -340,7 +357,9 @@ pub fn adaptive_hunt(
                         if *stop || start.elapsed() >= opts.time {
                             return;
                         }
-                        let Some(i) = pick(&arms, rng) else { return };
+                        let Some(i) = pick(&arms, &shares, rng) else {
+                            return;
+                        };
                         arms[i].lock().unwrap_or_else(|e| e.into_inner()).busy = true;
                         i
                     };

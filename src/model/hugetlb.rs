@@ -484,6 +484,7 @@ pub fn hugetlb_fault(cpu: &Cpu, a: Uaddr, vma: VmaSlot, _write: bool) -> KResult
         if v.is_none() {
             m.hstate.fault_mutex[idx as usize] = None;
             ktrace!(m, "{a}: no VMA: SIGSEGV");
+            super::oracle::segv_only_outside_vmas(m, a)?;
         }
         Ok(v)
     })?
@@ -1205,6 +1206,31 @@ mod tests {
         let err = k.quiesce().unwrap_err();
 
         assert_eq!(err.oracle, Oracle::PageTableLeak, "{}", err.detail);
+    }
+
+    #[test]
+    fn a_fault_after_munmap_finds_no_vma_and_sigsegvs() {
+        let mut k = Kernel::builder().pmd_share().boot();
+        k.on(0, |cpu| munmap(cpu, Uaddr::new(0, 0))).unwrap();
+
+        fault(&mut k, 0, 0);
+
+        assert!(!k.m.vm_page(Uaddr::new(0, 0)).mapped);
+        assert_eq!(k.m.pud(Uaddr::new(0, 0)), PudVal::None, "nothing mapped");
+        k.quiesce().unwrap();
+    }
+
+    #[test]
+    fn a_fault_that_finds_no_vma_inside_one_is_a_violation() {
+        let mut k = Kernel::builder().pmd_share().boot();
+        // The VMA lookup misses a VMA the process still has.
+        k.m.mms[0].hugetlb_vmas.clear();
+
+        let err = k
+            .on(0, |cpu| handle_mm_fault(cpu, Uaddr::new(0, 0), 0, 0))
+            .unwrap_err();
+
+        assert_eq!(err.oracle, Oracle::SegvInVma, "{}", err.detail);
     }
 
     #[test]

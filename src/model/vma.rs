@@ -100,7 +100,11 @@ fn mm_maps(m: &Machine, mm: u8, pages: &std::ops::Range<u32>, except: u32) -> bo
 /// Unmapping unshared every shared table, so what is left is private.
 pub fn free_hugetlb_pgtables(cpu: &Cpu, mm: u8, vma: VmArea) -> KResult<()> {
     i_mmap_lock_write_then(cpu, "unlink_file_vma", |m| {
-        m.mms[mm as usize].hugetlb_vmas.retain(|v| v.id != vma.id);
+        let x = &mut m.mms[mm as usize];
+        x.hugetlb_vmas.retain(|v| v.id != vma.id);
+        for v in &mut x.vm[vma.start as usize..vma.end as usize] {
+            v.mapped = false;
+        }
         m.hugetlbfs.i_mmap_rwsem.writer = None;
         Ok(())
     })?;

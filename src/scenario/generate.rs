@@ -235,7 +235,9 @@ impl Uaddrs {
     /// PMD range (a THP) of an anonymous VMA, in two processes, where fork
     /// and copy-on-write races meet: mostly the first page in the first
     /// process, then the same page in the other process and the other half
-    /// of the range in each. Mapped from the bytes [`Uaddrs::decode`] read.
+    /// of the range in each; now and then any address, so that ops with two
+    /// addresses (mremap's destination) also reach beyond the range. Mapped
+    /// from the bytes [`Uaddrs::decode`] read.
     fn meet_in_anon(self, cfg: &Config) -> Uaddrs {
         let anon: Vec<u8> = (0..cfg.user_pages())
             .filter(|&p| {
@@ -265,12 +267,13 @@ impl Uaddrs {
 
     fn get(&self, u: &mut Unstructured, cfg: &Config) -> arbitrary::Result<(u8, u8)> {
         if let Some(meet) = self.meet {
-            return Ok(match u.int_in_range(0..=7u8)? {
-                0..=2 => meet[0],
-                3 | 4 => meet[1],
-                5 | 6 => meet[2],
-                _ => meet[3],
-            });
+            return match u.int_in_range(0..=8u8)? {
+                0..=2 => Ok(meet[0]),
+                3 | 4 => Ok(meet[1]),
+                5 | 6 => Ok(meet[2]),
+                7 => Ok(meet[3]),
+                _ => Self::decode_one(u, cfg),
+            };
         }
         match u.int_in_range(0..=3u8)? {
             0 | 1 => Ok(self.pal[0]),

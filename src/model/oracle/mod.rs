@@ -17,6 +17,7 @@ mod pmd_share;
 mod quiescent;
 mod state;
 mod thp;
+mod vma;
 
 pub use access::{
     RefKind, RefUpdate, cmpxchg_through_ro_vmemmap, no_access_to_unowned_vmemmap_frame,
@@ -48,6 +49,7 @@ pub use thp::{
     anon_rmap_reaches_mappings, hold_read_sees, holds_stay_private, load_sees_own_data,
     mapcounts_match_mappings, pins_coherent,
 };
+pub use vma::segv_only_outside_vmas;
 
 use super::machine::Machine;
 use super::mm_types::StructPage;
@@ -170,6 +172,9 @@ oracles! {
     /// At quiescence a process holds a PMD table for a PUD range that none
     /// of its VMAs overlaps: `free_pgtables` left it behind.
     PageTableLeak = "no-page-table-outlives-its-vmas";
+    /// A fault found no VMA, and SIGSEGV'd, at a page one of the process's
+    /// VMAs covers: the lookup and the VMAs disagree.
+    SegvInVma = "sigsegv-only-outside-vmas";
     /// Every CPU is blocked.
     Deadlock = "no-deadlock";
     /// The execution did not finish within the step bound.
@@ -383,6 +388,10 @@ pub static INVARIANTS: &[Invariant] = &[
     Invariant {
         oracle: Oracle::PageTableLeak,
         when: When::Quiescent(page_tables_within_vmas),
+    },
+    Invariant {
+        oracle: Oracle::SegvInVma,
+        when: When::Path("hugetlb::hugetlb_fault when its VMA lookup finds nothing"),
     },
     Invariant {
         oracle: Oracle::BadPage,
