@@ -14,6 +14,7 @@ use super::oracle;
 use super::page_flags::{compound_head, folio_nr_pages, folio_test_clear_lru};
 use super::page_ref::{folio_put, get_page_unless_zero};
 use super::rmap::folio_mapcount;
+use super::smp::under_spinlock;
 use crate::ktrace;
 
 /// The walker's loads are inline page-flag helpers of this function.
@@ -76,16 +77,27 @@ pub fn compact_pfn(cpu: &Cpu, pfn: Pfn, pfn_hint: Pfn) -> KResult<()> {
     if !isolated {
         return folio_put(cpu, folio);
     }
+    // compact_lock_irqsave(&lruvec->lru_lock): interrupts stay off until
+    // unlock_page_lruvec_irqrestore, so an IPI sent meanwhile waits.
+    cpu.step("compact_lock_irqsave", |m| {
+        m.local_irq_save();
+        Ok(())
+    })?;
     let small = cpu.step(F, |m| {
-        if folio_nr_pages(m, folio)? > 1 {
-            m.page_mut(folio)?.flags |= pg::LRU;
-            ktrace!(m, "pfn {folio} became large: folio_set_lru, put");
-            return Ok(None);
-        }
-        oracle::isolated_folio_is_current(m, pfn, folio)?;
-        m.ledger.compaction_isolated.push(folio);
-        ktrace!(m, "isolated pfn {folio} for migration");
-        Ok(Some(m.page(folio)?.mapping))
+        let r = under_spinlock(m, "lru_lock", |m| {
+            if folio_nr_pages(m, folio)? > 1 {
+                m.page_mut(folio)?.flags |= pg::LRU;
+                ktrace!(m, "pfn {folio} became large: folio_set_lru, put");
+                return Ok(None);
+            }
+            oracle::isolated_folio_is_current(m, pfn, folio)?;
+            m.ledger.compaction_isolated.push(folio);
+            ktrace!(m, "isolated pfn {folio} for migration");
+            Ok(Some(m.page(folio)?.mapping))
+        })?;
+        // unlock_page_lruvec_irqrestore.
+        m.local_irq_restore();
+        Ok(r)
     })?;
     match small {
         Some(mapping) => migrate::migrate_isolated_folio(cpu, folio, 0, mapping, pfn_hint),

@@ -235,9 +235,7 @@ impl Uaddrs {
     /// PMD range (a THP) of an anonymous VMA, in two processes, where fork
     /// and copy-on-write races meet: mostly the first page in the first
     /// process, then the same page in the other process and the other half
-    /// of the range in each; now and then any address, so that ops with two
-    /// addresses (mremap's destination) also reach beyond the range. Mapped
-    /// from the bytes [`Uaddrs::decode`] read.
+    /// of the range in each. Mapped from the bytes [`Uaddrs::decode`] read.
     fn meet_in_anon(self, cfg: &Config) -> Uaddrs {
         let anon: Vec<u8> = (0..cfg.user_pages())
             .filter(|&p| {
@@ -267,19 +265,38 @@ impl Uaddrs {
 
     fn get(&self, u: &mut Unstructured, cfg: &Config) -> arbitrary::Result<(u8, u8)> {
         if let Some(meet) = self.meet {
-            return match u.int_in_range(0..=8u8)? {
-                0..=2 => Ok(meet[0]),
-                3 | 4 => Ok(meet[1]),
-                5 | 6 => Ok(meet[2]),
-                7 => Ok(meet[3]),
-                _ => Self::decode_one(u, cfg),
-            };
+            return Ok(meet[Self::meet_member(u)?]);
         }
         match u.int_in_range(0..=3u8)? {
             0 | 1 => Ok(self.pal[0]),
             2 => Ok(self.pal[1]),
             _ => Self::decode_one(u, cfg),
         }
+    }
+
+    /// An op's second address (mremap's destination): as [`Uaddrs::get`],
+    /// but where the palette meets in one PMD range, its least drawn member
+    /// gives way to the palette's own second address, which may lie
+    /// anywhere, so that the op also reaches past the range. The same bytes
+    /// as `get`, so that every other op decodes as before.
+    fn get_second(&self, u: &mut Unstructured, cfg: &Config) -> arbitrary::Result<(u8, u8)> {
+        match self.meet {
+            Some(meet) => Ok(match Self::meet_member(u)? {
+                3 => self.pal[1],
+                i => meet[i],
+            }),
+            None => self.get(u, cfg),
+        }
+    }
+
+    /// Which member of the meeting palette a draw takes: mostly the first.
+    fn meet_member(u: &mut Unstructured) -> arbitrary::Result<usize> {
+        Ok(match u.int_in_range(0..=7u8)? {
+            0..=2 => 0,
+            3 | 4 => 1,
+            5 | 6 => 2,
+            _ => 3,
+        })
     }
 }
 
@@ -306,7 +323,7 @@ impl Draw for Drawer<'_, '_, '_> {
             }
             Role::Page => match self.page.take() {
                 Some(p) => p as u32,
-                None => self.uaddrs.get(self.u, self.cfg)?.1 as u32,
+                None => self.uaddrs.get_second(self.u, self.cfg)?.1 as u32,
             },
             Role::Count => self.u.int_in_range(1..=3u8)? as u32,
             Role::Order => self.u.int_in_range(0..=1u8)? as u32,
