@@ -108,10 +108,9 @@ fn mutation(orig: &std::path::Path) -> String {
 fn default_hunt_finds_nothing() {
     quiet_shuttle_panics();
     let budget = budget();
-    // MMHARNESS_MUTANT_BEFORE=0: the adaptive hunt only.
     let b = match std::env::var("MMHARNESS_MUTANT_BEFORE").as_deref() {
-        Ok("0") => Some("skipped".to_string()),
-        _ => before(budget),
+        Ok("0") => "skipped".to_string(),
+        _ => before(budget).unwrap_or_else(|| "clean".into()),
     };
     let a = after(budget);
     if let Ok(path) = std::env::var("MMHARNESS_MUTANT_LOG") {
@@ -121,7 +120,7 @@ fn default_hunt_finds_nothing() {
         let line = format!(
             "{}\tbefore={}\tafter={}\n",
             mutant,
-            b.as_deref().unwrap_or("clean"),
+            b,
             a.as_deref().unwrap_or("clean")
         );
         if let Ok(mut f) = std::fs::OpenOptions::new()
