@@ -437,6 +437,44 @@ fn hunt_runs_hvo_on_every_architecture_unless_one_is_pinned() {
 }
 
 #[test]
+fn hunt_takes_memory_and_order_as_values_or_ranges() {
+    let args = ["hunt", "--engine", "input", "--ops", "hvo", "--arch", "x86"];
+    let ranged = mmharness(
+        &[
+            &args[..],
+            &[
+                "--memory-blocks",
+                "3-4",
+                "--hugetlb-order",
+                "8-9",
+                "--iterations",
+                "20",
+            ],
+        ]
+        .concat(),
+    );
+    ranged
+        .assert_exit(0)
+        .assert_stdout_has("memory 3-4 blocks, hugetlb order 8-9,");
+    let pinned = mmharness(&[&args[..], &["--memory-blocks", "3", "--iterations", "20"]].concat());
+    pinned
+        .assert_exit(0)
+        .assert_stdout_has("memory 3-3 blocks, hugetlb order 9-9,");
+    for (flag, value) in [
+        ("--memory-blocks", "4-3"),
+        ("--memory-blocks", "9"),
+        ("--hugetlb-order", "6-8"),
+        ("--hugetlb-order", "x"),
+    ] {
+        mmharness(&[&args[..], &[flag, value, "--iterations", "1"]].concat())
+            .assert_exit(2)
+            .assert_stderr_has(&format!(
+                "invalid value '{value}' for '{flag} <N|LO-HI>': `{value}` is not a value or a range LO-HI"
+            ));
+    }
+}
+
+#[test]
 fn hunt_finds_saves_and_never_overwrites() {
     let dir = TempDir::new("hunt");
     let out = dir.path("x.json");

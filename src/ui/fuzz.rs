@@ -208,12 +208,7 @@ impl Settings {
             let Some(text) = get(name) else {
                 return Ok((default, default));
             };
-            let parse = |t: &str| t.trim().parse::<u8>().ok().filter(|v| valid.contains(v));
-            let parsed = match text.split_once('-') {
-                Some((lo, hi)) => parse(lo).zip(parse(hi)).filter(|(lo, hi)| lo <= hi),
-                None => parse(text).map(|v| (v, v)),
-            };
-            parsed.ok_or_else(|| {
+            parse_span(text, &valid).ok_or_else(|| {
                 format!(
                     "{name}: `{text}` is not a value or a range LO-HI within {}..={}",
                     valid.start(),
@@ -382,6 +377,16 @@ pub struct Failure {
     pub violation: bool,
     /// With the schedule actually taken, `expect`, `note` and `build` set.
     pub scenario: Scenario,
+}
+
+/// A setting's value `N` or range `LO-HI` (drawn per scenario), each
+/// within `valid`, as `(lo, hi)`; `None` if it is neither.
+pub fn parse_span(text: &str, valid: &std::ops::RangeInclusive<u8>) -> Option<(u8, u8)> {
+    let parse = |t: &str| t.trim().parse::<u8>().ok().filter(|v| valid.contains(v));
+    match text.split_once('-') {
+        Some((lo, hi)) => parse(lo).zip(parse(hi)).filter(|(lo, hi)| lo <= hi),
+        None => parse(text).map(|v| (v, v)),
+    }
 }
 
 /// What one input did.

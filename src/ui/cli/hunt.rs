@@ -6,7 +6,9 @@ use crate::engine::{Engine, Flow, minimize};
 use crate::model::{Arch, Config, HvoMode, Oracle, Subsystem, Variant, VariantSet};
 use crate::scenario::generate::OpFamily;
 use crate::scenario::{Build, Scenario};
-use crate::ui::fuzz::{Checked, Settings, Target, check_bytes, record_settings, settings_path};
+use crate::ui::fuzz::{
+    Checked, Settings, Target, check_bytes, parse_span, record_settings, settings_path,
+};
 use crate::ui::progress::{Progress, catch_ctrl_c, interrupted};
 use crate::ui::render;
 use clap::Args;
@@ -55,13 +57,15 @@ pub struct Hunt {
     /// 2-4); 2 with --variant].
     #[arg(long, value_parser = clap::value_parser!(u8).range(2..=4))]
     cpus: Option<u8>,
-    /// Pin the memory size in hugetlb-sized blocks (block 0 holds the
-    /// memmap) [default: 2 or 3 per scenario; 2 with --variant].
-    #[arg(long, value_parser = clap::value_parser!(u8).range(2..=8))]
-    memory_blocks: Option<u8>,
-    /// Pin the hugetlb folio order [default: 9].
-    #[arg(long, value_parser = clap::value_parser!(u8).range(7..=10))]
-    hugetlb_order: Option<u8>,
+    /// Memory in hugetlb-sized blocks (block 0 holds the memmap): N, or
+    /// LO-HI drawn per scenario, within 2..=8 [default: 2-3; 2 with
+    /// --variant].
+    #[arg(long, value_name = "N|LO-HI", value_parser = memory_blocks)]
+    memory_blocks: Option<Span>,
+    /// The hugetlb folio order: N, or LO-HI drawn per scenario, within
+    /// 7..=10 [default: 9].
+    #[arg(long, value_name = "N|LO-HI", value_parser = hugetlb_order)]
+    hugetlb_order: Option<Span>,
     /// Interleavings per scenario for random, pct and dfs, at most: each
     /// fresh scenario draws 1/2^k of them (k in 0..=5), a boosted one gets
     /// 16 times them.
@@ -88,6 +92,30 @@ pub struct Hunt {
     minimize_time: f64,
 }
 
+/// A flag's value `N` or range `LO-HI`, as the fuzz settings take them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span(u8, u8);
+
+fn span(text: &str, valid: std::ops::RangeInclusive<u8>) -> Result<Span, String> {
+    parse_span(text, &valid)
+        .map(|(lo, hi)| Span(lo, hi))
+        .ok_or_else(|| {
+            format!(
+                "`{text}` is not a value or a range LO-HI within {}..={}",
+                valid.start(),
+                valid.end()
+            )
+        })
+}
+
+fn memory_blocks(text: &str) -> Result<Span, String> {
+    span(text, 2..=8)
+}
+
+fn hugetlb_order(text: &str) -> Result<Span, String> {
+    span(text, 7..=10)
+}
+
 fn comma_list(names: impl Iterator<Item = &'static str>) -> String {
     names.collect::<Vec<_>>().join(",")
 }
@@ -102,11 +130,14 @@ impl Hunt {
             variants,
             hugetlb_order: self
                 .hugetlb_order
-                .unwrap_or(Config::default().hugetlb_order),
+                .map_or(Config::default().hugetlb_order, |o| o.0),
             ..Config::default()
         };
         config.validate()?;
         let mut a = AdaptiveOptions::new(config, Duration::from_secs_f64(self.time), self.seed);
+        if let Some(Span(lo, hi)) = self.hugetlb_order {
+            a.hugetlb_order = (lo, hi);
+        }
         // With a variant named, its subsystems' ops, as `--ops` unset always
         // meant; `--ops auto` searches without that hint.
         let targeted = !self.variants.is_empty() && self.ops.as_deref() != Some("auto");
@@ -129,8 +160,8 @@ impl Hunt {
         } else if targeted {
             a.cpus = vec![2];
         }
-        if let Some(m) = self.memory_blocks {
-            a.memory_blocks = (m, m);
+        if let Some(Span(lo, hi)) = self.memory_blocks {
+            a.memory_blocks = (lo, hi);
         } else if targeted {
             a.memory_blocks = (config.memory_blocks, config.memory_blocks);
         }
@@ -161,7 +192,7 @@ impl Hunt {
         let build = Build::current();
         let label = model_label(&a.config, &build);
         println!(
-            "hunting {label} for {:.0} s: {} arm(s) ({} engine(s) x {} op arm(s) x {} CPU count(s), HVO {}, {}), memory {}-{} blocks, {} worker(s)",
+            "hunting {label} for {:.0} s: {} arm(s) ({} engine(s) x {} op arm(s) x {} CPU count(s), HVO {}, {}), memory {}-{} blocks, hugetlb order {}-{}, {} worker(s)",
             self.time,
             a.arms().len(),
             a.engines.len(),
@@ -171,6 +202,8 @@ impl Hunt {
             comma_list(a.archs.iter().map(|a| a.name())),
             a.memory_blocks.0,
             a.memory_blocks.1,
+            a.hugetlb_order.0,
+            a.hugetlb_order.1,
             a.jobs
         );
         let mut progress = Progress::new("hunt");
@@ -286,16 +319,15 @@ fn print_summary(r: &AdaptiveReport) {
         },
         if r.interrupted { " (interrupted)" } else { "" }
     );
+    let ran: Vec<&ArmReport> = r.arms.iter().filter(|a| a.slices > 0).collect();
+    let width = ran.iter().map(|a| a.arm.label().len()).max().unwrap_or(0);
     println!(
-        "  {:<44} {:>7} {:>10} {:>11} {:>9}",
+        "  {:<width$} {:>7} {:>10} {:>11} {:>9}",
         "arm", "slices", "scenarios", "executions", "features"
     );
-    for a in &r.arms {
-        if a.slices == 0 {
-            continue;
-        }
+    for a in ran {
         println!(
-            "  {:<44} {:>7} {:>10} {:>11} {:>9}",
+            "  {:<width$} {:>7} {:>10} {:>11} {:>9}",
             a.arm.label(),
             a.slices,
             a.report.scenarios,
