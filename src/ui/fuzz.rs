@@ -208,13 +208,7 @@ impl Settings {
             let Some(text) = get(name) else {
                 return Ok((default, default));
             };
-            parse_span(text, &valid).ok_or_else(|| {
-                format!(
-                    "{name}: `{text}` is not a value or a range LO-HI within {}..={}",
-                    valid.start(),
-                    valid.end()
-                )
-            })
+            parse_span(text, &valid).map_err(|e| format!("{name}: {e}"))
         };
         let memory_blocks = range("MMHARNESS_MEMORY_BLOCKS", 2, 2..=8)?;
         let hugetlb_order = range("MMHARNESS_HUGETLB_ORDER", 9, 7..=10)?;
@@ -380,13 +374,20 @@ pub struct Failure {
 }
 
 /// A setting's value `N` or range `LO-HI` (drawn per scenario), each
-/// within `valid`, as `(lo, hi)`; `None` if it is neither.
-pub fn parse_span(text: &str, valid: &std::ops::RangeInclusive<u8>) -> Option<(u8, u8)> {
+/// within `valid`, as `(lo, hi)`.
+pub fn parse_span(text: &str, valid: &std::ops::RangeInclusive<u8>) -> Result<(u8, u8), String> {
     let parse = |t: &str| t.trim().parse::<u8>().ok().filter(|v| valid.contains(v));
     match text.split_once('-') {
         Some((lo, hi)) => parse(lo).zip(parse(hi)).filter(|(lo, hi)| lo <= hi),
         None => parse(text).map(|v| (v, v)),
     }
+    .ok_or_else(|| {
+        format!(
+            "`{text}` is not a value or a range LO-HI within {}..={}",
+            valid.start(),
+            valid.end()
+        )
+    })
 }
 
 /// What one input did.

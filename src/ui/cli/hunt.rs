@@ -97,15 +97,7 @@ pub struct Hunt {
 pub struct Span(u8, u8);
 
 fn span(text: &str, valid: std::ops::RangeInclusive<u8>) -> Result<Span, String> {
-    parse_span(text, &valid)
-        .map(|(lo, hi)| Span(lo, hi))
-        .ok_or_else(|| {
-            format!(
-                "`{text}` is not a value or a range LO-HI within {}..={}",
-                valid.start(),
-                valid.end()
-            )
-        })
+    parse_span(text, &valid).map(|(lo, hi)| Span(lo, hi))
 }
 
 fn memory_blocks(text: &str) -> Result<Span, String> {
