@@ -61,11 +61,11 @@ pub struct Hunt {
     /// LO-HI drawn per scenario, within 2..=8 [default: 2-3; 2 with
     /// --variant].
     #[arg(long, value_name = "N|LO-HI", value_parser = memory_blocks)]
-    memory_blocks: Option<Span>,
+    memory_blocks: Option<(u8, u8)>,
     /// The hugetlb folio order: N, or LO-HI drawn per scenario, within
     /// 7..=10 [default: 9].
     #[arg(long, value_name = "N|LO-HI", value_parser = hugetlb_order)]
-    hugetlb_order: Option<Span>,
+    hugetlb_order: Option<(u8, u8)>,
     /// Interleavings per scenario for random, pct and dfs, at most: each
     /// fresh scenario draws 1/2^k of them (k in 0..=5), a boosted one gets
     /// 16 times them.
@@ -92,20 +92,14 @@ pub struct Hunt {
     minimize_time: f64,
 }
 
-/// A flag's value `N` or range `LO-HI`, as the fuzz settings take them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Span(u8, u8);
-
-fn span(text: &str, valid: std::ops::RangeInclusive<u8>) -> Result<Span, String> {
-    parse_span(text, &valid).map(|(lo, hi)| Span(lo, hi))
+/// `--memory-blocks N|LO-HI`, as the fuzz settings take it.
+fn memory_blocks(text: &str) -> Result<(u8, u8), String> {
+    parse_span(text, &(2..=8))
 }
 
-fn memory_blocks(text: &str) -> Result<Span, String> {
-    span(text, 2..=8)
-}
-
-fn hugetlb_order(text: &str) -> Result<Span, String> {
-    span(text, 7..=10)
+/// `--hugetlb-order N|LO-HI`, as the fuzz settings take it.
+fn hugetlb_order(text: &str) -> Result<(u8, u8), String> {
+    parse_span(text, &(7..=10))
 }
 
 fn comma_list(names: impl Iterator<Item = &'static str>) -> String {
@@ -127,8 +121,8 @@ impl Hunt {
         };
         config.validate()?;
         let mut a = AdaptiveOptions::new(config, Duration::from_secs_f64(self.time), self.seed);
-        if let Some(Span(lo, hi)) = self.hugetlb_order {
-            a.hugetlb_order = (lo, hi);
+        if let Some(order) = self.hugetlb_order {
+            a.hugetlb_order = order;
         }
         // With a variant named, its subsystems' ops, as `--ops` unset always
         // meant; `--ops auto` searches without that hint.
@@ -152,8 +146,8 @@ impl Hunt {
         } else if targeted {
             a.cpus = vec![2];
         }
-        if let Some(Span(lo, hi)) = self.memory_blocks {
-            a.memory_blocks = (lo, hi);
+        if let Some(blocks) = self.memory_blocks {
+            a.memory_blocks = blocks;
         } else if targeted {
             a.memory_blocks = (config.memory_blocks, config.memory_blocks);
         }
