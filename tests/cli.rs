@@ -474,6 +474,30 @@ fn hunt_takes_memory_and_order_as_values_or_ranges() {
     }
 }
 
+/// `--engine` is repeatable: the arms are those engines' only.
+#[test]
+fn hunt_pins_a_set_of_engines() {
+    let args = [
+        "hunt",
+        "--ops",
+        "hvo",
+        "--hvo-mode",
+        "keep-1",
+        "--arch",
+        "x86",
+        "--iterations",
+        "4",
+    ];
+    mmharness(&[&args[..], &["--engine", "pct", "--engine", "input"]].concat())
+        .assert_exit(0)
+        .assert_stdout_has("2 arm(s) (2 engine(s) x 1 op arm(s)")
+        .assert_stdout_has("  pct / hvo arm")
+        .assert_stdout_has("  input / hvo arm");
+    mmharness(&[&args[..], &["--engine", "pct", "--engine", "mcts"]].concat())
+        .assert_exit(2)
+        .assert_stderr_has("invalid value 'mcts' for '--engine <ENGINES>'");
+}
+
 #[test]
 fn hunt_finds_saves_and_never_overwrites() {
     let dir = TempDir::new("hunt");

@@ -22,10 +22,10 @@ pub struct Hunt {
     /// Switch on a bug variant (repeatable). None: the model as built.
     #[arg(long = "variant", value_name = "NAME", value_parser = Variant::from_name)]
     variants: Vec<Variant>,
-    /// Pin the engine [default: every engine, budget moved to the arms
-    /// that keep finding new coverage].
-    #[arg(long, value_enum)]
-    engine: Option<Engine>,
+    /// Pin the engine (repeatable) [default: every engine, budget moved to
+    /// the arms that keep finding new coverage].
+    #[arg(long = "engine", value_enum)]
+    engines: Vec<Engine>,
     /// Seconds for the whole hunt [default: 60].
     #[arg(long, value_name = "SECS", value_parser = seconds, default_value_t = 60.0)]
     time: f64,
@@ -132,8 +132,8 @@ impl Hunt {
             None => a.op_arms = vec![OpFamily::for_variants(&self.variants)],
             Some(text) => a.op_arms = vec![OpFamily::parse(text)?],
         }
-        if let Some(e) = self.engine {
-            a.engines = vec![e];
+        if !self.engines.is_empty() {
+            a.engines.clone_from(&self.engines);
         }
         if self.hvo_mode.is_some() || !self.variants.is_empty() {
             a.hvo_modes = vec![config.hvo_mode];
@@ -163,7 +163,7 @@ impl Hunt {
     }
 
     pub fn run(self) -> Result<ExitCode, String> {
-        if self.raw_out.is_some() && self.engine != Some(Engine::Input) {
+        if self.raw_out.is_some() && self.engines != [Engine::Input] {
             return Err(
                 "--raw-out needs --engine input: only the input engine's findings are input bytes"
                     .into(),
