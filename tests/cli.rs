@@ -493,6 +493,9 @@ fn hunt_pins_a_set_of_engines() {
         .assert_stdout_has("2 arm(s) (2 engine(s) x 1 op arm(s)")
         .assert_stdout_has("  pct / hvo arm")
         .assert_stdout_has("  input / hvo arm");
+    mmharness(&[&args[..], &["--engine", "pct", "--engine", "pct"]].concat())
+        .assert_exit(0)
+        .assert_stdout_has("1 arm(s) (1 engine(s) x 1 op arm(s)");
     mmharness(&[&args[..], &["--engine", "pct", "--engine", "mcts"]].concat())
         .assert_exit(2)
         .assert_stderr_has("invalid value 'mcts' for '--engine <ENGINES>'");

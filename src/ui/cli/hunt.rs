@@ -133,7 +133,13 @@ impl Hunt {
             Some(text) => a.op_arms = vec![OpFamily::parse(text)?],
         }
         if !self.engines.is_empty() {
-            a.engines.clone_from(&self.engines);
+            a.engines.clear();
+            for &e in &self.engines {
+                // Named twice, an engine is still one arm.
+                if !a.engines.contains(&e) {
+                    a.engines.push(e);
+                }
+            }
         }
         if self.hvo_mode.is_some() || !self.variants.is_empty() {
             a.hvo_modes = vec![config.hvo_mode];
