@@ -169,14 +169,16 @@ impl Hunt {
     }
 
     pub fn run(self) -> Result<ExitCode, String> {
-        if self.raw_out.is_some() && self.engines != [Engine::Input] {
+        let mut a = self.options()?;
+        // On the arms' engines, so that `--engine input` named twice counts
+        // as the input engine alone.
+        if self.raw_out.is_some() && a.engines != [Engine::Input] {
             return Err(
                 "--raw-out needs --engine input: only the input engine's findings are input bytes"
                     .into(),
             );
         }
         catch_ctrl_c();
-        let mut a = self.options()?;
         a.iterations = self.iterations;
         a.guided = !self.unguided;
         a.pct_depth = self.pct_depth.map(usize::from);
