@@ -14,6 +14,11 @@
 # 3. Cross-replay: the crash bolero found (tests/fixtures/) crashes the
 #    built `scenario` target under its variant and runs clean on the fixed
 #    model. (tests/bolero.rs replays cargo-fuzz's crash under bolero.)
+# 4. The `scenario` target built by scripts/fuzz-kcov.sh (the model's
+#    coverage only, as libFuzzer's extra counters): clean on the fixed
+#    model for SECS seconds while its corpus grows (so libFuzzer gets the
+#    model's coverage: without it the corpus stays empty), and it finds a
+#    variant.
 # Installs cargo-fuzz if it is missing. Works on stable (--sanitizer none).
 # Corpora, logs and artifacts go to a temporary directory, removed on
 # success and kept (path printed) on failure.
@@ -60,6 +65,11 @@ while read -r t; do
     [[ -n "$t" && "$t" != trivial ]] && targets+=("$t")
 done <<<"$(cargo fuzz list)"
 
+# How fuzz() runs a target: `cargo fuzz run TARGET` with the README's
+# build flags, or scripts/fuzz-kcov.sh (which adds its own).
+runner=(cargo fuzz run)
+build_flags=(-O --sanitizer none --no-trace-compares)
+
 # fuzz TARGET NAME TIME [LIBFUZZER-ARG...] [-- ENV=VALUE...]: one
 # time-boxed run with its own corpus and artifacts under $work/NAME; sets
 # $status.
@@ -73,7 +83,7 @@ fuzz() {
     local seeds=()
     if [[ $target == parser ]]; then seeds=("$root/corpus"); fi
     set +e
-    env "${envs[@]}" cargo fuzz run "$target" -O --sanitizer none --no-trace-compares "$work/$name/corpus" "${seeds[@]}" -- \
+    env "${envs[@]}" "${runner[@]}" "$target" "${build_flags[@]}" "$work/$name/corpus" "${seeds[@]}" -- \
         -max_total_time="$time" -artifact_prefix="$work/$name/artifacts/" "${args[@]}" \
         >"$work/$name/log" 2>&1
     status=$?
@@ -163,6 +173,29 @@ if [[ $status != 0 ]]; then
     exit 1
 fi
 echo "fuzz-smoke: cross-replay: clean on the fixed model"
+
+echo "fuzz-smoke: building the scenario target with scripts/fuzz-kcov.sh"
+scripts/fuzz-kcov.sh build scenario
+runner=(scripts/fuzz-kcov.sh run)
+build_flags=()
+echo "fuzz-smoke: scenario (kcov only), fixed model, ${secs}s: must find nothing, corpus must grow"
+fuzz scenario kcov-fixed "$secs"
+kept=$(find "$work/kcov-fixed/corpus" -type f | wc -l)
+if [[ $status != 0 ]] || compgen -G "$work/kcov-fixed/artifacts/*" >/dev/null || [[ $kept -lt 10 ]]; then
+    echo "fuzz-smoke: FAIL: kcov-only scenario target exited $status and kept $kept inputs (expected 0 and at least 10)" >&2
+    tail -n 40 "$work/kcov-fixed/log" >&2
+    exit 1
+fi
+echo "fuzz-smoke: kcov-fixed: $kept inputs kept"
+v=ref-no-fake-head-check
+echo "fuzz-smoke: scenario (kcov only), $v, at most ${find_secs}s: must crash"
+fuzz scenario "kcov-$v" "$find_secs" -seed=1 -- MMHARNESS_VARIANTS="$v"
+if [[ $status == 0 ]] || ! compgen -G "$work/kcov-$v/artifacts/crash-*" >/dev/null; then
+    echo "fuzz-smoke: FAIL: kcov-only scenario target found no crash on $v (exit $status)" >&2
+    tail -n 40 "$work/kcov-$v/log" >&2
+    exit 1
+fi
+grep -m1 '^==== mmharness:' "$work/kcov-$v/log" | sed "s/^==== /fuzz-smoke: kcov-$v: /"
 
 keep=0
 echo "fuzz-smoke: OK"

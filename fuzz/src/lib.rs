@@ -1,7 +1,8 @@
 //! Shared by the cargo-fuzz targets. The settings, the decoding and the
 //! check of one input are the main crate's (`mmharness::ui::fuzz`, which
 //! the bolero harness and `mmharness import` use too); this adds what is
-//! libFuzzer's own: the panic hook, and turning a failure into a crash.
+//! libFuzzer's own: the panic hook, the model's coverage as extra counters,
+//! and turning a failure into a crash.
 //!
 //! A target that runs scenarios is a few lines:
 //!
@@ -14,10 +15,11 @@
 //! from the `MMHARNESS_*` environment; see `mmharness::ui::fuzz` and
 //! `fuzz/README.md`.
 
-use mmharness::ui::fuzz::{Checked, artifact_path, check_bytes, record_settings, report};
+use mmharness::exec::Observe;
+use mmharness::ui::fuzz::{Checked, artifact_path, check_bytes_observed, record_settings, report};
 pub use mmharness::ui::fuzz::{Settings, Target};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 /// A fuzz target over `$target`'s scenarios, named after its file.
 #[macro_export]
@@ -76,14 +78,46 @@ pub fn settings_for(target: Target) -> &'static Settings {
     })
 }
 
+/// The model's coverage (`mmharness::model::kcov`: interleaving 2-grams,
+/// struct-page mapping states, decisions) as libFuzzer's extra counters,
+/// one per feature hash: libFuzzer clears them before each run and reads
+/// them as it reads the compiler's edge counters. They show what edges
+/// cannot (which kernel function ran after which on another CPU, a fake
+/// head read through an alias), and they are the whole signal of a build
+/// without the compiler's instrumentation (see `fuzz/README.md`).
+#[used]
+#[unsafe(link_section = "__libfuzzer_extra_counters")]
+static KCOV_COUNTERS: [AtomicU8; KCOV_COUNTERS_LEN] =
+    [const { AtomicU8::new(0) }; KCOV_COUNTERS_LEN];
+
+/// Enough slots that a long run's features seldom share one, few enough
+/// that libFuzzer's scan of them after each run stays cheap.
+const KCOV_COUNTERS_LEN: usize = 1 << 15;
+
+fn count_features(features: &[u64]) {
+    for f in features {
+        // The hashes' high bits are their best mixed.
+        let slot = &KCOV_COUNTERS[(f >> 49) as usize % KCOV_COUNTERS_LEN];
+        slot.store(
+            slot.load(Ordering::Relaxed).saturating_add(1),
+            Ordering::Relaxed,
+        );
+    }
+}
+
 /// Check one input; false if the target rejects it. On anything but a
 /// clean run: print the scenario, record the settings beside the artifact
 /// libFuzzer is about to write (`crash-<sha1>.settings`, read by `mmharness
 /// import`), and panic, which libFuzzer turns into a crash.
 pub fn check(data: &[u8], settings: &Settings) -> bool {
     IN_RUN.store(true, Ordering::Relaxed);
-    let checked = check_bytes(data, settings, "found by cargo-fuzz");
+    let observe = Observe {
+        coverage: true,
+        ..Observe::default()
+    };
+    let (checked, features) = check_bytes_observed(data, settings, "found by cargo-fuzz", observe);
     IN_RUN.store(false, Ordering::Relaxed);
+    count_features(&features);
     let failure = match checked {
         Checked::Rejected => return false,
         Checked::Clean(_) => return true,

@@ -42,6 +42,8 @@ pub struct EngineFigures {
 #[derive(Debug, Clone, Serialize)]
 pub struct FuzzFigures {
     pub target: String,
+    /// How the target was built and run, as the table says it.
+    pub build: String,
     pub exec_per_s: f64,
 }
 

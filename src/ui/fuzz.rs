@@ -28,7 +28,7 @@
 
 pub mod harness;
 
-use crate::exec::{Verdict, run_input};
+use crate::exec::{Observe, Outcome, Verdict, replay};
 use crate::model::{Arch, Config, HvoMode, Subsystem, Variant, VariantSet};
 use crate::scenario::generate::{GenOptions, OpFamily, decode_bytes};
 use crate::scenario::{Build, Expect, MAX_CPUS, Scenario};
@@ -404,11 +404,36 @@ pub enum Checked {
 /// run the scenario's own schedule once. `found_by` starts the note of a
 /// failing scenario ("found by cargo-fuzz").
 pub fn check_bytes(data: &[u8], settings: &Settings, found_by: &str) -> Checked {
-    let mut scenario = decode_bytes(data, &settings.opts);
+    check_bytes_observed(data, settings, found_by, Observe::default()).0
+}
+
+/// [`check_bytes`], also returning the run's coverage features when
+/// `observe` asks for them (`model::kcov`), as a fuzzer's feedback.
+pub fn check_bytes_observed(
+    data: &[u8],
+    settings: &Settings,
+    found_by: &str,
+    observe: Observe,
+) -> (Checked, Vec<u64>) {
+    let scenario = decode_bytes(data, &settings.opts);
     if !settings.target.keeps(&scenario) {
-        return Checked::Rejected;
+        return (Checked::Rejected, Vec::new());
     }
-    let outcome = run_input(&scenario, false);
+    let mut outcome = replay(&scenario, observe);
+    let features = std::mem::take(&mut outcome.features);
+    (
+        checked(scenario, outcome, data, settings, found_by),
+        features,
+    )
+}
+
+fn checked(
+    mut scenario: Scenario,
+    outcome: Outcome,
+    data: &[u8],
+    settings: &Settings,
+    found_by: &str,
+) -> Checked {
     // The decisions actually taken, so that the file replays without
     // relying on the default continuation after the decoded schedule.
     scenario.schedule = outcome.schedule.clone();

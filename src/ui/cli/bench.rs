@@ -231,9 +231,9 @@ fn throughput_table(t: &Throughput) -> String {
     for f in &t.fuzz {
         let _ = writeln!(
             s,
-            "| cargo-fuzz `{}` target (libFuzzer, {}) | {:.0} | | {:.2} |",
+            "| cargo-fuzz `{}` target ({}) | {:.0} | | {:.2} |",
             f.target,
-            FUZZ_BUILD_FLAGS.join(" "),
+            f.build,
             f.exec_per_s,
             f.exec_per_s / t.toy_exec_per_s
         );
@@ -312,8 +312,49 @@ fn commit() -> String {
 /// buys nothing for a decoder that draws choices from ranges.
 pub const FUZZ_BUILD_FLAGS: [&str; 3] = ["--sanitizer", "none", "--no-trace-compares"];
 
-/// libFuzzer's speed on the `scenario` target and on a target that does
-/// nothing, when cargo-fuzz is installed and `fuzz/` is here.
+/// A build of the cargo-fuzz targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FuzzBuild {
+    /// cargo-fuzz's edge instrumentation, with the README's flags; the
+    /// scenario targets add the model's coverage as extra counters.
+    Edges,
+    /// `scripts/fuzz-kcov.sh`: the model's coverage only.
+    KcovOnly,
+}
+
+impl FuzzBuild {
+    fn label(self) -> String {
+        match self {
+            FuzzBuild::Edges => format!(
+                "libFuzzer, {}: edges and the model's coverage",
+                FUZZ_BUILD_FLAGS.join(" ")
+            ),
+            FuzzBuild::KcovOnly => {
+                "libFuzzer, scripts/fuzz-kcov.sh: the model's coverage only".into()
+            }
+        }
+    }
+
+    /// `cargo fuzz SUB TARGET` in this build.
+    fn command(self, sub: &str, target: &str) -> Command {
+        match self {
+            FuzzBuild::Edges => {
+                let mut c = Command::new("cargo");
+                c.args(["fuzz", sub, target]).args(FUZZ_BUILD_FLAGS);
+                c
+            }
+            FuzzBuild::KcovOnly => {
+                let mut c = Command::new("bash");
+                c.args(["scripts/fuzz-kcov.sh", sub, target]);
+                c
+            }
+        }
+    }
+}
+
+/// libFuzzer's speed on the `scenario` target in each build, and on a
+/// target that does nothing, when cargo-fuzz is installed and `fuzz/` is
+/// here.
 fn fuzz_figures(secs: f64, progress: &mut dyn FnMut(&str)) -> Vec<FuzzFigures> {
     let has_fuzz = Path::new("fuzz/Cargo.toml").exists()
         && Command::new("cargo")
@@ -323,25 +364,32 @@ fn fuzz_figures(secs: f64, progress: &mut dyn FnMut(&str)) -> Vec<FuzzFigures> {
     if !has_fuzz {
         return Vec::new();
     }
-    progress("building the cargo-fuzz targets");
-    let built = Command::new("cargo")
-        .args(["fuzz", "build"])
-        .args(FUZZ_BUILD_FLAGS)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !built {
-        eprintln!("mmharness bench: `cargo fuzz build` failed; skipping the fuzz targets");
-        return Vec::new();
-    }
+    let runs = [
+        ("scenario", FuzzBuild::Edges),
+        ("scenario", FuzzBuild::KcovOnly),
+        ("trivial", FuzzBuild::Edges),
+    ];
     let mut out = Vec::new();
-    for target in ["scenario", "trivial"] {
-        progress(&format!("cargo fuzz run {target}"));
+    for (target, build) in runs {
+        progress(&format!(
+            "building the cargo-fuzz target {target} ({build:?})"
+        ));
+        let built = build
+            .command("build", target)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !built {
+            eprintln!(
+                "mmharness bench: `cargo fuzz build {target}` ({build:?}) failed; skipping it"
+            );
+            continue;
+        }
+        progress(&format!("cargo fuzz run {target} ({build:?})"));
         let dir =
             std::env::temp_dir().join(format!("mmharness-bench-{target}-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
-        let run = Command::new("cargo")
-            .args(["fuzz", "run", target])
-            .args(FUZZ_BUILD_FLAGS)
+        let run = build
+            .command("run", target)
             .arg(&dir)
             .args([
                 "--",
@@ -360,6 +408,7 @@ fn fuzz_figures(secs: f64, progress: &mut dyn FnMut(&str)) -> Vec<FuzzFigures> {
         {
             out.push(FuzzFigures {
                 target: target.into(),
+                build: build.label(),
                 exec_per_s: rate,
             });
         }
