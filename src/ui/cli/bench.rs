@@ -5,7 +5,7 @@
 
 use super::seconds;
 use crate::engine::Engine;
-use crate::engine::bench::{FuzzFigures, Score, Throughput, scoreboard, throughput};
+use crate::engine::bench::{FuzzFigures, Score, Throughput, median, scoreboard, throughput};
 use crate::model::{Config, Variant};
 use crate::ui::progress::{Progress, catch_ctrl_c, interrupted};
 use clap::Args;
@@ -75,7 +75,7 @@ impl Bench {
             &mut |m| progress.message(m),
         );
         if !self.no_fuzz {
-            t.fuzz = fuzz_figures(self.time, &mut |m| progress.message(m));
+            t.fuzz = fuzz_figures(self.runs, self.time, &mut |m| progress.message(m));
         }
         progress.finish();
         if self.json {
@@ -238,6 +238,14 @@ fn throughput_table(t: &Throughput) -> String {
             f.exec_per_s / t.toy_exec_per_s
         );
     }
+    if !t.fuzz.is_empty() {
+        let _ = writeln!(
+            s,
+            "\ncargo-fuzz rows: libFuzzer's `average_exec_per_sec`, medians of {} runs x {} s each, each its own process from an empty corpus, run after the rows above.",
+            t.runs,
+            t.secs.ceil()
+        );
+    }
     s
 }
 
@@ -323,8 +331,12 @@ enum FuzzBuild {
 }
 
 impl FuzzBuild {
-    fn label(self) -> String {
+    /// What the table says of `target` in this build.
+    fn label(self, target: &str) -> String {
         match self {
+            FuzzBuild::Edges if target == "trivial" => {
+                format!("libFuzzer, {}", FUZZ_BUILD_FLAGS.join(" "))
+            }
             FuzzBuild::Edges => format!(
                 "libFuzzer, {}: edges and the model's coverage",
                 FUZZ_BUILD_FLAGS.join(" ")
@@ -354,8 +366,8 @@ impl FuzzBuild {
 
 /// libFuzzer's speed on the `scenario` target in each build, and on a
 /// target that does nothing, when cargo-fuzz is installed and `fuzz/` is
-/// here.
-fn fuzz_figures(secs: f64, progress: &mut dyn FnMut(&str)) -> Vec<FuzzFigures> {
+/// here: the median of `runs` runs of `secs` each, from an empty corpus.
+fn fuzz_figures(runs: usize, secs: f64, progress: &mut dyn FnMut(&str)) -> Vec<FuzzFigures> {
     let has_fuzz = Path::new("fuzz/Cargo.toml").exists()
         && Command::new("cargo")
             .args(["fuzz", "--version"])
@@ -364,13 +376,13 @@ fn fuzz_figures(secs: f64, progress: &mut dyn FnMut(&str)) -> Vec<FuzzFigures> {
     if !has_fuzz {
         return Vec::new();
     }
-    let runs = [
+    let rows = [
         ("scenario", FuzzBuild::Edges),
         ("scenario", FuzzBuild::KcovOnly),
         ("trivial", FuzzBuild::Edges),
     ];
     let mut out = Vec::new();
-    for (target, build) in runs {
+    for (target, build) in rows {
         progress(&format!(
             "building the cargo-fuzz target {target} ({build:?})"
         ));
@@ -384,34 +396,44 @@ fn fuzz_figures(secs: f64, progress: &mut dyn FnMut(&str)) -> Vec<FuzzFigures> {
             );
             continue;
         }
-        progress(&format!("cargo fuzz run {target} ({build:?})"));
-        let dir =
-            std::env::temp_dir().join(format!("mmharness-bench-{target}-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let run = build
-            .command("run", target)
-            .arg(&dir)
-            .args([
-                "--",
-                &format!("-max_total_time={}", secs.ceil() as u64),
-                "-print_final_stats=1",
-            ])
-            .env_remove("MMHARNESS_VARIANTS")
-            .output();
-        let _ = std::fs::remove_dir_all(&dir);
-        let Ok(run) = run else { continue };
-        let stats = String::from_utf8_lossy(&run.stderr);
-        if let Some(rate) = stats
-            .lines()
-            .find_map(|l| l.strip_prefix("stat::average_exec_per_sec:"))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-        {
+        let mut rates = Vec::with_capacity(runs);
+        for run in 0..runs {
+            progress(&format!(
+                "cargo fuzz run {target} ({build:?}), run {} of {runs}",
+                run + 1
+            ));
+            rates.extend(fuzz_rate(build, target, secs));
+        }
+        if !rates.is_empty() {
             out.push(FuzzFigures {
                 target: target.into(),
-                build: build.label(),
-                exec_per_s: rate,
+                build: build.label(target),
+                exec_per_s: median(rates),
             });
         }
     }
     out
+}
+
+/// libFuzzer's average executions per second over one run of `secs` from
+/// an empty corpus.
+fn fuzz_rate(build: FuzzBuild, target: &str, secs: f64) -> Option<f64> {
+    let dir = std::env::temp_dir().join(format!("mmharness-bench-{target}-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let run = build
+        .command("run", target)
+        .arg(&dir)
+        .args([
+            "--",
+            &format!("-max_total_time={}", secs.ceil() as u64),
+            "-print_final_stats=1",
+        ])
+        .env_remove("MMHARNESS_VARIANTS")
+        .output();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stats = String::from_utf8_lossy(&run.ok()?.stderr).into_owned();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("stat::average_exec_per_sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
 }
