@@ -12,7 +12,7 @@
 # The scenario targets still feed libFuzzer the model's coverage
 # (interleaving 2-grams, struct-page mapping states, decisions) through its
 # extra counters (fuzz/src/lib.rs), so libFuzzer keeps, mutates and
-# minimizes inputs as before, at about 2.5x the executions per second
+# minimizes inputs as before, at about 3x the executions per second
 # (BENCHMARKS.md). Its own target directory keeps the default build's.
 # The non-scenario targets (`decoder`, `parser`, `trivial`) have no
 # coverage at all in this build: fuzz them with plain `cargo fuzz`.
