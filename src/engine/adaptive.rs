@@ -18,7 +18,7 @@ use crate::scenario::Scenario;
 use crate::scenario::generate::{GenOptions, OpFamily};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// One arm: how its scenarios are generated and explored.
@@ -199,6 +199,8 @@ pub struct ArmReport {
     pub arm: Arm,
     pub report: HuntReport,
     pub slices: u64,
+    /// Worker time its slices took.
+    pub busy: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -225,13 +227,28 @@ impl AdaptiveReport {
     }
 }
 
-struct ArmState {
+/// What the pick rule reads of an arm, kept apart from its [`Hunter`] so
+/// that picking never waits for a slice another worker is running.
+struct ArmStats {
     arm: Arm,
-    hunter: Hunter,
     slices: u64,
+    /// Worker time its slices took.
+    time: Duration,
     /// New features per execution, smoothed.
     reward: f64,
     busy: bool,
+    /// Its hunter is done (found something, or ran its scenarios).
+    done: bool,
+    /// Its hunter's report after its last slice.
+    report: HuntReport,
+}
+
+/// What the workers share: the pick rule's state, and whether to stop.
+struct Shared {
+    rng: StdRng,
+    stats: Vec<ArmStats>,
+    stop: bool,
+    interrupted: bool,
 }
 
 /// Each arm's share of its op family: the machines (HVO generations,
@@ -252,12 +269,11 @@ fn family_shares(arms: &[Arm]) -> Vec<f64> {
 /// The pick rule: in proportion to reward, plus a floor (a share of the
 /// best reward, and a constant while nothing has rewards) so that every
 /// arm keeps being tried; each weighted by its share of its op family.
-fn pick(arms: &[Mutex<ArmState>], shares: &[f64], rng: &mut StdRng) -> Option<usize> {
+fn pick(arms: &[ArmStats], shares: &[f64], rng: &mut StdRng) -> Option<usize> {
     let rewards: Vec<Option<f64>> = arms
         .iter()
         .map(|a| {
-            let a = a.lock().unwrap_or_else(|e| e.into_inner());
-            (!a.busy && !a.hunter.done()).then_some(if a.slices == 0 {
+            (!a.busy && !a.done).then_some(if a.slices == 0 {
                 f64::INFINITY
             } else {
                 a.reward
@@ -316,32 +332,42 @@ pub fn adaptive_hunt(
     let start = Instant::now();
     let arm_list = opts.arms();
     let shares = family_shares(&arm_list);
-    let arms: Vec<Mutex<ArmState>> = arm_list
-        .into_iter()
+    let hunters: Vec<Mutex<Hunter>> = arm_list
+        .iter()
         .enumerate()
-        .map(|(i, arm)| {
-            Mutex::new(ArmState {
-                arm,
-                hunter: opts.hunter(i, arm),
-                slices: 0,
-                reward: 0.0,
-                busy: false,
-            })
+        .map(|(i, &arm)| Mutex::new(opts.hunter(i, arm)))
+        .collect();
+    let stats = hunters
+        .iter()
+        .zip(&arm_list)
+        .map(|(h, &arm)| ArmStats {
+            arm,
+            slices: 0,
+            time: Duration::ZERO,
+            reward: 0.0,
+            busy: false,
+            done: false,
+            report: lock(h).report.clone(),
         })
         .collect();
-    let arms = Arc::new(arms);
-    let shared = Mutex::new((StdRng::seed_from_u64(opts.seed), false, false));
+    let shared = Mutex::new(Shared {
+        rng: StdRng::seed_from_u64(opts.seed),
+        stats,
+        stop: false,
+        interrupted: false,
+    });
     let observe = Mutex::new(observe);
-    let snapshot = |arms: &[Mutex<ArmState>]| -> Vec<ArmReport> {
-        arms.iter()
+    let snapshot = |stats: &[ArmStats]| -> Vec<ArmReport> {
+        stats
+            .iter()
             .map(|a| {
-                let a = a.lock().unwrap_or_else(|e| e.into_inner());
-                let mut report = a.hunter.report.clone();
+                let mut report = a.report.clone();
                 report.elapsed = start.elapsed();
                 ArmReport {
                     arm: a.arm,
                     report,
                     slices: a.slices,
+                    busy: a.time,
                 }
             })
             .collect()
@@ -352,46 +378,55 @@ pub fn adaptive_hunt(
                 crate::exec::quiet_shuttle_panics();
                 loop {
                     let i = {
-                        let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
-                        let (rng, stop, _) = &mut *s;
-                        if *stop || start.elapsed() >= opts.time {
+                        let mut s = lock(&shared);
+                        if s.stop || start.elapsed() >= opts.time {
                             return;
                         }
-                        let Some(i) = pick(&arms, &shares, rng) else {
+                        let s = &mut *s;
+                        let Some(i) = pick(&s.stats, &shares, &mut s.rng) else {
                             return;
                         };
-                        arms[i].lock().unwrap_or_else(|e| e.into_inner()).busy = true;
+                        s.stats[i].busy = true;
                         i
                     };
-                    let mut a = arms[i].lock().unwrap_or_else(|e| e.into_inner());
-                    let slice = run_slice(&mut a.hunter, opts.slice);
-                    let rate = slice.new as f64 / slice.executions.max(1) as f64;
-                    a.reward = if a.slices == 0 {
-                        rate
-                    } else {
-                        0.7 * a.reward + 0.3 * rate
+                    // Only this worker runs arm i until it is not busy.
+                    let (slice, took, report, done) = {
+                        let mut h = lock(&hunters[i]);
+                        let began = Instant::now();
+                        let slice = run_slice(&mut h, opts.slice);
+                        (slice, began.elapsed(), h.report.clone(), h.done())
                     };
-                    a.slices += 1;
-                    a.busy = false;
-                    let found =
-                        a.hunter.report.finding.is_some() || a.hunter.report.model_panic.is_some();
-                    drop(a);
-                    let reports = snapshot(&arms);
-                    let flow = (observe.lock().unwrap_or_else(|e| e.into_inner()))(&reports);
-                    let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
-                    if found {
-                        s.1 = true;
-                    }
-                    if flow == Flow::Stop {
-                        s.1 = true;
-                        s.2 = true;
+                    let rate = slice.new as f64 / slice.executions.max(1) as f64;
+                    let reports = {
+                        let mut s = lock(&shared);
+                        let a = &mut s.stats[i];
+                        a.reward = if a.slices == 0 {
+                            rate
+                        } else {
+                            0.7 * a.reward + 0.3 * rate
+                        };
+                        a.slices += 1;
+                        a.time += took;
+                        a.busy = false;
+                        a.done = done;
+                        let found = report.finding.is_some() || report.model_panic.is_some();
+                        a.report = report;
+                        if found {
+                            s.stop = true;
+                        }
+                        snapshot(&s.stats)
+                    };
+                    if (lock(&observe))(&reports) == Flow::Stop {
+                        let mut s = lock(&shared);
+                        s.stop = true;
+                        s.interrupted = true;
                     }
                 }
             });
         }
     });
-    let interrupted = shared.lock().unwrap_or_else(|e| e.into_inner()).2;
-    let reports = snapshot(&arms);
+    let s = lock(&shared);
+    let reports = snapshot(&s.stats);
     let finding = reports
         .iter()
         .find_map(|a| a.report.finding.clone().map(|f| (a.arm, f)));
@@ -403,8 +438,14 @@ pub fn adaptive_hunt(
         finding,
         model_panic,
         elapsed: start.elapsed(),
-        interrupted,
+        interrupted: s.interrupted,
     }
+}
+
+/// A worker that panicked held no invariant these guard: go on with the
+/// data.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

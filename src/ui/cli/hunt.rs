@@ -316,14 +316,15 @@ fn print_summary(r: &AdaptiveReport) {
     let ran: Vec<&ArmReport> = r.arms.iter().filter(|a| a.slices > 0).collect();
     let width = ran.iter().map(|a| a.arm.label().len()).max().unwrap_or(0);
     println!(
-        "  {:<width$} {:>7} {:>10} {:>11} {:>9}",
-        "arm", "slices", "scenarios", "executions", "features"
+        "  {:<width$} {:>7} {:>7} {:>10} {:>11} {:>9}",
+        "arm", "slices", "time", "scenarios", "executions", "features"
     );
     for a in ran {
         println!(
-            "  {:<width$} {:>7} {:>10} {:>11} {:>9}",
+            "  {:<width$} {:>7} {:>6.1}s {:>10} {:>11} {:>9}",
             a.arm.label(),
             a.slices,
+            a.busy.as_secs_f64(),
             a.report.scenarios,
             a.report.executions,
             a.report.features
