@@ -14,7 +14,7 @@ use super::machine::{Content, Hold, Machine, Pfn};
 use super::memory::{FaultKind, handle_mm_fault_kind, mmap_read_lock, mmap_read_unlock};
 use super::mm_types::{Mapping, pg};
 use super::oracle::{self, Violation};
-use super::page_flags::{compound_head, folio_nr_pages};
+use super::page_flags::{compound_head, folio_test_large};
 use super::page_ref::{folio_put_refs, folio_ref_add, page_ref_add_unless_then};
 use super::pgtable::{PmdVal, PteVal, Uaddr};
 use super::rmap::GUP_PIN_COUNTING_BIAS;
@@ -374,7 +374,7 @@ fn try_grab_folio_fast(cpu: &Cpu, a: Uaddr, table: Pfn, page: Pfn, foll: Foll) -
             return Ok(false);
         }
         if foll == Foll::Pin {
-            if folio_nr_pages(m, folio)? > 1 {
+            if folio_test_large(m, folio)? {
                 m.page_mut(folio + 1)?.pincount += 1;
             } else {
                 folio_ref_add(m, folio, GUP_PIN_COUNTING_BIAS - 1)?;
@@ -397,7 +397,7 @@ fn gup_put_folio(cpu: &Cpu, folio: Pfn, foll: Foll) -> KResult<()> {
     let refs = match foll {
         Foll::Get => 1,
         Foll::Pin => cpu.step("gup_put_folio", |m| {
-            if folio_nr_pages(m, folio)? > 1 {
+            if folio_test_large(m, folio)? {
                 m.page_mut(folio + 1)?.pincount -= 1;
                 Ok(1)
             } else {
@@ -413,7 +413,7 @@ fn gup_put_folio(cpu: &Cpu, folio: Pfn, foll: Foll) -> KResult<()> {
 fn try_grab_folio(m: &mut Machine, folio: Pfn, foll: Foll) -> Result<(), Violation> {
     match foll {
         Foll::Get => folio_ref_add(m, folio, 1),
-        Foll::Pin if folio_nr_pages(m, folio)? > 1 => {
+        Foll::Pin if folio_test_large(m, folio)? => {
             folio_ref_add(m, folio, 1)?;
             m.page_mut(folio + 1)?.pincount += 1;
             Ok(())

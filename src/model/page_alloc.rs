@@ -149,6 +149,7 @@ impl Machine {
                 self.prep_compound_tails(pfn, order, tails)?;
             }
             self.prep_compound_head(pfn, order)?;
+            self.set_page_refcounted(pfn, order)?;
         }
         Ok(pfn)
     }
@@ -157,10 +158,11 @@ impl Machine {
     /// (v6.12 mm/page_alloc.c): `rmqueue` takes the block under
     /// `zone->lock` (`expand` hands the halves back with
     /// `set_buddy_order`), `prep_new_page`'s `post_alloc_hook` clears
-    /// `page->private` and sets the refcount to 1 (`set_page_refcounted`,
-    /// before any compound store), and for a compound allocation
-    /// `__SetPageHead`. The tails are still untouched:
-    /// [`Machine::prep_compound_tails`] and [`Machine::prep_compound_head`]
+    /// `page->private`, and for a compound allocation `__SetPageHead`. An
+    /// order-0 page gets its refcount here; a compound one stays frozen at
+    /// 0 until [`Machine::set_page_refcounted`].
+    /// The tails are still untouched: [`Machine::prep_compound_tails`],
+    /// [`Machine::prep_compound_head`] and [`Machine::set_page_refcounted`]
     /// follow.
     pub fn alloc_pages_head(&mut self, order: u8, hint: Pfn) -> Result<Option<Pfn>, Violation> {
         if self.fail_next_allocs > 0 {
@@ -185,9 +187,11 @@ impl Machine {
             frame.content = Content::Data(0);
             frame.generation += 1;
         }
-        // post_alloc_hook: set_page_private, set_page_refcounted
+        // post_alloc_hook: set_page_private. An order-0 page is refcounted
+        // here; a compound one once it is prepared
+        // ([`Machine::set_page_refcounted`]).
         let head = self.page_mut(pfn)?;
-        head.refcount = 1;
+        head.refcount = (order == 0) as i32;
         head.private = 0;
         head.flags &= !pg::BUDDY;
         if order > 0 {
@@ -196,6 +200,23 @@ impl Machine {
         }
         ktrace!(self, "alloc_pages(order {order}) = pfn {pfn}");
         Ok(Some(pfn))
+    }
+
+    /// `set_page_refcounted` of a compound allocation, after
+    /// `prep_compound_page`: `__alloc_pages_noprof` once
+    /// `__alloc_frozen_pages_noprof` returns (v6.14+), so a speculative
+    /// `folio_try_get` fails on the folio until it is whole. v6.12's
+    /// `post_alloc_hook` set it before `prep_compound_page`: a GUP-fast pin
+    /// through a stale PTE could then land mid-prep, see PG_head, add to
+    /// `_pincount`, and have `prep_compound_head` reset it (the pin's
+    /// release then takes it to -1). The default hunt found that in the
+    /// thp arm; `tests` below keep the window shut.
+    pub fn set_page_refcounted(&mut self, head: Pfn, order: u8) -> Result<(), Violation> {
+        if order > 0 {
+            self.page_mut(head)?.refcount = 1;
+            ktrace!(self, "set_page_refcounted(pfn {head})");
+        }
+        Ok(())
     }
 
     /// `prep_compound_tail` (v6.12 mm/internal.h) for each tail of `tails`:
@@ -387,6 +408,7 @@ pub fn alloc_pages_then<T>(
     let then = then.take().expect("then runs once");
     cpu.step("prep_compound_head", |m| {
         m.prep_compound_head(pfn, order)?;
+        m.set_page_refcounted(pfn, order)?;
         then(m, pfn, order)
     })
     .map(|t| Some(Some(t)))
@@ -747,8 +769,8 @@ mod tests {
         );
         assert_eq!(
             k.m.peek(FOLIO).refcount,
-            1,
-            "set_page_refcounted comes first"
+            0,
+            "frozen until prep_compound_page is done"
         );
 
         let trace = pfn_walks(&mut k, &[FOLIO, FOLIO + 88]);
@@ -761,8 +783,48 @@ mod tests {
             traced(&trace, "page = pfn_to_page(600); PageLRU = false"),
             "{trace:#?}"
         );
-        assert_eq!(k.m.peek(FOLIO).refcount, 1, "the walker took no reference");
+        assert_eq!(k.m.peek(FOLIO).refcount, 0, "the walker took no reference");
         assert_eq!(k.m.peek(FOLIO + 88).refcount, 0);
+    }
+
+    /// The race the default hunt found in v6.12's order (a THP freed and
+    /// reallocated at the pfn a GUP-fast pin had looked up):
+    ///
+    /// ```text
+    /// CPU 0 (THP fault)                   CPU 1 (GUP-fast pin, stale PTE)
+    /// alloc_pages_head(1)  PG_head
+    ///                                     folio_ref_try_add(folio)   v6.12: 1 -> 2
+    ///                                     PG_head: _pincount += 1
+    /// prep_compound_tail, prep_compound_head: _pincount = 0
+    ///                                     recheck fails: _pincount -= 1 -> -1
+    /// ```
+    ///
+    /// With the refcount set after prep (v6.14+), CPU 1's add finds it 0.
+    #[test]
+    fn a_speculative_reference_on_a_compound_folio_mid_prep_is_refused() {
+        let mut k = Kernel::boot();
+        let folio = k
+            .step(0, |m| m.alloc_pages_head(1, FOLIO))
+            .unwrap()
+            .unwrap();
+
+        let got = k.on(1, |cpu| {
+            crate::model::page_ref::page_ref_add_unless(cpu, folio, 1, 0)
+        });
+        assert_eq!(got, Ok(false), "refcount 0 until the folio is whole");
+
+        k.step(0, |m| {
+            m.prep_compound_tails(folio, 1, folio + 1..folio + 2)?;
+            m.prep_compound_head(folio, 1)?;
+            m.set_page_refcounted(folio, 1)
+        })
+        .unwrap();
+        let got = k.on(1, |cpu| {
+            crate::model::page_ref::page_ref_add_unless(cpu, folio, 1, 0)
+        });
+        assert_eq!(got, Ok(true));
+        assert_eq!(k.m.peek(folio).refcount, 2);
+        assert_eq!(k.m.peek(folio + 1).pincount, 0);
     }
 
     #[test]

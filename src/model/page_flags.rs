@@ -42,6 +42,13 @@ pub fn folio_test_clear_lru(m: &mut Machine, folio: Pfn) -> Result<bool, Violati
     Ok(was)
 }
 
+/// `folio_test_large` (include/linux/page-flags.h, v6.12): PG_head, which
+/// `prep_compound_page` sets before any tail store, so a folio still being
+/// prepared (its order in page[1] not stored yet) is already large.
+pub fn folio_test_large(m: &mut Machine, folio: Pfn) -> Result<bool, Violation> {
+    Ok(m.page(folio)?.test(pg::HEAD))
+}
+
 /// `folio_nr_pages` of a head page.
 pub fn folio_nr_pages(m: &mut Machine, head: Pfn) -> Result<u32, Violation> {
     if m.page(head)?.test(pg::HEAD) {
