@@ -11,6 +11,7 @@
 //! With one worker the hunt is deterministic for a given seed.
 
 use super::hunt::{Engine, Finding, Flow, HuntOptions, HuntReport, Hunter};
+use crate::exec::guard;
 use crate::model::config::PMD_PAGES;
 use crate::model::subsystem::distinct_arms;
 use crate::model::{Arch, Config, HvoMode, Subsystem, SubsystemSet};
@@ -200,7 +201,7 @@ pub struct ArmReport {
     pub report: HuntReport,
     pub slices: u64,
     /// Worker time its slices took.
-    pub busy: Duration,
+    pub time: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -347,7 +348,7 @@ pub fn adaptive_hunt(
             reward: 0.0,
             busy: false,
             done: false,
-            report: lock(h).report.clone(),
+            report: guard(h).report.clone(),
         })
         .collect();
     let shared = Mutex::new(Shared {
@@ -367,7 +368,7 @@ pub fn adaptive_hunt(
                     arm: a.arm,
                     report,
                     slices: a.slices,
-                    busy: a.time,
+                    time: a.time,
                 }
             })
             .collect()
@@ -378,7 +379,7 @@ pub fn adaptive_hunt(
                 crate::exec::quiet_shuttle_panics();
                 loop {
                     let i = {
-                        let mut s = lock(&shared);
+                        let mut s = guard(&shared);
                         if s.stop || start.elapsed() >= opts.time {
                             return;
                         }
@@ -391,14 +392,14 @@ pub fn adaptive_hunt(
                     };
                     // Only this worker runs arm i until it is not busy.
                     let (slice, took, report, done) = {
-                        let mut h = lock(&hunters[i]);
+                        let mut h = guard(&hunters[i]);
                         let began = Instant::now();
                         let slice = run_slice(&mut h, opts.slice);
                         (slice, began.elapsed(), h.report.clone(), h.done())
                     };
                     let rate = slice.new as f64 / slice.executions.max(1) as f64;
                     let reports = {
-                        let mut s = lock(&shared);
+                        let mut s = guard(&shared);
                         let a = &mut s.stats[i];
                         a.reward = if a.slices == 0 {
                             rate
@@ -416,8 +417,8 @@ pub fn adaptive_hunt(
                         }
                         snapshot(&s.stats)
                     };
-                    if (lock(&observe))(&reports) == Flow::Stop {
-                        let mut s = lock(&shared);
+                    if (guard(&observe))(&reports) == Flow::Stop {
+                        let mut s = guard(&shared);
                         s.stop = true;
                         s.interrupted = true;
                     }
@@ -425,7 +426,7 @@ pub fn adaptive_hunt(
             });
         }
     });
-    let s = lock(&shared);
+    let s = guard(&shared);
     let reports = snapshot(&s.stats);
     let finding = reports
         .iter()
@@ -440,12 +441,6 @@ pub fn adaptive_hunt(
         elapsed: start.elapsed(),
         interrupted: s.interrupted,
     }
-}
-
-/// A worker that panicked held no invariant these guard: go on with the
-/// data.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

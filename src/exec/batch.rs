@@ -12,7 +12,8 @@
 //! once. A panic in one execution is reported as that job's verdict, and
 //! the batch carries on.
 
-use super::executor::{ExecState, STEP_BOUND, SharedState, ShuttleExecutor, lock};
+use super::executor::{ExecState, STEP_BOUND, SharedState, ShuttleExecutor};
+use super::guard;
 use super::schedulers::{Decision, InputScheduler, PrefixThen, classify, cpu_of};
 use crate::model::ctx::{Cpu, CpuId, Detected, Record, Sequential, TraceEvent};
 use crate::model::kcov::Coverage;
@@ -27,7 +28,7 @@ use shuttle_engine::runtime::thread::continuation::{CONTINUATION_POOL, Continuat
 use std::cell::{Cell, RefCell};
 use std::panic::{AssertUnwindSafe, Location, catch_unwind};
 use std::rc::Rc;
-use std::sync::{Arc, Mutex, MutexGuard, Once};
+use std::sync::{Arc, Mutex, Once};
 
 /// What an execution records besides its verdict.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -201,10 +202,6 @@ pub struct Explored {
 
 /// The decisions of the running execution.
 type ScheduleLog = Arc<Mutex<Vec<u8>>>;
-
-fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Configurations a thread keeps booted: the adaptive hunt's arms draw
 /// CPU counts and memory sizes per scenario, and a single slot would boot
@@ -411,7 +408,7 @@ fn begin_execution(running: &Mutex<Running>) -> (Arc<Scenario>, SharedState) {
             }))
         })
         .clone();
-    let mut st = lock(&exec);
+    let mut st = guard(&exec);
     if let Some((m, rec)) = &r.after_setup {
         let source = Source::AfterSetup(serial);
         st.machine.reset_to(m, slot.source == source);
@@ -497,7 +494,7 @@ fn body(running: Arc<Mutex<Running>>, log: ScheduleLog) -> impl FnOnce() + Send 
         for h in handles {
             let _ = h.join();
         }
-        let mut st = lock(&state);
+        let mut st = guard(&state);
         // flush_work(&free_hpage_work), only when work is queued: no extra
         // step otherwise.
         if !st.record.halted() && !st.machine.hstate.hpage_freelist.is_empty() {
@@ -565,7 +562,7 @@ fn failed_outcome(message: String, exec: Option<SharedState>, log: &ScheduleLog)
             reached: 0,
         };
     };
-    let mut st = lock(&exec);
+    let mut st = guard(&exec);
     match classify_failure(&message) {
         Some(oracle) if !st.record.halted() => {
             st.record.detect(

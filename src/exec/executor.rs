@@ -1,10 +1,11 @@
 //! The model's [`Executor`] over shuttle: each CPU is a shuttle thread, and
 //! each step of a kernel path is exactly one scheduling point.
 
+use super::guard;
 use crate::model::ctx::{CpuId, Executor, Record};
 use crate::model::{Config, Halt, KResult, Machine, Oracle, Violation};
 use shuttle::sync::{Condvar, Mutex as ShuttleMutex};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Steps one execution may take before it counts as a livelock.
@@ -26,10 +27,6 @@ pub struct ExecState {
 }
 
 pub type SharedState = Arc<Mutex<ExecState>>;
-
-pub fn lock(s: &Mutex<ExecState>) -> MutexGuard<'_, ExecState> {
-    s.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The executor of one execution. Only waiters and the steps that wake
 /// them take `gate`, so an ordinary step is a single scheduling point.
@@ -53,7 +50,7 @@ impl ShuttleExecutor {
     /// A CPU thread finished its ops: if every other live CPU is blocked,
     /// nothing can wake them.
     pub fn cpu_finished(&self, cpu: CpuId) {
-        let mut st = lock(&self.state);
+        let mut st = guard(&self.state);
         st.running -= 1;
         // Waiters count is exact outside the gate: it changes only under
         // it, and no scheduling point falls between a change and the
@@ -64,7 +61,7 @@ impl ShuttleExecutor {
         detect_deadlock(&mut st, cpu);
         drop(st);
         let _g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
-        lock(&self.state).waiters = 0;
+        guard(&self.state).waiters = 0;
         self.wake.notify_all();
     }
 }
@@ -99,14 +96,14 @@ impl Executor for ShuttleExecutor {
         // schedule (the main thread only waits for the CPUs, and a CPU
         // woken but not yet run is no longer counted as a waiter).
         let alone = {
-            let st = lock(&self.state);
+            let st = guard(&self.state);
             st.running <= st.waiters + 1
         };
         if !alone {
             shuttle::thread::sleep(Duration::ZERO);
         }
         let mut gate = None;
-        let mut st = lock(&self.state);
+        let mut st = guard(&self.state);
         let ready = |st: &ExecState| ready.is_none_or(|r| r(&st.machine));
         if !st.record.halted() && !ready(&st) {
             // Slow path: wait under the gate. A waiter registers and enters
@@ -116,7 +113,7 @@ impl Executor for ShuttleExecutor {
             drop(st);
             let mut g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
             st = loop {
-                let mut st = lock(&self.state);
+                let mut st = guard(&self.state);
                 if st.record.halted() || ready(&st) {
                     break st;
                 }
@@ -127,7 +124,7 @@ impl Executor for ShuttleExecutor {
                     st.waiters = 0;
                     drop(st);
                     self.wake.notify_all();
-                    break lock(&self.state);
+                    break guard(&self.state);
                 }
                 st.waiters += 1;
                 drop(st);
@@ -153,7 +150,7 @@ impl Executor for ShuttleExecutor {
             // Under the gate, so that the waiters counted are exactly the
             // ones this wakes (taking the gate may let another register).
             let _g = gate.unwrap_or_else(|| self.gate.lock().unwrap_or_else(|e| e.into_inner()));
-            lock(&self.state).waiters = 0;
+            guard(&self.state).waiters = 0;
             self.wake.notify_all();
         }
         result
@@ -198,7 +195,7 @@ mod tests {
                 for h in hs {
                     h.join().unwrap();
                 }
-                let d = lock(&st).record.detected.clone();
+                let d = guard(&st).record.detected.clone();
                 v.lock().unwrap().push(d.map(|d| d.violation.oracle));
             },
             50,
@@ -246,7 +243,7 @@ mod tests {
                 for h in hs {
                     h.join().unwrap();
                 }
-                let d = lock(&st).record.detected.clone();
+                let d = guard(&st).record.detected.clone();
                 v.lock().unwrap().push(d.map(|d| d.violation));
             },
             500,

@@ -13,3 +13,12 @@ pub use batch::{
     run_input, run_job, run_jobs, run_shuttle,
 };
 pub use executor::STEP_BOUND;
+
+use std::sync::{Mutex, MutexGuard};
+
+/// Lock `m`, and go on with its data if a holder panicked: a model panic
+/// is reported as a finding, and none of these locks guards an invariant
+/// a panic can break halfway.
+pub fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -149,7 +149,7 @@ impl Machine {
                 self.prep_compound_tails(pfn, order, tails)?;
             }
             self.prep_compound_head(pfn, order)?;
-            self.set_page_refcounted(pfn, order)?;
+            self.set_page_refcounted(pfn)?;
         }
         Ok(pfn)
     }
@@ -160,8 +160,7 @@ impl Machine {
     /// `set_buddy_order`), `prep_new_page`'s `post_alloc_hook` clears
     /// `page->private`, and for a compound allocation `__SetPageHead`. An
     /// order-0 page gets its refcount here; a compound one stays frozen at
-    /// 0 until [`Machine::set_page_refcounted`].
-    /// The tails are still untouched: [`Machine::prep_compound_tails`],
+    /// 0, its tails untouched: [`Machine::prep_compound_tails`],
     /// [`Machine::prep_compound_head`] and [`Machine::set_page_refcounted`]
     /// follow.
     pub fn alloc_pages_head(&mut self, order: u8, hint: Pfn) -> Result<Option<Pfn>, Violation> {
@@ -187,9 +186,7 @@ impl Machine {
             frame.content = Content::Data(0);
             frame.generation += 1;
         }
-        // post_alloc_hook: set_page_private. An order-0 page is refcounted
-        // here; a compound one once it is prepared
-        // ([`Machine::set_page_refcounted`]).
+        // post_alloc_hook: set_page_private (and the refcount of order 0).
         let head = self.page_mut(pfn)?;
         head.refcount = (order == 0) as i32;
         head.private = 0;
@@ -210,12 +207,11 @@ impl Machine {
     /// through a stale PTE could then land mid-prep, see PG_head, add to
     /// `_pincount`, and have `prep_compound_head` reset it (the pin's
     /// release then takes it to -1). The default hunt found that in the
-    /// thp arm; `tests` below keep the window shut.
-    pub fn set_page_refcounted(&mut self, head: Pfn, order: u8) -> Result<(), Violation> {
-        if order > 0 {
-            self.page_mut(head)?.refcount = 1;
-            ktrace!(self, "set_page_refcounted(pfn {head})");
-        }
+    /// thp arm (test
+    /// `a_speculative_reference_on_a_compound_folio_mid_prep_is_refused`).
+    pub fn set_page_refcounted(&mut self, head: Pfn) -> Result<(), Violation> {
+        self.page_mut(head)?.refcount = 1;
+        ktrace!(self, "set_page_refcounted(pfn {head})");
         Ok(())
     }
 
@@ -408,7 +404,7 @@ pub fn alloc_pages_then<T>(
     let then = then.take().expect("then runs once");
     cpu.step("prep_compound_head", |m| {
         m.prep_compound_head(pfn, order)?;
-        m.set_page_refcounted(pfn, order)?;
+        m.set_page_refcounted(pfn)?;
         then(m, pfn, order)
     })
     .map(|t| Some(Some(t)))
@@ -816,7 +812,7 @@ mod tests {
         k.step(0, |m| {
             m.prep_compound_tails(folio, 1, folio + 1..folio + 2)?;
             m.prep_compound_head(folio, 1)?;
-            m.set_page_refcounted(folio, 1)
+            m.set_page_refcounted(folio)
         })
         .unwrap();
         let got = k.on(1, |cpu| {

@@ -324,7 +324,7 @@ fn print_summary(r: &AdaptiveReport) {
             "  {:<width$} {:>7} {:>6.1}s {:>10} {:>11} {:>9}",
             a.arm.label(),
             a.slices,
-            a.busy.as_secs_f64(),
+            a.time.as_secs_f64(),
             a.report.scenarios,
             a.report.executions,
             a.report.features
