@@ -512,6 +512,7 @@ pub fn tail_chunks(head: Pfn, order: u8) -> impl Iterator<Item = Range<Pfn>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::page_ref::page_ref_add_unless;
     use crate::model::pfn_walker::pfn_walk;
     use crate::model::testing::Kernel;
 
@@ -804,9 +805,7 @@ mod tests {
             .unwrap()
             .unwrap();
 
-        let got = k.on(1, |cpu| {
-            crate::model::page_ref::page_ref_add_unless(cpu, folio, 1, 0)
-        });
+        let got = k.on(1, |cpu| page_ref_add_unless(cpu, folio, 1, 0));
         assert_eq!(got, Ok(false), "refcount 0 until the folio is whole");
 
         k.step(0, |m| {
@@ -815,9 +814,7 @@ mod tests {
             m.set_page_refcounted(folio)
         })
         .unwrap();
-        let got = k.on(1, |cpu| {
-            crate::model::page_ref::page_ref_add_unless(cpu, folio, 1, 0)
-        });
+        let got = k.on(1, |cpu| page_ref_add_unless(cpu, folio, 1, 0));
         assert_eq!(got, Ok(true));
         assert_eq!(k.m.peek(folio).refcount, 2);
         assert_eq!(k.m.peek(folio + 1).pincount, 0);
